@@ -1,0 +1,39 @@
+"""memwatch: watch a language model memorize its training data while it trains.
+
+`import memwatch` imports only torch and numpy; integrations (transformers,
+lightning, wandb, presidio) are imported when first used.
+"""
+
+from importlib import import_module
+
+from memwatch.probe import ProbeResult, probe, reference_probe
+
+__version__ = "0.1.0"
+
+# Public names whose module differs from the name, imported on first use so that
+# `import memwatch` stays light. (`probe` and `forecast` share their module's name
+# and are imported eagerly, or the submodule would shadow the function.)
+_LAZY = {
+    "Watchlist": "memwatch.watchlist",
+    "insert_canaries": "memwatch.canaries",
+    "exposure": "memwatch.canaries",
+    "History": "memwatch.history",
+    "Alert": "memwatch.events",
+    "Decision": "memwatch.events",
+    "ProbeRecord": "memwatch.events",
+    "RowReport": "memwatch.events",
+    "AbortPolicy": "memwatch.policy",
+    "MemWatch": "memwatch.monitor",
+    "Sink": "memwatch.sinks",
+    "LocalSink": "memwatch.sinks",
+    "ConsoleSink": "memwatch.sinks",
+    "WandbSink": "memwatch.sinks",
+}
+
+__all__ = ["ProbeResult", "probe", "reference_probe", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'memwatch' has no attribute {name!r}")

@@ -1,0 +1,59 @@
+"""Probe throughput against the Pythia reference, measured in the same run.
+
+Absolute times are noise on a shared machine; the ratios are the result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from memwatch.probe import _Preserved, probe, reference_probe
+
+
+def _seconds(fn: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _plain_forward(model, rows: torch.Tensor) -> None:
+    with _Preserved(model):
+        model(input_ids=rows)
+
+
+def plant_memorized(model, rows: torch.Tensor, share: float, prompt_len: int = 32,
+                    cont_len: int = 32) -> torch.Tensor:
+    """Rows where a `share` of them carry the model's own greedy continuation (memorized)."""
+    k = round(share * len(rows))
+    if k == 0:
+        return rows
+    out = rows.clone()
+    greedy = probe(model, rows[:k], prompt_len, cont_len, mode="exact").greedy
+    out[:k, prompt_len:prompt_len + cont_len] = greedy
+    return out
+
+
+def compare(model, rows: torch.Tensor, prompt_len: int = 32, cont_len: int = 32,
+            batch_size: int | None = None, repeat: int = 1) -> dict[str, float]:
+    """Seconds for reference_probe, probe(exact), probe(extractable) and one forward pass."""
+    M, N = prompt_len, cont_len
+    kw = dict(prompt_len=M, cont_len=N, batch_size=batch_size)
+    return {
+        "reference": _seconds(lambda: reference_probe(model, rows, **kw), repeat),
+        "exact": _seconds(lambda: probe(model, rows, mode="exact", **kw), repeat),
+        "extractable": _seconds(lambda: probe(model, rows, mode="extractable", **kw), repeat),
+        "forward": _seconds(lambda: _plain_forward(model, rows[:, :M + N]), repeat),
+    }
+
+
+def format_line(label: str, seconds: dict[str, float]) -> str:
+    ref = seconds["reference"]
+    return (f"{label}: reference {ref:.2f}s | exact {ref / seconds['exact']:.2f}x | "
+            f"extractable {ref / seconds['extractable']:.2f}x | "
+            f"forward(M+N) {ref / seconds['forward']:.2f}x  (ratios = reference / method)")

@@ -1,0 +1,39 @@
+"""The `memwatch` command line: one subcommand per module in `memwatch.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+
+# name -> module in memwatch.commands defining HELP, add_arguments(parser) and run(args) -> int
+COMMANDS = ["demo", "eval", "analyze", "watchlist", "bench"]
+
+
+def _available():
+    for name in COMMANDS:
+        try:
+            yield name, import_module(f"memwatch.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"memwatch.commands.{name}":
+                raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memwatch", description="Watch a language model memorize its training data.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in _available():
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `memwatch` CLI, one module each (see memwatch.cli)."""

@@ -1,0 +1,161 @@
+"""Per-probe, per-row results of a run: the monitor's memory.
+
+Compact by construction: a probe of n rows costs 4n bytes (match_prefix and
+match_count as uint8, NLL as float16), so 100k rows x 200 probes is 80 MB.
+`memorized` and `scores` are derived, never stored beside what they derive from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+_NO_NLL = np.float16(np.nan)
+
+
+class History:
+    """Accumulates `ProbeResult`s step by step (``update``); answers are derived."""
+
+    def __init__(self, ids: Sequence[str], tags: Sequence[Sequence[str]], cont_len: int = 32):
+        if cont_len > 255:
+            raise ValueError(f"History stores counts as uint8; cont_len={cont_len} exceeds 255")
+        self.ids = list(ids)
+        self.tags = [tuple(t) for t in tags]
+        self.cont_len = int(cont_len)
+        self.reset()
+
+    def reset(self) -> None:
+        n = len(self.ids)
+        self._len = 0
+        self._steps = np.zeros(0, dtype=np.int64)
+        self._modes: list[str] = []
+        self._prefix = np.zeros((0, n), dtype=np.uint8)
+        self._count = np.zeros((0, n), dtype=np.uint8)
+        self._nll = np.zeros((0, n), dtype=np.float16)
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.ids)
+
+    def _grow(self) -> None:
+        cap = max(8, 2 * len(self._steps))
+        n = self.num_rows
+
+        def grow(a: np.ndarray, fill) -> np.ndarray:
+            out = np.full((cap, *a.shape[1:]), fill, dtype=a.dtype)
+            out[: self._len] = a[: self._len]
+            return out
+
+        self._steps = grow(self._steps, -1)
+        self._prefix = grow(self._prefix.reshape(-1, n), 0)
+        self._count = grow(self._count.reshape(-1, n), 0)
+        self._nll = grow(self._nll.reshape(-1, n), _NO_NLL)
+
+    def update(self, step: int, result, mode: str) -> None:
+        """Append one probe's `ProbeResult` taken at training `step` (steps strictly increase)."""
+        if self._len and step <= self._steps[self._len - 1]:
+            raise ValueError(
+                f"History already has a probe at step {int(self._steps[self._len - 1])}; "
+                f"got step {step} (steps must increase)"
+            )
+        if len(result.match_prefix) != self.num_rows:
+            raise ValueError(
+                f"probe result has {len(result.match_prefix)} rows, history has {self.num_rows}"
+            )
+        if self._len == len(self._steps):
+            self._grow()
+        i = self._len
+        self._steps[i] = step
+        self._modes.append(mode)
+        self._prefix[i] = _np(result.match_prefix).astype(np.uint8)
+        counts = np.rint(_np(result.scores).astype(np.float64) * self.cont_len)
+        self._count[i] = counts.astype(np.uint8)
+        self._nll[i] = _NO_NLL if result.nll is None else _np(result.nll).astype(np.float16)
+        self._len += 1
+
+    # ---- derived views (read-only) ---------------------------------------------------------
+    @property
+    def steps(self) -> np.ndarray:
+        """int64 [P]: training step of each probe."""
+        return self._steps[: self._len]
+
+    @property
+    def modes(self) -> list[str]:
+        """Probe mode ("exact" / "extractable") of each probe."""
+        return list(self._modes)
+
+    @property
+    def match_prefix(self) -> np.ndarray:
+        """uint8 [P, n]: tokens reproduced before the first mismatch."""
+        return self._prefix[: self._len]
+
+    @property
+    def memorized(self) -> np.ndarray:
+        """bool [P, n]: the whole continuation reproduced (score == 1)."""
+        return self.match_prefix == self.cont_len
+
+    @property
+    def scores(self) -> np.ndarray:
+        """float32 [P, n]: Pythia score (exact probes) or match_prefix / N (extractable)."""
+        return self._count[: self._len].astype(np.float32) / self.cont_len
+
+    @property
+    def nll(self) -> np.ndarray:
+        """float32 [P, n]: mean continuation NLL; NaN where the probe did not compute it."""
+        return self._nll[: self._len].astype(np.float32)
+
+    def tag_mask(self, pattern: str) -> np.ndarray:
+        """bool [n]: rows with a tag matching `pattern` (fnmatch, e.g. ``pii:*``)."""
+        from fnmatch import fnmatchcase
+
+        return np.array([any(fnmatchcase(t, pattern) for t in tags) for tags in self.tags], bool)
+
+    def first_memorized_step(self) -> np.ndarray:
+        """int64 [n]: step of the first probe that found each row memorized, -1 if never."""
+        mem = self.memorized
+        hit = mem.any(axis=0)
+        first = np.where(hit, self.steps[mem.argmax(axis=0)] if len(self) else -1, -1)
+        return first.astype(np.int64)
+
+    # ---- persistence: tensors and plain types only, loadable with weights_only=True ---------
+    def state_dict(self) -> dict:
+        return {
+            "ids": list(self.ids),
+            "tags": [list(t) for t in self.tags],
+            "cont_len": self.cont_len,
+            "steps": torch.from_numpy(self.steps.copy()),
+            "modes": list(self._modes),
+            "match_prefix": torch.from_numpy(self.match_prefix.copy()),
+            "match_count": torch.from_numpy(self._count[: self._len].copy()),
+            "nll": torch.from_numpy(self._nll[: self._len].copy()),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["ids"]) != self.ids:
+            raise ValueError(
+                "saved history was recorded on a different watchlist "
+                f"({len(state['ids'])} rows, first id {state['ids'][:1]}); "
+                f"this one has {self.num_rows} rows, first id {self.ids[:1]}"
+            )
+        self.cont_len = int(state["cont_len"])
+        self._steps = state["steps"].numpy().astype(np.int64).copy()
+        self._modes = list(state["modes"])
+        self._prefix = state["match_prefix"].numpy().astype(np.uint8).copy()
+        self._count = state["match_count"].numpy().astype(np.uint8).copy()
+        self._nll = state["nll"].numpy().astype(np.float16).copy()
+        self._len = len(self._steps)
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> History:
+        h = cls(state["ids"], state["tags"], cont_len=int(state["cont_len"]))
+        h.load_state_dict(state)
+        return h
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

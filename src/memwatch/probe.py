@@ -1,0 +1,434 @@
+"""The memorization probe: Pythia's greedy score, computed by speculative decoding.
+
+For a row ``S`` the Pythia score prompts the model with ``S[:M]``, decodes ``N``
+tokens greedily (EOS banned, as ``min_length`` does in EleutherAI's
+``generate`` call) and counts positions equal to ``S[M:M+N]``.
+
+Up to its first mismatch greedy decoding reproduces the true continuation, so
+the true continuation is a perfect draft: after one prefill of the prompt we
+verify it in growing chunks with the KV cache, and every row stops at its first
+miss. That yields ``match_prefix`` and ``memorized`` exactly; most rows miss at
+the first token and cost only the prefill. ``mode="exact"`` then decodes the
+diverged rows greedily from their divergence point, in one batched loop that
+rows join when it reaches their position (their caches then have equal
+lengths), which reproduces the full Pythia score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("exact", "extractable")
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Per-row results of `probe` (CPU tensors, row order of the input).
+
+    scores: float32 [n]. Exact mode: the Pythia score (fraction of the N greedy
+        tokens equal to the true continuation). Extractable mode:
+        ``match_prefix / N``, a lower bound of it.
+    memorized: bool [n]. All N tokens reproduced (score == 1); exact in both modes.
+    match_prefix: int16 [n]. Tokens reproduced before the first mismatch.
+    nll: float32 [n] mean teacher-forced NLL of the continuation, or None.
+    greedy: int64 [n, N] the greedy tokens (exact mode), or None.
+    """
+
+    scores: torch.Tensor
+    memorized: torch.Tensor
+    match_prefix: torch.Tensor
+    nll: torch.Tensor | None = None
+    greedy: torch.Tensor | None = None
+    mode: str = "exact"
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+# --------------------------------------------------------------------------------------------
+# Model access: a HF causal LM with a KV cache, or any module returning logits (recomputed).
+# --------------------------------------------------------------------------------------------
+
+
+def _logits(out) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+class _CachedLM:
+    """A transformers causal LM driven through its KV cache; state = per-layer (k, v)."""
+
+    def __init__(self, model):
+        import inspect
+
+        from transformers import DynamicCache
+
+        self.model = model
+        self._cache_cls = DynamicCache
+        self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def _forward(self, tokens, past, keep):
+        kwargs = {"logits_to_keep": keep} if self._keep else {}
+        past_len = 0 if past is None else past[0][0].shape[-2]
+        mask = torch.ones(tokens.shape[0], past_len + tokens.shape[1], dtype=torch.long,
+                          device=tokens.device)
+        cache = self._cache_cls() if past is None else self._cache_cls(ddp_cache_data=past)
+        out = self.model(input_ids=tokens, attention_mask=mask, past_key_values=cache,
+                         use_cache=True, **kwargs)
+        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return kv, _logits(out)[:, -keep:]
+
+    def prefill(self, tokens, keep=1):
+        return self._forward(tokens, None, keep)
+
+    def extend(self, state, tokens, keep):
+        return self._forward(tokens, state, keep)
+
+    @staticmethod
+    def select(state, rows):
+        return [(k[rows], v[rows]) for k, v in state]
+
+    @staticmethod
+    def crop(state, length):
+        return [(k[:, :, :length], v[:, :, :length]) for k, v in state]
+
+    @staticmethod
+    def cat(states):
+        return [(torch.cat([s[i][0] for s in states]), torch.cat([s[i][1] for s in states]))
+                for i in range(len(states[0]))]
+
+    @staticmethod
+    def rows(state):
+        return state[0][0].shape[0]
+
+
+class _RecomputedLM:
+    """Any module mapping token ids to logits; state = the token prefix, recomputed each call."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def prefill(self, tokens, keep=1):
+        return tokens, _logits(self.model(tokens))[:, -keep:]
+
+    def extend(self, state, tokens, keep):
+        full = torch.cat([state, tokens], dim=1)
+        return full, _logits(self.model(full))[:, -keep:]
+
+    @staticmethod
+    def select(state, rows):
+        return state[rows]
+
+    @staticmethod
+    def crop(state, length):
+        return state[:, :length]
+
+    @staticmethod
+    def cat(states):
+        return torch.cat(states)
+
+    @staticmethod
+    def rows(state):
+        return state.shape[0]
+
+
+def _runner(model):
+    """The KV-cached path for transformers models, recomputation for anything else."""
+    import inspect
+
+    hf = hasattr(model, "config") and hasattr(model, "generate") and \
+        "past_key_values" in inspect.signature(model.forward).parameters
+    return _CachedLM(model) if hf else _RecomputedLM(model)
+
+
+def _vocab_size(model) -> int | None:
+    emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if emb is not None and hasattr(emb, "weight"):
+        return int(emb.weight.shape[0])
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "vocab_size", None) or getattr(model, "vocab_size", None)
+
+
+def _eos_id(model, suppress_eos: bool) -> int | None:
+    if not suppress_eos:
+        return None
+    for cfg in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        eos = getattr(cfg, "eos_token_id", None)
+        if eos is not None:
+            return eos[0] if isinstance(eos, (list, tuple)) else int(eos)
+    return None
+
+
+def _device(model) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks and model-state preservation (shared with reference_probe).
+# --------------------------------------------------------------------------------------------
+
+
+def _check(tokens, prompt_len: int, cont_len: int, vocab_size: int | None) -> torch.Tensor:
+    if not isinstance(tokens, torch.Tensor):
+        tokens = torch.as_tensor(tokens)
+    if tokens.dim() != 2 or tokens.dtype.is_floating_point or tokens.dtype.is_complex \
+            or tokens.dtype == torch.bool:
+        raise ValueError(
+            f"tokens must be a 2-D integer tensor [n, >= prompt_len + cont_len]; got "
+            f"shape {tuple(tokens.shape)} dtype {tokens.dtype}")
+    if prompt_len < 1 or cont_len < 1:
+        raise ValueError(f"prompt_len and cont_len must be >= 1; got {prompt_len}, {cont_len}")
+    if tokens.shape[0] == 0:
+        raise ValueError("tokens is empty: the probe needs at least one row")
+    need = prompt_len + cont_len
+    if tokens.shape[1] < need:
+        raise ValueError(
+            f"every row has {tokens.shape[1]} tokens; prompt_len + cont_len = {need} needs at "
+            f"least {need} (row 0 is the first too short)")
+    tokens = tokens[:, :need].long()
+    bad = (tokens < 0) | (tokens >= vocab_size) if vocab_size else tokens < 0
+    if bad.any():
+        row, col = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"row {row} has token id {int(tokens[row, col])} at position {col}; ids must be in "
+            f"[0, {vocab_size if vocab_size else 'vocab size'})")
+    return tokens
+
+
+class _Preserved:
+    """Run the probe in eval mode, under inference_mode, with RNG states restored after."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.flags = [m.training for m in self.model.modules()]
+        dev = _device(self.model)
+        cuda = [dev] if dev.type == "cuda" else []
+        self.rng = torch.random.fork_rng(devices=cuda)
+        self.rng.__enter__()
+        self.inference = torch.inference_mode()
+        self.inference.__enter__()
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        for m, flag in zip(self.model.modules(), self.flags, strict=False):
+            m.training = flag
+        self.inference.__exit__(*exc)
+        self.rng.__exit__(*exc)
+        return False
+
+
+def _auto_batch_size(model, n: int, total_len: int) -> int:
+    dev = _device(model)
+    if dev.type != "cuda":
+        return min(n, 128)
+    cfg = getattr(model, "config", None)
+    layers = getattr(cfg, "num_hidden_layers", None)
+    hidden = getattr(cfg, "hidden_size", None)
+    if not (layers and hidden):
+        return min(n, 64)
+    free, _ = torch.cuda.mem_get_info(dev)
+    elem = next(model.parameters()).element_size()
+    vocab = _vocab_size(model) or 50304
+    # Per row: the KV cache (kept twice while rows are selected and merged), the activations of
+    # the prefill, and fp32 logits of a 16-token verification chunk.
+    per_row = 4 * layers * hidden * total_len * elem + 16 * hidden * total_len * elem \
+        + 2 * 16 * vocab * 4
+    return max(1, min(n, int(0.5 * free) // per_row))
+
+
+def _batched(fn, model, tokens, batch_size):
+    """Apply fn to row batches; with batch_size=None, a CUDA OOM halves the batch and retries."""
+    auto = batch_size is None
+    bs = _auto_batch_size(model, len(tokens), tokens.shape[1]) if auto else int(batch_size)
+    if bs < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    outs, start = [], 0
+    while start < len(tokens):
+        try:
+            outs.append(fn(tokens[start:start + bs]))
+            start += bs
+        except torch.OutOfMemoryError:
+            if not auto or bs == 1:
+                raise
+            torch.cuda.empty_cache()
+            bs //= 2
+    return outs
+
+
+# --------------------------------------------------------------------------------------------
+# The probe.
+# --------------------------------------------------------------------------------------------
+
+
+def _argmax(logits: torch.Tensor, eos: int | None) -> torch.Tensor:
+    if eos is not None:
+        logits = logits.clone()
+        logits[..., eos] = float("-inf")
+    return logits.argmax(dim=-1)
+
+
+def _probe_batch(lm, tokens, M, N, exact, eos):
+    """Probe one batch: returns (match_prefix [B], greedy [B, N] or None)."""
+    B, dev = tokens.shape[0], tokens.device
+    cont = tokens[:, M:M + N]
+    match_prefix = torch.zeros(B, dtype=torch.long, device=dev)
+    greedy = cont.clone() if exact else None  # positions before the divergence are the truth
+    # pending[t]: rows diverged at position M+t, as (row ids, state of length M+t, next token).
+    pending: dict[int, list] = {}
+
+    state, logits = lm.prefill(tokens[:, :M])
+    first = _argmax(logits[:, -1], eos)
+    alive = torch.nonzero(first == cont[:, 0]).squeeze(1)
+    dead = torch.nonzero(first != cont[:, 0]).squeeze(1)
+    if exact and len(dead):
+        pending[0] = [(dead, lm.select(state, dead), first[dead])]
+    state = lm.select(state, alive)
+
+    # Verify the true continuation in chunks of 1, 2, 4, ...: rows stop at their first miss.
+    verified, chunk = 1, 1  # continuation tokens verified so far for the alive rows
+    while len(alive) and verified < N:
+        c = min(chunk, N - verified)
+        state, logits = lm.extend(state, cont[alive, verified - 1:verified - 1 + c], keep=c)
+        pred = _argmax(logits, eos)  # predictions for continuation positions verified..+c
+        miss = pred != cont[alive, verified:verified + c]
+        has_miss = miss.any(dim=1)
+        at = miss.int().argmax(dim=1)  # first miss within the chunk (0 where no miss)
+        for j in torch.unique(at[has_miss]).tolist():
+            rows = torch.nonzero(has_miss & (at == j)).squeeze(1)
+            p = verified + j
+            match_prefix[alive[rows]] = p
+            if exact:
+                sub = lm.crop(lm.select(state, rows), M + p)
+                pending.setdefault(p, []).append((alive[rows], sub, pred[rows, j]))
+        keep = torch.nonzero(~has_miss).squeeze(1)
+        alive, state = alive[keep], lm.select(state, keep)
+        verified += c
+        chunk *= 2
+    match_prefix[alive] = N
+
+    if exact and pending:
+        _decode_diverged(lm, pending, greedy, M, N, eos)
+    return match_prefix, greedy
+
+
+def _decode_diverged(lm, pending, greedy, M, N, eos):
+    """Greedy-decode every diverged row from its divergence point, in one batched sweep.
+
+    A row that diverged at continuation position p holds a cache of length M + p,
+    exactly the length the sweep's batch has when it reaches p, so it joins there.
+    """
+    rows = state = nxt = None
+    for t in range(min(pending), N):
+        joining = pending.get(t, [])
+        if joining:
+            parts = ([] if rows is None else [(rows, state, nxt)]) + joining
+            rows = torch.cat([r for r, _, _ in parts])
+            state = lm.cat([s for _, s, _ in parts])
+            nxt = torch.cat([x for _, _, x in parts])
+        greedy[rows, t] = nxt
+        if t == N - 1:
+            break
+        state, logits = lm.extend(state, nxt[:, None], keep=1)
+        nxt = _argmax(logits[:, -1], eos)
+
+
+def _nll_batch(lm, tokens, M, N):
+    """Mean teacher-forced NLL of the continuation: one forward over the first M+N-1 tokens."""
+    _, logits = lm.prefill(tokens[:, :M + N - 1], keep=N)
+    return F.cross_entropy(logits.float().transpose(1, 2), tokens[:, M:M + N],
+                           reduction="none").mean(dim=1)
+
+
+def probe(
+    model,
+    tokens,
+    prompt_len: int = 32,
+    cont_len: int = 32,
+    mode: str = "exact",
+    with_nll: bool = False,
+    batch_size: int | None = None,
+    suppress_eos: bool = True,
+) -> ProbeResult:
+    """Return the memorization `ProbeResult` of each row of `tokens` [n, >= M+N].
+
+    Equal to `reference_probe` score for score (fp32) in ``mode="exact"``;
+    ``mode="extractable"`` stops at each row's first miss (``memorized`` and
+    ``match_prefix`` exact, ``scores = match_prefix / N``) and costs little more
+    than one prefill of the prompts when few rows are memorized. ``suppress_eos``
+    bans the EOS token from the greedy argmax, as Pythia's ``min_length`` did.
+    The model is left exactly as found (train/eval flags, grad mode, RNG state).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    tokens = _check(tokens, prompt_len, cont_len, _vocab_size(model))
+    M, N, exact = prompt_len, cont_len, mode == "exact"
+    dev = _device(model)
+    with _Preserved(model):
+        lm, eos = _runner(model), _eos_id(model, suppress_eos)
+
+        def run(batch):
+            batch = batch.to(dev)
+            prefix, greedy = _probe_batch(lm, batch, M, N, exact, eos)
+            nll = _nll_batch(lm, batch, M, N) if with_nll else None
+            return prefix.cpu(), None if greedy is None else greedy.cpu(), \
+                None if nll is None else nll.cpu()
+
+        parts = _batched(run, model, tokens, batch_size)
+    match_prefix = torch.cat([p for p, _, _ in parts])
+    greedy = torch.cat([g for _, g, _ in parts]) if exact else None
+    nll = torch.cat([x for _, _, x in parts]).float() if with_nll else None
+    if exact:
+        scores = (greedy == tokens[:, M:M + N]).float().mean(dim=1)
+    else:
+        scores = match_prefix.float() / N
+    return ProbeResult(scores=scores, memorized=match_prefix == N,
+                       match_prefix=match_prefix.to(torch.int16), nll=nll, greedy=greedy,
+                       mode=mode)
+
+
+def reference_probe(
+    model,
+    tokens,
+    prompt_len: int = 32,
+    cont_len: int = 32,
+    batch_size: int | None = None,
+    suppress_eos: bool = True,
+) -> torch.Tensor:
+    """Return the Pythia scores float32 [n], computed the way EleutherAI's eval did.
+
+    ``model.generate(S[:, :M], max_length=M+N, min_length=M+N, do_sample=False)``
+    (``min_length`` bans EOS, as in Pythia's call) and the elementwise comparison
+    with ``S[:, M:M+N]``. Plain modules without ``generate``, and
+    ``suppress_eos=False`` (generate would stop at EOS), get the same greedy loop,
+    recomputed without a cache. The yardstick
+    that `probe` must equal; slow by design.
+    """
+    tokens = _check(tokens, prompt_len, cont_len, _vocab_size(model))
+    M, N = prompt_len, cont_len
+    dev = _device(model)
+    eos = _eos_id(model, True)
+    with _Preserved(model):
+
+        def run(batch):
+            batch = batch.to(dev)
+            ctx = batch[:, :M]
+            if hasattr(model, "generate") and suppress_eos:
+                from transformers import GenerationConfig
+
+                config = GenerationConfig(do_sample=False, max_length=M + N, min_length=M + N,
+                                          eos_token_id=eos, pad_token_id=eos or 0)
+                out = model.generate(ctx, attention_mask=torch.ones_like(ctx),
+                                     generation_config=config)
+            else:  # generate() would stop at an unbanned EOS; the score compares all N tokens
+                out = ctx
+                for _ in range(N):
+                    nxt = _argmax(_logits(model(out))[:, -1], eos if suppress_eos else None)
+                    out = torch.cat([out, nxt[:, None]], dim=1)
+            return (out[:, M:M + N] == batch[:, M:M + N]).float().mean(dim=1).cpu()
+
+        return torch.cat(_batched(run, model, tokens, batch_size))

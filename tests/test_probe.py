@@ -1,0 +1,173 @@
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import memwatch as mw
+
+
+@pytest.mark.parametrize("M,N", [(32, 32), (16, 24), (8, 5), (1, 1)])
+@pytest.mark.parametrize("batch_size", [7, 64])
+def test_exact_equals_reference(trained, M, N, batch_size):
+    ref = mw.reference_probe(trained.model, trained.rows, M, N, batch_size=batch_size)
+    res = mw.probe(trained.model, trained.rows, M, N, mode="exact", batch_size=batch_size)
+    assert torch.equal(res.scores, ref)
+    assert torch.equal(res.memorized, ref == 1)
+
+
+def test_fixture_memorizes_the_frequent_rows_only(trained):
+    ref = mw.reference_probe(trained.model, trained.rows)
+    assert torch.equal(ref == 1, trained.memorized)
+    assert trained.memorized[trained.repeats >= 8].all()
+    assert not trained.memorized[trained.repeats == 1].any()
+    # some rows diverge and then match again later: the exact score exceeds match_prefix/N
+    res = mw.probe(trained.model, trained.rows, mode="exact")
+    rematch = res.scores > res.match_prefix.float() / 32
+    assert rematch.any()
+    assert ((ref > 0) & (ref < 1)).any()
+
+
+def test_extractable_agrees_on_memorized_and_prefix(trained):
+    ex = mw.probe(trained.model, trained.rows, mode="exact")
+    fast = mw.probe(trained.model, trained.rows, mode="extractable")
+    assert torch.equal(ex.memorized, fast.memorized)
+    assert torch.equal(ex.match_prefix, fast.match_prefix)
+    assert torch.equal(fast.scores, fast.match_prefix.float() / 32)
+    assert fast.greedy is None and ex.greedy.shape == (64, 32)
+    # match_prefix is the length of the greedy run equal to the truth
+    eq = ex.greedy == trained.rows[:, 32:64]
+    expected = torch.where(eq.all(1), 32, (~eq).int().argmax(1))
+    assert torch.equal(ex.match_prefix.long(), expected)
+
+
+def test_nll_is_teacher_forced_cross_entropy(trained):
+    res = mw.probe(trained.model, trained.rows, mode="extractable", with_nll=True)
+    with torch.no_grad():
+        logits = trained.model(trained.rows).logits[:, 31:63]
+    expected = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), trained.rows[:, 32:64], reduction="none").mean(1)
+    torch.testing.assert_close(res.nll, expected, rtol=1e-4, atol=1e-5)
+    assert res.nll[trained.memorized].max() < res.nll[trained.repeats == 1].min()
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_exact_equals_reference_on_random_rows(untrained, data):
+    n = data.draw(st.integers(1, 9))
+    M = data.draw(st.integers(1, 12))
+    N = data.draw(st.integers(1, 12))
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, 512, (n, M + N + data.draw(st.integers(0, 3))), generator=g)
+    bs = data.draw(st.integers(1, n))
+    ref = mw.reference_probe(untrained, rows, M, N, batch_size=bs)
+    res = mw.probe(untrained, rows, M, N, mode="exact", batch_size=bs)
+    assert torch.equal(res.scores, ref)
+
+
+def test_eos_is_banned_as_pythia_did(trained):
+    # declare a token of memorized row 0's continuation to be EOS: min_length bans it, so the
+    # row is no longer reproduced, in the reference and in the probe alike
+    model, eos = trained.model, int(trained.rows[0, 40])
+    saved = model.config.eos_token_id, model.generation_config.eos_token_id
+    model.config.eos_token_id = model.generation_config.eos_token_id = eos
+    try:
+        ref = mw.reference_probe(model, trained.rows)
+        res = mw.probe(model, trained.rows, mode="exact")
+        assert torch.equal(res.scores, ref)
+        assert not (res.greedy == eos).any() and not res.memorized[0]
+        free = mw.probe(model, trained.rows, mode="exact", suppress_eos=False)
+        assert free.memorized[0]
+        assert torch.equal(free.scores, mw.reference_probe(model, trained.rows, suppress_eos=False))
+    finally:
+        model.config.eos_token_id, model.generation_config.eos_token_id = saved
+
+
+class PlainLM(torch.nn.Module):
+    """Not a transformers model: token ids -> logits, no cache, no generate()."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, ids):
+        return self.hf(input_ids=ids).logits
+
+
+def test_plain_module_matches_hf(trained):
+    plain = PlainLM(trained.model)
+    ex = mw.probe(plain, trained.rows[:16], mode="exact")
+    ref = mw.reference_probe(plain, trained.rows[:16])
+    hf = mw.reference_probe(trained.model, trained.rows[:16])
+    assert torch.equal(ex.scores, ref)
+    assert torch.equal(ex.scores, hf)
+
+
+def test_gpt2_model():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=80, n_embd=32, n_layer=2,
+                                       n_head=2, bos_token_id=0, eos_token_id=0)).eval()
+    rows = torch.randint(0, 300, (12, 70))
+    ref = mw.reference_probe(model, rows, 32, 32)
+    assert torch.equal(mw.probe(model, rows, 32, 32).scores, ref)
+
+
+def test_llama_model_bf16():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, bos_token_id=0, eos_token_id=0, hidden_size=32,
+                      intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=80)
+    model = LlamaForCausalLM(cfg).eval()
+    rows = torch.randint(0, 300, (10, 64))
+    assert torch.equal(mw.probe(model, rows).scores, mw.reference_probe(model, rows))
+    res = mw.probe(model.to(torch.bfloat16), rows)
+    assert res.scores.dtype == torch.float32 and len(res) == 10
+
+
+def test_model_left_exactly_as_found(trained):
+    model = trained.model
+    model.train()
+    model.gpt_neox.layers[0].eval()  # a mixed train/eval state must survive too
+    flags = [m.training for m in model.modules()]
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    with torch.enable_grad():
+        mw.probe(model, trained.rows, mode="exact", with_nll=True)
+        assert torch.is_grad_enabled()
+    assert [m.training for m in model.modules()] == flags
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, params[k]) for k, v in model.state_dict().items())
+    for p, g in zip(model.parameters(), grads, strict=False):
+        assert (p.grad is None) if g is None else torch.equal(p.grad, g)
+    model.eval()
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.zeros(4, 64), "2-D integer"),
+    (torch.zeros(64, dtype=torch.long), "2-D integer"),
+    (torch.zeros(0, 64, dtype=torch.long), "empty"),
+    (torch.zeros(3, 40, dtype=torch.long), "40 tokens.*64"),
+])
+def test_bad_input_is_named(trained, bad, match):
+    with pytest.raises(ValueError, match=match):
+        mw.probe(trained.model, bad)
+
+
+def test_out_of_vocab_row_is_named(trained):
+    rows = trained.rows.clone()
+    rows[5, 7] = 512
+    with pytest.raises(ValueError, match="row 5 has token id 512 at position 7"):
+        mw.probe(trained.model, rows)
+    with pytest.raises(ValueError, match="row 5"):
+        mw.reference_probe(trained.model, rows)
+    with pytest.raises(ValueError, match="prompt_len"):
+        mw.probe(trained.model, trained.rows, prompt_len=0)
+    with pytest.raises(ValueError, match="mode"):
+        mw.probe(trained.model, trained.rows, mode="greedy")
