@@ -13,15 +13,6 @@ import torch
 from memwatch.probe import _Preserved, probe, reference_probe
 
 
-def _seconds(fn: Callable[[], object], repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def _plain_forward(model, rows: torch.Tensor) -> None:
     with _Preserved(model):
         model(input_ids=rows)
@@ -40,16 +31,24 @@ def plant_memorized(model, rows: torch.Tensor, share: float, prompt_len: int = 3
 
 
 def compare(model, rows: torch.Tensor, prompt_len: int = 32, cont_len: int = 32,
-            batch_size: int | None = None, repeat: int = 1) -> dict[str, float]:
-    """Seconds for reference_probe, probe(exact), probe(extractable) and one forward pass."""
+            batch_size: int | None = None, repeat: int = 2) -> dict[str, float]:
+    """Best-of-`repeat` seconds for reference_probe, probe(exact), probe(extractable) and one
+    forward pass over M+N tokens; rounds interleave the methods so load drifts hit all alike."""
     M, N = prompt_len, cont_len
     kw = dict(prompt_len=M, cont_len=N, batch_size=batch_size)
-    return {
-        "reference": _seconds(lambda: reference_probe(model, rows, **kw), repeat),
-        "exact": _seconds(lambda: probe(model, rows, mode="exact", **kw), repeat),
-        "extractable": _seconds(lambda: probe(model, rows, mode="extractable", **kw), repeat),
-        "forward": _seconds(lambda: _plain_forward(model, rows[:, :M + N]), repeat),
+    methods: dict[str, Callable[[], object]] = {
+        "reference": lambda: reference_probe(model, rows, **kw),
+        "exact": lambda: probe(model, rows, mode="exact", **kw),
+        "extractable": lambda: probe(model, rows, mode="extractable", **kw),
+        "forward": lambda: _plain_forward(model, rows[:, :M + N]),
     }
+    best = dict.fromkeys(methods, float("inf"))
+    for _ in range(repeat):
+        for name, fn in methods.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
 
 
 def format_line(label: str, seconds: dict[str, float]) -> str:

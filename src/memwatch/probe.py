@@ -58,7 +58,11 @@ def _logits(out) -> torch.Tensor:
 
 
 class _CachedLM:
-    """A transformers causal LM driven through its KV cache; state = per-layer (k, v)."""
+    """A transformers causal LM driven through its KV cache; state = a `DynamicCache`.
+
+    `extend` grows the cache in place (as generate() does); `select`, `crop` and `cat`
+    build new caches, so a state handed out earlier is never changed behind its holder.
+    """
 
     def __init__(self, model):
         import inspect
@@ -69,16 +73,14 @@ class _CachedLM:
         self._cache_cls = DynamicCache
         self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
-    def _forward(self, tokens, past, keep):
+    def _forward(self, tokens, cache, keep):
         kwargs = {"logits_to_keep": keep} if self._keep else {}
-        past_len = 0 if past is None else past[0][0].shape[-2]
+        past_len = 0 if cache is None else cache.get_seq_length()
         mask = torch.ones(tokens.shape[0], past_len + tokens.shape[1], dtype=torch.long,
                           device=tokens.device)
-        cache = self._cache_cls() if past is None else self._cache_cls(ddp_cache_data=past)
-        out = self.model(input_ids=tokens, attention_mask=mask, past_key_values=cache,
-                         use_cache=True, **kwargs)
-        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        return kv, _logits(out)[:, -keep:]
+        out = self.model(input_ids=tokens, attention_mask=mask, use_cache=True,
+                         past_key_values=self._cache_cls() if cache is None else cache, **kwargs)
+        return out.past_key_values, _logits(out)[:, -keep:]
 
     def prefill(self, tokens, keep=1):
         return self._forward(tokens, None, keep)
@@ -86,22 +88,23 @@ class _CachedLM:
     def extend(self, state, tokens, keep):
         return self._forward(tokens, state, keep)
 
-    @staticmethod
-    def select(state, rows):
-        return [(k[rows], v[rows]) for k, v in state]
+    def _new(self, kv):
+        return self._cache_cls(ddp_cache_data=kv)
 
-    @staticmethod
-    def crop(state, length):
-        return [(k[:, :, :length], v[:, :, :length]) for k, v in state]
+    def select(self, state, rows):
+        if len(rows) == state.layers[0].keys.shape[0] and bool(
+                (rows == torch.arange(len(rows), device=rows.device)).all()):
+            return state  # all rows, in order: no copy
+        return self._new([(la.keys[rows], la.values[rows]) for la in state.layers])
 
-    @staticmethod
-    def cat(states):
-        return [(torch.cat([s[i][0] for s in states]), torch.cat([s[i][1] for s in states]))
-                for i in range(len(states[0]))]
+    def crop(self, state, length):
+        return self._new([(la.keys[:, :, :length], la.values[:, :, :length])
+                          for la in state.layers])
 
-    @staticmethod
-    def rows(state):
-        return state[0][0].shape[0]
+    def cat(self, states):
+        return self._new([(torch.cat([s.layers[i].keys for s in states]),
+                           torch.cat([s.layers[i].values for s in states]))
+                          for i in range(len(states[0].layers))])
 
 
 class _RecomputedLM:
@@ -129,9 +132,6 @@ class _RecomputedLM:
     def cat(states):
         return torch.cat(states)
 
-    @staticmethod
-    def rows(state):
-        return state.shape[0]
 
 
 def _runner(model):
@@ -327,9 +327,12 @@ def _decode_diverged(lm, pending, greedy, M, N, eos):
         joining = pending.get(t, [])
         if joining:
             parts = ([] if rows is None else [(rows, state, nxt)]) + joining
-            rows = torch.cat([r for r, _, _ in parts])
-            state = lm.cat([s for _, s, _ in parts])
-            nxt = torch.cat([x for _, _, x in parts])
+            if len(parts) == 1:
+                rows, state, nxt = parts[0]
+            else:
+                rows = torch.cat([r for r, _, _ in parts])
+                state = lm.cat([s for _, s, _ in parts])
+                nxt = torch.cat([x for _, _, x in parts])
         greedy[rows, t] = nxt
         if t == N - 1:
             break

@@ -21,6 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--repeat", type=int, default=2, help="rounds; the best time counts")
     p.add_argument("--trained", action="store_true",
                    help="also time the tiny model trained on a planted stream")
 
@@ -43,7 +44,7 @@ def run(args) -> int:
     rows = torch.randint(1, vocab, (args.rows, 64))
     for share in args.memorized:
         planted = plant_memorized(model, rows, share)
-        secs = compare(model, planted, batch_size=args.batch_size)
+        secs = compare(model, planted, batch_size=args.batch_size, repeat=args.repeat)
         print(format_line(f"{args.shape} {args.dtype} {args.device} {args.rows} rows, "
                           f"{share:.0%} memorized", secs), flush=True)
     if args.trained:
@@ -55,6 +56,6 @@ def run(args) -> int:
         train(tiny, corpus.stream(0), steps=3 * int(corpus.repeats.sum()) // 16, batch_size=16)
         share = float(probe(tiny, corpus.rows, mode="extractable").memorized.float().mean())
         print(format_line(f"tiny trained, {len(reps)} rows, {share:.0%} memorized",
-                          compare(tiny, corpus.rows)), flush=True)
+                          compare(tiny, corpus.rows, repeat=args.repeat)), flush=True)
     return 0
 
