@@ -122,6 +122,17 @@ class History:
         first = np.where(hit, self.steps[mem.argmax(axis=0)] if len(self) else -1, -1)
         return first.astype(np.int64)
 
+    def head(self, k: int) -> History:
+        """A new History holding only the first `k` probes (what was known back then)."""
+        h = History(self.ids, self.tags, cont_len=self.cont_len)
+        h._steps = self._steps[:k].copy()
+        h._modes = self._modes[:k]
+        h._prefix = self._prefix[:k].copy()
+        h._count = self._count[:k].copy()
+        h._nll = self._nll[:k].copy()
+        h._len = len(h._steps)
+        return h
+
     # ---- persistence: tensors and plain types only, loadable with weights_only=True ---------
     def state_dict(self) -> dict:
         return {

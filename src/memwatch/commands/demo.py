@@ -1,0 +1,24 @@
+"""`memwatch demo`: train a small model on CPU and watch it memorize planted PII."""
+
+from __future__ import annotations
+
+HELP = ("Train a small GPT-NeoX on planted PII and canaries, watch it memorize them live "
+        "(W&B offline), and write a report.")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 1200)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline",
+                   help="W&B mode (default offline; online needs `wandb login`)")
+    p.add_argument("--abort", action="store_true",
+                   help="stop training when planted PII becomes extractable")
+    p.add_argument("--out", default="memwatch-demo", help="output folder (default ./memwatch-demo)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
+    from memwatch.demo import config_from_args, run_demo
+
+    run_demo(config_from_args(args))
+    return 0
