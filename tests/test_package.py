@@ -5,8 +5,8 @@ import memwatch as mw
 
 
 def test_import_is_light():
-    code = ("import sys, memwatch; heavy = {'transformers', 'lightning', 'wandb', 'presidio_analyzer',"
-            " 'matplotlib', 'datasets', 'spacy', 'pytorch_lightning'};"
+    code = ("import sys, memwatch; heavy = {'transformers', 'lightning', 'wandb',"
+            " 'presidio_analyzer', 'matplotlib', 'datasets', 'spacy', 'pytorch_lightning'};"
             " print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
