@@ -49,3 +49,129 @@ def untrained():
     from memwatch.demo_model import tiny_model
 
     return tiny_model(seed=1, hidden_size=64, num_layers=2)
+
+
+# A checkpoint suite for `memwatch eval` / `analyze`: 2 sizes x 3 checkpoints, trained on a
+# planted stream written as a Megatron .bin/.idx pair (sequence index = position in the stream).
+SUITE_REPEATS = [24] * 4 + [6] * 4 + [1] * 8
+SUITE_STEPS = (16, 32, 64)
+SUITE_SIZES = {"small": dict(hidden_size=32, num_layers=1, num_heads=2),
+               "large": dict(hidden_size=64, num_layers=2)}
+
+
+@dataclass(frozen=True)
+class Suite:
+    root: object  # pathlib.Path: <root>/<model>/step<N>/ save_pretrained folders
+    prefix: str  # the .bin/.idx prefix of the training stream
+    stream: torch.Tensor  # int64 [128, 64], the rows in training order
+
+
+@pytest.fixture(scope="session")
+def suite(tmp_path_factory) -> Suite:
+    """Two tiny GPT-NeoX models saved at steps 16, 32 and 64 (~20 s on 2 cores)."""
+    from memwatch.demo_model import planted_corpus, tiny_model, train_steps
+    from memwatch.pythia_data import write_indexed_dataset
+
+    root = tmp_path_factory.mktemp("suite")
+    corpus = planted_corpus(SUITE_REPEATS, seq_len=64, vocab_size=512, seed=3)
+    stream = corpus.stream(seed=0)
+    prefix = write_indexed_dataset(root / "stream", stream.tolist())
+    for name, size in SUITE_SIZES.items():
+        model = tiny_model(seed=0, **size)
+        for step, _ in train_steps(model, stream, SUITE_STEPS[-1], batch_size=16, lr=1e-2):
+            if step in SUITE_STEPS:
+                model.save_pretrained(root / name / f"step{step}")
+    return Suite(root, prefix, stream)
+
+
+@dataclass(frozen=True)
+class SinkEvents:
+    """Real sink events: three probes of real models, as the monitor would report them."""
+
+    watchlist: object  # memwatch.Watchlist; pii rows carry redacted previews of `emails`
+    history: object  # memwatch.History after the three probes
+    events: tuple  # ("probe", ProbeRecord) | ("alert", Alert), in the order a monitor sends
+    emails: tuple[str, ...]  # the raw PII behind the pii rows' previews
+    secrets: tuple[str, ...]  # every string no sink may write: emails, decoded rows, token ids
+
+
+@pytest.fixture(scope="session")
+def sink_events(trained) -> SinkEvents:
+    """Probes at steps 10 (an untrained model), 20 and 30 (the `trained` fixture, extractable
+    then exact with NLL) of the planted rows: 0-5 tagged pii:EMAIL_ADDRESS, 6-11 canary,
+    the rest sample. The secrets include each row decoded by a byte-level BPE."""
+    import numpy as np
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from memwatch.demo_data import fake_pii_records
+    from memwatch.demo_model import tiny_model
+    from memwatch.events import Alert, ProbeRecord, RowReport
+    from memwatch.history import History
+    from memwatch.probe import probe
+    from memwatch.watchlist import Watchlist
+
+    n = len(trained.rows)
+    tags = [("pii:EMAIL_ADDRESS",)] * 6 + [("canary",)] * 6 + [("sample",)] * (n - 12)
+    emails = tuple(f"{name}.example{i}@gmail.com" for i, name in enumerate(
+        ["alice", "bruno", "chen", "dana", "emeka", "farah"]))
+    previews = [f"{e[0]}***@g***.com" for e in emails] + [f"[{t[0]}] 64 tokens" for t in tags[6:]]
+    wl = Watchlist(trained.rows, [f"row-{i:02d}" for i in range(n)], tags, previews)
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(fake_pii_records(40), trainers.BpeTrainer(
+        vocab_size=512, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    secrets = set(emails)
+    for row in trained.rows.tolist():
+        secrets.add(bpe.decode(row))
+        secrets.add(bpe.decode(row[32:64]))
+        secrets.add(", ".join(map(str, row[32:40])))
+        secrets.add(" ".join(map(str, row[32:40])))
+
+    history = History(wl.ids, wl.tags)
+    events: list = []
+    probes = [(10, tiny_model(seed=1, hidden_size=64), "extractable"),
+              (20, trained.model, "extractable"), (30, trained.model, "exact")]
+    for step, model, mode in probes:
+        before = history.memorized.any(0) if len(history) else np.zeros(n, bool)
+        history.update(step, probe(model, wl.tokens, mode=mode, with_nll=True), mode)
+        mem = history.memorized[-1]
+        new = np.flatnonzero(mem & ~before)
+        metrics = {"memorized_count": float(mem.sum()), "memorized_fraction": float(mem.mean()),
+                   "mean_score": float(history.scores[-1].mean()),
+                   "mean_match_prefix": float(history.match_prefix[-1].mean())}
+        for tag in ("pii:EMAIL_ADDRESS", "canary", "sample"):
+            metrics[f"memorized_fraction/{tag}"] = float(mem[wl.tag_mask(tag)].mean())
+        rows = tuple(RowReport(wl.ids[i], wl.tags[i], step, float(history.scores[-1, i]),
+                               int(history.match_prefix[-1, i]), wl.redacted_preview(i))
+                     for i in new)
+        events.append(("probe", ProbeRecord(step, mode, metrics, history.scores[-1].copy(), rows)))
+        for r in rows:
+            events.append(("alert", Alert("memorized", "WARN", f"memwatch: watched row {r.id} "
+                                          "memorized", f"{r.id} ({','.join(r.tags)}) "
+                                          f"memorized at step {step}: {r.preview}", step, (r.id,))))
+        if len(new):
+            events.append(("alert", Alert("abort", "ERROR", "memwatch stops the run",
+                                          f"step {step}: {len(new)} rows memorized", step)))
+    return SinkEvents(wl, history, tuple(events), emails, tuple(sorted(secrets)))
+
+
+TOKENIZER_WORDS = ("alpha beta gamma delta river stone light paper window garden train market "
+                   "write call send email contact today please number card secret my is the "
+                   "of and to at or see key").split()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A byte-level BPE (vocab 512, EOS id 0) trained on filler words, digits and PII-like text."""
+    import random
+
+    from memwatch.demo_tokenizer import train_tokenizer
+
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(TOKENIZER_WORDS) for _ in range(200)) for _ in range(20)]
+    texts += ["john.doe@gmail.com https://www.example.org 192.168.0.1 (415) 555-0132 "
+              "0123456789 " * 5]
+    return train_tokenizer(texts, vocab_size=512)
