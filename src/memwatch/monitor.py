@@ -239,7 +239,8 @@ class MemWatch:
             return
         for sink in self.sinks:
             try:
-                getattr(sink, method)(*args)
+                with torch.random.fork_rng(devices=[]):  # a sink must not shift training's RNG
+                    getattr(sink, method)(*args)
             except Exception as err:  # noqa: BLE001 - a sink must never stop training
                 if id(sink) not in self._failed_sinks:
                     self._failed_sinks.add(id(sink))

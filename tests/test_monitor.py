@@ -1,0 +1,324 @@
+"""MemWatch in a plain PyTorch loop: detection, invisibility, abort, sinks, resume, validation."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from memwatch.demo_model import planted_corpus, tiny_model
+from memwatch.events import Alert, ProbeRecord
+from memwatch.monitor import MemWatch
+from memwatch.policy import AbortPolicy
+from memwatch.probe import probe, reference_probe
+from memwatch.sinks.base import Sink
+from memwatch.watchlist import Watchlist
+
+M = N = 8
+BATCH = 8
+# Four canaries seen often (memorized within a few dozen steps), four seen sometimes, eight once.
+CORPUS = planted_corpus([16] * 4 + [4] * 4 + [1] * 8, seq_len=M + N, vocab_size=512, seed=0)
+STREAM = CORPUS.stream(seed=0)
+TAGS = [("canary",)] * 4 + [("sample",)] * 12
+NO_ABORT = AbortPolicy(tags=())
+
+
+class RecordingSink(Sink):
+    """Records every call, in order, as (event, payload)."""
+
+    def __init__(self):
+        self.events: list[tuple[str, object]] = []
+
+    def on_probe(self, record: ProbeRecord) -> None:
+        self.events.append(("probe", record))
+
+    def on_alert(self, alert: Alert) -> None:
+        self.events.append(("alert", alert))
+
+    def on_end(self, history, watchlist) -> None:
+        self.events.append(("end", len(history)))
+
+    def kinds(self) -> list[tuple]:
+        """(event, step, alert kind / new row ids) for each event."""
+        out = []
+        for event, x in self.events:
+            if event == "probe":
+                out.append(("probe", x.step, tuple(r.id for r in x.new_rows)))
+            elif event == "alert":
+                out.append(("alert", x.step, x.kind))
+            else:
+                out.append((event, x))
+        return out
+
+
+class BrokenSink(Sink):
+    def on_probe(self, record):
+        raise ConnectionError("W&B is down")
+
+    def on_alert(self, alert):
+        raise ConnectionError("W&B is down")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and lose a lot on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def watchlist() -> Watchlist:
+    return Watchlist(CORPUS.rows, [f"row-{i}" for i in range(len(CORPUS.rows))], TAGS)
+
+
+def monitor(**kwargs) -> MemWatch:
+    kwargs = {"prompt_len": M, "cont_len": N, "abort": NO_ABORT, **kwargs}
+    return MemWatch(watchlist(), **kwargs)
+
+
+def fresh(dropout: float = 0.0):
+    """The tiny model and its optimizer; `dropout` > 0 makes training consume the RNG."""
+    model = tiny_model(seed=0, hidden_size=64, num_layers=2)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = dropout
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+
+
+def train_step(model, opt, step: int) -> float:
+    """One deterministic optimizer step; the batch depends only on `step` (resumable)."""
+    model.train()
+    idx = torch.arange((step - 1) * BATCH, step * BATCH) % len(STREAM)
+    loss = model(input_ids=STREAM[idx], labels=STREAM[idx]).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def loop(model, opt, last: int, mon: MemWatch | None = None, first: int = 1):
+    """Train steps first..last, calling the monitor after each; returns (losses, decisions)."""
+    losses, decisions = [], []
+    for step in range(first, last + 1):
+        losses.append(train_step(model, opt, step))
+        if mon is not None:
+            decisions.append(mon.step(model, step))
+            if decisions[-1].abort:
+                break
+    return losses, decisions
+
+
+def test_detects_memorization_at_the_step_it_appears():
+    rec = RecordingSink()
+    mon = monitor(every_n_steps=1, sinks=[rec])
+    model, opt = fresh()
+    _, decisions = loop(model, opt, 12, mon)
+    # The same training without the monitor, scored the Pythia way after every step.
+    ref_model, ref_opt = fresh()
+    first = np.full(len(CORPUS.rows), -1)
+    for step in range(1, 13):
+        train_step(ref_model, ref_opt, step)
+        hit = (reference_probe(ref_model, CORPUS.rows, M, N) == 1).numpy() & (first < 0)
+        first[hit] = step
+    assert (first > 1).sum() >= 3 and not (first == 1).any(), "memorization should take steps"
+    np.testing.assert_array_equal(mon.history.first_memorized_step(), first)
+    new = {d.step: set(d.newly_memorized) for d in decisions if d.newly_memorized}
+    expected = {}
+    for i, s in enumerate(first):
+        if s > 0:
+            expected.setdefault(int(s), set()).add(f"row-{i}")
+    assert new == expected
+    records = [x for e, x in rec.events if e == "probe"]
+    assert [r.step for r in records] == list(range(1, 13))
+    assert {r.step: {x.id for x in r.new_rows} for r in records if r.new_rows} == expected
+
+
+def test_training_is_bit_identical_with_and_without_the_monitor():
+    # Dropout makes the losses depend on the RNG stream and on the train/eval flags.
+    torch.manual_seed(0)
+    model_a, opt_a = fresh(dropout=0.1)
+    losses_a, _ = loop(model_a, opt_a, 16)
+    torch.manual_seed(0)
+    model_b, opt_b = fresh(dropout=0.1)
+    mon = monitor(every_n_steps=1, mode="exact", with_nll=True)
+    losses_b, _ = loop(model_b, opt_b, 16, mon)
+    assert len(mon.history) == 16
+    assert losses_a == losses_b
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_abort_stops_the_loop_with_the_reason_and_alerts_in_order():
+    rec = RecordingSink()
+    mon = monitor(every_n_steps=2, abort=AbortPolicy(tags=("canary",)), sinks=[rec])
+    model, opt = fresh()
+    _, decisions = loop(model, opt, 40, mon)
+    stop = decisions[-1]
+    assert stop.abort and stop.probed and stop.step < 40
+    first_canary = [f"row-{i}" for i in range(4) if f"row-{i}" in stop.newly_memorized]
+    assert first_canary and all(i in stop.reason for i in first_canary)
+    assert stop.reason.startswith(f"step {stop.step}:") and "canary" in stop.reason
+    assert not any(d.abort for d in decisions[:-1])
+    tail = rec.kinds()[-(2 + len(first_canary)):]
+    assert tail == [("probe", stop.step, tuple(sorted(stop.newly_memorized)))] + \
+        [("alert", stop.step, "memorized")] * len(first_canary) + [("alert", stop.step, "abort")]
+    alerts = [x for e, x in rec.events if e == "alert"]
+    assert alerts[-1].level == "ERROR" and alerts[-1].text == stop.reason
+
+
+def test_alerts_are_sent_once_per_row_and_the_final_probe_is_exact():
+    rec = RecordingSink()
+    mon = monitor(every_n_steps=3, abort=AbortPolicy(tags=("canary",), action="alert"),
+                  sinks=[rec])
+    model, opt = fresh()
+    _, decisions = loop(model, opt, 31, mon)
+    assert not any(d.abort for d in decisions)
+    final = mon.finish(model, 31)
+    row_alerts = [x.row_ids[0] for e, x in rec.events if e == "alert" and x.kind == "memorized"]
+    ever = mon.history.memorized.any(axis=0)
+    assert len(row_alerts) >= 2
+    assert sorted(row_alerts) == [f"row-{i}" for i in range(4) if ever[i]]  # each canary, once
+    assert [k for k in rec.kinds() if k[0] == "alert" and k[2] == "abort"][:1]
+    assert rec.events[-1] == ("end", len(mon.history))
+    assert final.probed and final.record.mode == "exact" and mon.history.modes[-1] == "exact"
+    np.testing.assert_allclose(mon.history.scores[-1],
+                               reference_probe(model, CORPUS.rows, M, N).numpy())
+    assert mon.finish(model, 31).probed is False  # finishing twice does nothing
+
+
+def test_record_metrics_and_redacted_previews():
+    rec = RecordingSink()
+    previews = [f"<row {i} redacted>" for i in range(16)]
+    wl = Watchlist(CORPUS.rows, [f"row-{i}" for i in range(16)], TAGS, previews=previews)
+    mon = MemWatch(wl, every_n_steps=12, prompt_len=M, cont_len=N, abort=NO_ABORT,
+                   sinks=[rec], total_steps=24)
+    model, opt = fresh()
+    loop(model, opt, 24, mon)
+    records = [x for e, x in rec.events if e == "probe"]
+    last = records[-1]
+    assert last.mode == "exact"  # the probe at total_steps is the exact one
+    res = probe(model, CORPUS.rows, M, N)
+    mem = res.memorized.numpy()
+    m = last.metrics
+    assert m["memorized_count"] == mem.sum() and m["memorized_fraction"] == mem.mean()
+    assert m["memorized_count/canary"] == mem[:4].sum()
+    assert m["memorized_fraction/sample"] == pytest.approx(mem[4:].mean())
+    assert m["mean_score"] == pytest.approx(float(res.scores.mean()))
+    assert m["mean_match_prefix"] == pytest.approx(float(res.match_prefix.float().mean()))
+    assert m["probe_seconds"] > 0 and m["overhead"] > 0
+    assert "forecast/expected_final_memorized" in m
+    reports = [r for x in records for r in x.new_rows]
+    assert reports and all(r.preview == previews[int(r.id[4:])] for r in reports)
+
+
+def test_default_schedule_probes_within_budget():
+    mon = monitor(total_steps=60)
+    model, opt = fresh()
+    _, decisions = loop(model, opt, 60, mon)
+    probed = [d.step for d in decisions if d.probed]
+    assert probed[0] == 2 and probed == list(mon.history.steps)
+    assert mon.schedule.train_seconds > 0 and mon.schedule.monitor_seconds > 0
+
+
+def test_exact_every_nth_probe():
+    mon = monitor(every_n_steps=2, exact_every=3)
+    model, opt = fresh()
+    loop(model, opt, 12, mon)
+    assert mon.history.modes == ["extractable", "extractable", "exact"] * 2
+
+
+def test_a_failing_sink_warns_once_and_training_goes_on():
+    rec = RecordingSink()
+    mon = monitor(every_n_steps=2, abort=AbortPolicy(tags=("canary",), action="alert"),
+                  sinks=[BrokenSink(), rec])
+    model, opt = fresh()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loop(model, opt, 20, mon)
+    ours = [w for w in caught if "BrokenSink" in str(w.message)]
+    assert len(ours) == 1 and "W&B is down" in str(ours[0].message)
+    assert len([e for e, _ in rec.events if e == "probe"]) == 10  # later sinks still called
+
+
+def test_state_dict_round_trip(tmp_path):
+    mon = monitor(every_n_steps=3, abort=AbortPolicy(tags=("canary",), action="alert"))
+    model, opt = fresh()
+    loop(model, opt, 24, mon)
+    torch.save(mon.state_dict(), tmp_path / "mon.pt")
+    fresh_mon = monitor(every_n_steps=3, abort=AbortPolicy(tags=("canary",), action="alert"))
+    fresh_mon.load_state_dict(torch.load(tmp_path / "mon.pt", weights_only=True))
+    a, b = mon.state_dict(), fresh_mon.state_dict()
+    for key in ("steps", "match_prefix", "match_count", "nll"):
+        torch.testing.assert_close(a["history"][key], b["history"][key], rtol=0, atol=0,
+                                   equal_nan=True)
+    assert a["alerts_sent"] == b["alerts_sent"] and a["alerts_sent"]
+    np.testing.assert_equal(a["schedule"], b["schedule"])  # NaN costs equal NaN
+    assert a["streak"] == b["streak"]
+    other = Watchlist(CORPUS.rows, [f"x-{i}" for i in range(16)], TAGS)
+    with pytest.raises(ValueError, match="different watchlist"):
+        MemWatch(other, prompt_len=M, cont_len=N).load_state_dict(a)
+
+
+def test_kill_and_resume_continues_the_history(tmp_path):
+    policy = AbortPolicy(tags=("canary",), action="alert")
+    # The uninterrupted run.
+    rec_full = RecordingSink()
+    full = monitor(every_n_steps=4, abort=policy, sinks=[rec_full])
+    model, opt = fresh()
+    loop(model, opt, 32, full)
+    # A run checkpointed at step 14, killed at step 18, resumed from the checkpoint.
+    rec_a, rec_b = RecordingSink(), RecordingSink()
+    first = monitor(every_n_steps=4, abort=policy, sinks=[rec_a])
+    model, opt = fresh()
+    loop(model, opt, 14, first)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "mon": first.state_dict()},
+               tmp_path / "ckpt.pt")
+    loop(model, opt, 18, first, first=15)  # probes at 16, then the process dies
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    model, opt = fresh()
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    resumed = monitor(every_n_steps=4, abort=policy, sinks=[rec_b])
+    resumed.load_state_dict(ckpt["mon"])
+    loop(model, opt, 32, resumed, first=15)
+    steps = resumed.history.steps
+    assert list(steps) == list(range(4, 33, 4)) and len(set(steps)) == len(steps)
+    np.testing.assert_array_equal(resumed.history.match_prefix, full.history.match_prefix)
+    sent_before = {x.row_ids for e, x in rec_a.events if e == "alert" and x.step <= 14}
+    sent_after = {x.row_ids for e, x in rec_b.events if e == "alert"}
+    assert sent_before and not sent_before & sent_after  # no alert is re-sent after resume
+    full_alerts = [(x.step, x.kind, x.row_ids) for e, x in rec_full.events if e == "alert"]
+    before = [(x.step, x.kind, x.row_ids) for e, x in rec_a.events if e == "alert"
+              and x.step <= 14]
+    after = [(x.step, x.kind, x.row_ids) for e, x in rec_b.events if e == "alert"]
+    assert full_alerts == before + after
+
+
+def test_watchlist_too_short_fails_at_construction():
+    with pytest.raises(ValueError, match="'row-0' has 16 tokens; prompt_len \\+ cont_len = 64"):
+        MemWatch(watchlist())
+
+
+def test_token_outside_the_vocab_fails_before_training():
+    rows = CORPUS.rows.clone()
+    rows[5, 3] = 9999
+    mon = MemWatch(Watchlist(rows, [f"row-{i}" for i in range(16)], TAGS), prompt_len=M,
+                   cont_len=N)
+    model, _ = fresh()
+    with pytest.raises(ValueError, match="'row-5' has token id 9999 at position 3"):
+        mon.check(model)
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        monitor(mode="greedy")
+    with pytest.raises(ValueError, match="exact_every"):
+        monitor(exact_every=0)
+    with pytest.raises(TypeError, match="AbortPolicy"):
+        monitor(abort={"tags": ("canary",)})
+    with pytest.raises(TypeError, match="every_n_step"):
+        monitor(every_n_step=3)
