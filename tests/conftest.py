@@ -175,3 +175,46 @@ def tiny_tokenizer():
     texts += ["john.doe@gmail.com https://www.example.org 192.168.0.1 (415) 555-0132 "
               "0123456789 " * 5]
     return train_tokenizer(texts, vocab_size=512)
+
+
+class RecordingSink:
+    """A `Sink` that records every call, in order, as (event, payload) (memwatch monitor tests)."""
+
+    def __init__(self):
+        self.events: list[tuple[str, object]] = []
+
+    def on_probe(self, record) -> None:
+        self.events.append(("probe", record))
+
+    def on_alert(self, alert) -> None:
+        self.events.append(("alert", alert))
+
+    def on_end(self, history, watchlist) -> None:
+        self.events.append(("end", len(history)))
+
+    def close(self) -> None:
+        self.events.append(("close", None))
+
+    def of(self, event: str) -> list:
+        """The payloads of one kind of event, in order."""
+        return [x for e, x in self.events if e == event]
+
+    def kinds(self) -> list[tuple]:
+        """(event, step, new row ids / alert kind) for probes and alerts; (event, payload) else."""
+        out = []
+        for event, x in self.events:
+            if event == "probe":
+                out.append(("probe", x.step, tuple(r.id for r in x.new_rows)))
+            elif event == "alert":
+                out.append(("alert", x.step, x.kind))
+            else:
+                out.append((event, x))
+        return out
+
+
+@pytest.fixture()
+def recorder():
+    """A factory of `RecordingSink`s: ``rec = recorder()``."""
+    from memwatch.sinks.base import Sink
+
+    return type("RecordingSink", (RecordingSink, Sink), {})

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from memwatch.demo_model import planted_corpus, tiny_model
-from memwatch.events import Alert, ProbeRecord
 from memwatch.monitor import MemWatch
 from memwatch.policy import AbortPolicy
 from memwatch.probe import probe, reference_probe
@@ -23,34 +22,6 @@ CORPUS = planted_corpus([16] * 4 + [4] * 4 + [1] * 8, seq_len=M + N, vocab_size=
 STREAM = CORPUS.stream(seed=0)
 TAGS = [("canary",)] * 4 + [("sample",)] * 12
 NO_ABORT = AbortPolicy(tags=())
-
-
-class RecordingSink(Sink):
-    """Records every call, in order, as (event, payload)."""
-
-    def __init__(self):
-        self.events: list[tuple[str, object]] = []
-
-    def on_probe(self, record: ProbeRecord) -> None:
-        self.events.append(("probe", record))
-
-    def on_alert(self, alert: Alert) -> None:
-        self.events.append(("alert", alert))
-
-    def on_end(self, history, watchlist) -> None:
-        self.events.append(("end", len(history)))
-
-    def kinds(self) -> list[tuple]:
-        """(event, step, alert kind / new row ids) for each event."""
-        out = []
-        for event, x in self.events:
-            if event == "probe":
-                out.append(("probe", x.step, tuple(r.id for r in x.new_rows)))
-            elif event == "alert":
-                out.append(("alert", x.step, x.kind))
-            else:
-                out.append((event, x))
-        return out
 
 
 class BrokenSink(Sink):
@@ -111,8 +82,8 @@ def loop(model, opt, last: int, mon: MemWatch | None = None, first: int = 1):
     return losses, decisions
 
 
-def test_detects_memorization_at_the_step_it_appears():
-    rec = RecordingSink()
+def test_detects_memorization_at_the_step_it_appears(recorder):
+    rec = recorder()
     mon = monitor(every_n_steps=1, sinks=[rec])
     model, opt = fresh()
     _, decisions = loop(model, opt, 12, mon)
@@ -152,8 +123,8 @@ def test_training_is_bit_identical_with_and_without_the_monitor():
         assert torch.equal(a, b), name
 
 
-def test_abort_stops_the_loop_with_the_reason_and_alerts_in_order():
-    rec = RecordingSink()
+def test_abort_stops_the_loop_with_the_reason_and_alerts_in_order(recorder):
+    rec = recorder()
     mon = monitor(every_n_steps=2, abort=AbortPolicy(tags=("canary",)), sinks=[rec])
     model, opt = fresh()
     _, decisions = loop(model, opt, 40, mon)
@@ -170,8 +141,8 @@ def test_abort_stops_the_loop_with_the_reason_and_alerts_in_order():
     assert alerts[-1].level == "ERROR" and alerts[-1].text == stop.reason
 
 
-def test_alerts_are_sent_once_per_row_and_the_final_probe_is_exact():
-    rec = RecordingSink()
+def test_alerts_are_sent_once_per_row_and_the_final_probe_is_exact(recorder):
+    rec = recorder()
     mon = monitor(every_n_steps=3, abort=AbortPolicy(tags=("canary",), action="alert"),
                   sinks=[rec])
     model, opt = fresh()
@@ -190,8 +161,8 @@ def test_alerts_are_sent_once_per_row_and_the_final_probe_is_exact():
     assert mon.finish(model, 31).probed is False  # finishing twice does nothing
 
 
-def test_record_metrics_and_redacted_previews():
-    rec = RecordingSink()
+def test_record_metrics_and_redacted_previews(recorder):
+    rec = recorder()
     previews = [f"<row {i} redacted>" for i in range(16)]
     wl = Watchlist(CORPUS.rows, [f"row-{i}" for i in range(16)], TAGS, previews=previews)
     mon = MemWatch(wl, every_n_steps=12, prompt_len=M, cont_len=N, abort=NO_ABORT,
@@ -231,8 +202,8 @@ def test_exact_every_nth_probe():
     assert mon.history.modes == ["extractable", "extractable", "exact"] * 2
 
 
-def test_a_failing_sink_warns_once_and_training_goes_on():
-    rec = RecordingSink()
+def test_a_failing_sink_warns_once_and_training_goes_on(recorder):
+    rec = recorder()
     mon = monitor(every_n_steps=2, abort=AbortPolicy(tags=("canary",), action="alert"),
                   sinks=[BrokenSink(), rec])
     model, opt = fresh()
@@ -263,15 +234,15 @@ def test_state_dict_round_trip(tmp_path):
         MemWatch(other, prompt_len=M, cont_len=N).load_state_dict(a)
 
 
-def test_kill_and_resume_continues_the_history(tmp_path):
+def test_kill_and_resume_continues_the_history(tmp_path, recorder):
     policy = AbortPolicy(tags=("canary",), action="alert")
     # The uninterrupted run.
-    rec_full = RecordingSink()
+    rec_full = recorder()
     full = monitor(every_n_steps=4, abort=policy, sinks=[rec_full])
     model, opt = fresh()
     loop(model, opt, 32, full)
     # A run checkpointed at step 14, killed at step 18, resumed from the checkpoint.
-    rec_a, rec_b = RecordingSink(), RecordingSink()
+    rec_a, rec_b = recorder(), recorder()
     first = monitor(every_n_steps=4, abort=policy, sinks=[rec_a])
     model, opt = fresh()
     loop(model, opt, 14, first)

@@ -1,0 +1,76 @@
+"""`MemWatchCallback`: drives a `MemWatch` from a Lightning `Trainer`, like `EarlyStopping`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+
+from memwatch.monitor import MemWatch
+
+
+class MemWatchCallback(Callback):
+    """Probes at optimizer-step boundaries (``trainer.global_step``) and stops the run on abort.
+
+    `model_getter(pl_module)` returns the module to probe; by default the
+    LightningModule's ``model`` attribute when it is a transformers model, else
+    the LightningModule itself. Metrics go to the trainer's loggers as
+    ``memwatch/<name>`` as well as to the monitor's sinks.
+    """
+
+    def __init__(self, monitor: MemWatch,
+                 model_getter: Callable[[LightningModule], torch.nn.Module] | None = None):
+        self.monitor = monitor
+        self.model_getter = model_getter
+        self.reason = ""
+        self._seen_step: int | None = None
+
+    def _model(self, pl_module: LightningModule) -> torch.nn.Module:
+        if self.model_getter is not None:
+            return self.model_getter(pl_module)
+        inner = getattr(pl_module, "model", None)
+        is_hf = isinstance(inner, torch.nn.Module) and hasattr(inner, "generate")
+        return inner if is_hf else pl_module
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        total = trainer.estimated_stepping_batches
+        if self.monitor.total_steps is None and math.isfinite(total):
+            self.monitor.total_steps = int(total)
+        self.monitor.check(self._model(pl_module))  # bad rows fail here, before any training
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._seen_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self._seen_step:  # an accumulation batch: no optimizer step happened
+            return
+        self._seen_step = step
+        decision = self.monitor.step(self._model(pl_module), step)
+        self._log(trainer, decision)
+        stop = trainer.strategy.reduce_boolean_decision(decision.abort, all=False)
+        if stop:
+            self.reason = decision.reason
+            trainer.should_stop = True
+            rank_zero_warn(f"memwatch stops training: {decision.reason}")
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(trainer, self.monitor.finish(self._model(pl_module), trainer.global_step))
+
+    @staticmethod
+    def _log(trainer: Trainer, decision) -> None:
+        if decision.record is None:
+            return
+        metrics = {f"memwatch/{k}": v for k, v in decision.record.metrics.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=decision.step)
+
+    def state_dict(self) -> dict:
+        return self.monitor.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.monitor.load_state_dict(state_dict)
