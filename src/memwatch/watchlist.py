@@ -2,17 +2,30 @@
 
 Rows are token ids [n, L] with L >= prompt_len + cont_len. Ids are unique
 strings; tags are short labels such as ``pii:EMAIL_ADDRESS``, ``canary`` or
-``sample``. Raw text, when a row came from text, is kept only if asked for;
-sinks see `redacted_preview(i)` instead.
+``sample``. Raw text, when a row came from text, is kept only if asked for
+(``keep_text=True``); sinks see `redacted_preview(i)` instead.
+
+``spans[i]`` is ``(text_index, start, end)``: the characters row ``i`` is about in
+its source text (the window for `from_texts`, the PII hit for `scan_pii`, the
+secret for `canaries`), or None. Storage is safetensors (tokens) beside JSON
+(everything else); nothing is ever pickled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 
 import numpy as np
 import torch
+
+FORMAT = "memwatch.watchlist"
+FORMAT_VERSION = 1
+Span = tuple[int, int, int]
 
 
 class Watchlist:
@@ -24,18 +37,21 @@ class Watchlist:
         ids: Sequence[str],
         tags: Sequence[Sequence[str]],
         previews: Sequence[str] | None = None,
+        spans: Sequence[Span | None] | None = None,
+        texts: Sequence[str | None] | None = None,
     ):
+        n_ids = len(ids)
         if not isinstance(tokens, torch.Tensor):
             tokens = torch.as_tensor(np.asarray(tokens))
-        if tokens.dim() != 2 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        if tokens.dim() != 2 or tokens.dtype == torch.bool:
             raise ValueError(
                 f"watchlist tokens must be a 2-D integer array [rows, tokens]; got shape "
                 f"{tuple(tokens.shape)} dtype {tokens.dtype}")
         if len(tokens) == 0:
             raise ValueError("the watchlist is empty: give it at least one row")
         n = len(tokens)
-        if len(ids) != n:
-            raise ValueError(f"{len(ids)} ids for {n} watchlist rows")
+        if n_ids != n:
+            raise ValueError(f"{n_ids} ids for {n} watchlist rows")
         if len(tags) != n:
             raise ValueError(f"{len(tags)} tag lists for {n} watchlist rows")
         ids = [str(i) for i in ids]
@@ -44,6 +60,11 @@ class Watchlist:
             if row_id in seen:
                 raise ValueError(f"watchlist id {row_id!r} is used by rows {seen[row_id]} and {i}")
             seen[row_id] = i
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex:
+            bad = ~torch.isfinite(tokens) | (tokens != torch.round(tokens))
+            row = int(bad.any(1).nonzero()[0]) if bad.any() else 0
+            raise ValueError(f"watchlist sequence {ids[row]!r} is not integer token ids (dtype "
+                             f"{tokens.dtype}); convert the rows with .long() or np.int64")
         if (tokens < 0).any():
             row, col = (int(x) for x in (tokens < 0).nonzero()[0])
             raise ValueError(f"watchlist sequence {ids[row]!r} has a negative token id "
@@ -52,46 +73,279 @@ class Watchlist:
         self.ids = ids
         self.tags = [tuple(str(t) for t in (row if not isinstance(row, str) else [row]))
                      for row in tags]
-        if previews is not None and len(previews) != n:
-            raise ValueError(f"{len(previews)} previews for {n} watchlist rows")
+        for name, extra in (("previews", previews), ("spans", spans), ("texts", texts)):
+            if extra is not None and len(extra) != n:
+                raise ValueError(f"{len(extra)} {name} for {n} watchlist rows")
         self._previews = list(previews) if previews is not None else None
+        self.spans = None if spans is None else \
+            [None if s is None else tuple(int(x) for x in s) for s in spans]
+        # Raw text of each row, present only when the user asked for it (keep_text=True).
+        self.texts = list(texts) if texts is not None else None
+
+    # ----------------------------------------------------------------------------------------
+    # Sources
+    # ----------------------------------------------------------------------------------------
 
     @classmethod
     def from_tokens(cls, tokens, ids: Sequence[str] | None = None,
-                    tags: Sequence[Sequence[str]] | Sequence[str] | str | None = None) -> Watchlist:
+                    tags: Sequence[Sequence[str]] | Sequence[str] | str | None = None,
+                    prompt_len: int | None = None, cont_len: int | None = None) -> Watchlist:
         """A watchlist of the given token rows; ids default to ``row-<i>``, tags to none.
 
         `tags` may be one tag (or tag list) for every row, or one entry per row.
+        Rows of unequal length are cut to the shortest; with `prompt_len` and
+        `cont_len` given, a row shorter than their sum is an error naming it and
+        rows are cut to exactly that length.
         """
-        tokens = tokens if isinstance(tokens, torch.Tensor) else torch.as_tensor(np.asarray(tokens))
-        n = len(tokens)
+        need = None if prompt_len is None or cont_len is None else prompt_len + cont_len
+        if not isinstance(tokens, (torch.Tensor, np.ndarray)):
+            rows = [np.asarray(r) for r in tokens]
+            n = len(rows)
+        else:
+            rows, n = None, len(tokens)
         ids = [f"row-{i}" for i in range(n)] if ids is None else list(ids)
+        if rows is not None:
+            if len(ids) != n:
+                raise ValueError(f"{len(ids)} ids for {n} watchlist rows")
+            for i, r in enumerate(rows):
+                if r.ndim != 1:
+                    raise ValueError(f"watchlist sequence {ids[i]!r} has shape {r.shape}; each "
+                                     "row must be a 1-D sequence of token ids")
+                if need is not None and len(r) < need:
+                    raise ValueError(f"watchlist sequence {ids[i]!r} has {len(r)} tokens; "
+                                     f"prompt_len + cont_len = {need} needs at least {need}")
+            width = min((len(r) for r in rows), default=0) if need is None else need
+            tokens = np.stack([r[:width] for r in rows]) if rows else np.zeros((0, 0), np.int64)
         if tags is None:
             tags = [()] * n
         elif isinstance(tags, str):
             tags = [(tags,)] * n
         elif len(tags) and all(isinstance(t, str) for t in tags) and len(tags) != n:
             tags = [tuple(tags)] * n
-        return cls(tokens, ids, tags)
+        wl = cls(tokens if isinstance(tokens, torch.Tensor) else torch.as_tensor(tokens),
+                 ids, tags)
+        if need is not None:
+            wl.validate(prompt_len, cont_len)
+            wl = wl if wl.tokens.shape[1] == need else \
+                cls(wl.tokens[:, :need], wl.ids, wl.tags)
+        return wl
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str], tokenizer, tags: Sequence[str] | str = ("text",),
+                   prompt_len: int = 32, cont_len: int = 32, keep_text: bool = False,
+                   max_rows: int | None = None, id_prefix: str = "text") -> Watchlist:
+        """Rows from texts: each text's consecutive windows of prompt_len + cont_len tokens.
+
+        Row ids are ``<id_prefix>:<text index>:<window index>``; ``spans`` keeps each
+        window's characters. Texts shorter than one window give no row; the tail
+        after the last full window is dropped. `tokenizer` is any fast Hugging Face
+        tokenizer (offset mapping needed); no special tokens are added.
+        """
+        tags = (tags,) if isinstance(tags, str) else tuple(tags)
+        L = prompt_len + cont_len
+        rows, ids, spans, kept = [], [], [], []
+        for t, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"text {t} is a {type(text).__name__}, not a str")
+            token_ids, offsets = _encode(tokenizer, text)
+            for w in range(len(token_ids) // L):
+                s = w * L
+                start, end = offsets[s][0], offsets[s + L - 1][1]
+                rows.append(token_ids[s : s + L])
+                ids.append(f"{id_prefix}:{t}:{w}")
+                spans.append((t, start, end))
+                kept.append(text[start:end] if keep_text else None)
+                if max_rows is not None and len(rows) >= max_rows:
+                    break
+            if max_rows is not None and len(rows) >= max_rows:
+                break
+        if not rows:
+            raise ValueError(f"no text has prompt_len + cont_len = {L} tokens: the watchlist "
+                             "would be empty; give longer texts or smaller lengths")
+        return cls(torch.tensor(rows, dtype=torch.long), ids, [tags] * len(rows), spans=spans,
+                   texts=kept if keep_text else None)
+
+    @classmethod
+    def from_dataset(cls, ds, text_column: str = "text", tokenizer=None,
+                     sample: int | None = None, seed: int = 0, prompt_len: int = 32,
+                     cont_len: int = 32, tags: Sequence[str] | str = ("sample",),
+                     keep_text: bool = False, id_prefix: str = "ds",
+                     shuffle_buffer: int = 10_000) -> Watchlist:
+        """`sample` random windows (all, if None) from a `datasets.Dataset` or IterableDataset.
+
+        A `Dataset` is read in a seeded random order of its rows (ids
+        ``ds:<row>:<window>``). An `IterableDataset` (streaming) is shuffled with
+        ``ds.shuffle(seed, buffer_size=shuffle_buffer)`` and read until `sample`
+        rows are found (ids ``ds:<position in that stream>:<window>``).
+        """
+        if tokenizer is None:
+            raise ValueError("from_dataset needs tokenizer=... to turn texts into token rows")
+        from datasets import Dataset
+
+        if isinstance(ds, Dataset):
+            if text_column not in ds.column_names:
+                raise ValueError(f"dataset has no column {text_column!r}; it has "
+                                 f"{ds.column_names}")
+            order = np.random.default_rng(seed).permutation(len(ds))
+            source = ((int(i), ds[int(i)][text_column]) for i in order)
+        else:
+            if sample is None:
+                raise ValueError("a streaming dataset needs sample=<rows> (it may never end)")
+            source = enumerate(row[text_column] for row in
+                               ds.shuffle(seed=seed, buffer_size=shuffle_buffer))
+        parts = []
+        found = 0
+        for index, text in source:
+            if sample is not None and found >= sample:
+                break
+            try:
+                part = cls.from_texts([text], tokenizer, tags, prompt_len, cont_len, keep_text,
+                                      None if sample is None else sample - found,
+                                      id_prefix=id_prefix)
+            except ValueError:
+                continue  # a text shorter than one window
+            part.ids = [f"{id_prefix}:{index}:{i.rsplit(':', 1)[1]}" for i in part.ids]
+            part.spans = [(index, s, e) for _, s, e in part.spans]
+            parts.append(part)
+            found += len(part)
+        if not parts:
+            raise ValueError(f"no text in column {text_column!r} has prompt_len + cont_len = "
+                             f"{prompt_len + cont_len} tokens")
+        return _concat(parts)
+
+    @classmethod
+    def from_pythia(cls, path_prefix: str | os.PathLike, indices, prompt_len: int = 32,
+                    cont_len: int = 32, tags: Sequence[str] | str = ("sample",)) -> Watchlist:
+        """Tokens [0 : prompt_len + cont_len] of the listed sequences of a Megatron .idx/.bin pair.
+
+        `indices`: a spec such as ``"0:1000000:97"`` (see
+        `memwatch.pythia_data.parse_index_range`), a range (e.g.
+        `memwatch.pythia_data.steps_range(a, b)`) or integers. Ids are
+        ``pythia:<index>``, as Pythia's memorization eval numbers sequences.
+        """
+        from memwatch.pythia_data import IndexedDataset, parse_index_range
+
+        idx = parse_index_range(indices) if isinstance(indices, str) else \
+            np.asarray(indices, dtype=np.int64).reshape(-1)
+        if not len(idx):
+            raise ValueError("from_pythia got no sequence indices")
+        data = IndexedDataset(path_prefix)
+        bad = (idx < 0) | (idx >= len(data))
+        if bad.any():
+            raise ValueError(f"sequence index {int(idx[bad][0])} is out of range: "
+                             f"{data.prefix} has {len(data)} sequences")
+        tokens = data.read(idx, prompt_len + cont_len)
+        tags = (tags,) if isinstance(tags, str) else tuple(tags)
+        return cls(torch.from_numpy(tokens), [f"pythia:{int(i)}" for i in idx],
+                   [tags] * len(idx))
+
+    @classmethod
+    def scan_pii(cls, texts: Iterable[str], tokenizer, entities: Sequence[str] | None = None,
+                 prompt_len: int = 32, cont_len: int = 32, keep_text: bool = False,
+                 score_threshold: float = 0.35, backend: str = "auto") -> Watchlist:
+        """One row per PII hit in `texts`, its continuation starting at the PII.
+
+        The row is the tokens [t - prompt_len, t + cont_len) where token t holds the
+        hit's first character, so the PII starts at the prompt boundary (just after
+        it when token t also holds preceding characters). Hits with fewer than
+        `prompt_len` tokens before them or `cont_len` after are skipped, with a
+        warning. Tag ``pii:<ENTITY>``; id ``pii:<ENTITY>#<hash of the row>``;
+        ``spans`` holds the hit's characters; previews are redacted.
+        """
+        from memwatch.pii import find_pii, redact
+
+        M, L = prompt_len, prompt_len + cont_len
+        rows, ids, tags, spans, previews, kept = [], [], [], [], [], []
+        skipped = 0
+        seen = set()
+        for t, text in enumerate(texts):
+            hits = find_pii(text, entities, score_threshold, backend)
+            if not hits:
+                continue
+            token_ids, offsets = _encode(tokenizer, text)
+            for h in hits:
+                first = next((k for k, (_, e) in enumerate(offsets) if e > h.start), None)
+                if first is None or first < M or first - M + L > len(token_ids):
+                    skipped += 1
+                    continue
+                row = token_ids[first - M : first - M + L]
+                row_id = f"pii:{h.entity}#{_digest(h.entity, row)}"
+                if row_id in seen:
+                    continue  # the same PII in the same context: one row
+                seen.add(row_id)
+                rows.append(row)
+                ids.append(row_id)
+                tags.append((f"pii:{h.entity}",))
+                spans.append((t, h.start, h.end))
+                previews.append(f"{h.entity} {redact(text[h.start:h.end], h.entity)}")
+                if keep_text:
+                    kept.append(text[offsets[first - M][0] : offsets[first - M + L - 1][1]])
+        if skipped:
+            warnings.warn(f"scan_pii skipped {skipped} PII hits with fewer than {M} tokens "
+                          f"before them or {cont_len} after them in their text", stacklevel=2)
+        if not rows:
+            raise ValueError(f"scan_pii found no usable PII ({skipped} hits skipped): the "
+                             "watchlist would be empty")
+        return cls(torch.tensor(rows, dtype=torch.long), ids, tags, previews, spans,
+                   kept if keep_text else None)
+
+    @classmethod
+    def canaries(cls, n: int, template: str = "My secret is {secret}", tokenizer=None,
+                 seed: int = 0, prompt_len: int = 32, cont_len: int = 32,
+                 vocab_size: int | None = None) -> Watchlist:
+        """`n` synthetic canaries (tag ``canary``, ids ``canary#<k>``), secrets at prompt_len.
+
+        With a tokenizer each row is random filler words, the template and a random
+        digit secret; the canary text is synthetic and kept (`texts`) so that it can
+        be planted in text data, but previews hide the secret. Without a tokenizer
+        rows are random token ids below `vocab_size`. See `memwatch.canaries`.
+        """
+        from memwatch.canaries import make_canaries
+
+        made = make_canaries(n, template, tokenizer, seed, prompt_len, cont_len, vocab_size)
+        head = template.partition("{secret}")[0].strip()
+        ids = [f"canary#{k}" for k in range(n)]
+        previews = [f"canary {head} ***".replace("  ", " ") if tokenizer is not None
+                    else "canary (random tokens)" for _ in made]
+        texts = [c.text for c in made] if tokenizer is not None else None
+        spans = [(k, *c.secret_span) for k, c in enumerate(made)] if tokenizer is not None \
+            else None
+        return cls(torch.stack([c.tokens for c in made]), ids, [("canary",)] * n, previews,
+                   spans, texts)
+
+    # ----------------------------------------------------------------------------------------
+    # Views
+    # ----------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __repr__(self) -> str:
+        counts = self.tag_counts()
+        return f"Watchlist({len(self)} rows x {self.tokens.shape[1]} tokens, tags={counts})"
+
+    def tag_counts(self) -> dict[str, int]:
+        """Rows per tag, in order of first appearance."""
         counts: dict[str, int] = {}
         for row in self.tags:
             for t in row:
                 counts[t] = counts.get(t, 0) + 1
-        return f"Watchlist({len(self)} rows x {self.tokens.shape[1]} tokens, tags={counts})"
+        return counts
 
     def validate(self, prompt_len: int = 32, cont_len: int = 32,
-                 vocab_size: int | None = None) -> None:
-        """Raise ValueError naming the first row unusable with these lengths or this vocab."""
+                 vocab_size: int | None = None, model=None) -> None:
+        """Raise ValueError naming the first row unusable with these lengths or this vocab.
+
+        `model` (a HF model or anything with ``config.vocab_size``) gives the vocab
+        size when `vocab_size` is not given.
+        """
         need = prompt_len + cont_len
         if self.tokens.shape[1] < need:
             raise ValueError(
                 f"watchlist sequence {self.ids[0]!r} has {self.tokens.shape[1]} tokens; "
                 f"prompt_len + cont_len = {need} needs at least {need}")
+        if vocab_size is None and model is not None:
+            vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
         if vocab_size is not None:
             bad = self.tokens[:, :need] >= vocab_size
             if bad.any():
@@ -107,7 +361,7 @@ class Watchlist:
 
     def redacted_preview(self, i: int) -> str:
         """A preview of row `i` safe to show in logs and dashboards (no raw PII)."""
-        if self._previews is not None:
+        if self._previews is not None and self._previews[i] is not None:
             return self._previews[i]
         tags = ",".join(self.tags[i]) or "untagged"
         return f"[{tags}] {self.tokens.shape[1]} tokens"
@@ -115,21 +369,132 @@ class Watchlist:
     def select(self, mask_or_index) -> Watchlist:
         """The rows picked by a bool mask or an index array, in that order."""
         idx = np.asarray(mask_or_index)
-        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64)
+        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64).reshape(-1)
+
+        def pick(values):
+            return None if values is None else [values[i] for i in idx]
+
         return Watchlist(
             self.tokens[torch.as_tensor(idx, dtype=torch.long)],
             [self.ids[i] for i in idx], [self.tags[i] for i in idx],
-            None if self._previews is None else [self._previews[i] for i in idx])
+            pick(self._previews), pick(self.spans), pick(self.texts))
 
     def shard(self, rank: int, world_size: int) -> Watchlist:
         """Rows ``rank::world_size``: the slice one distributed rank probes."""
         return self.select(np.arange(rank, len(self), world_size))
 
+    def sample(self, k: int, by_tag: str | Sequence[str] | None = None, seed: int = 0) -> Watchlist:
+        """Up to `k` random rows (all if fewer), kept in watchlist order; deterministic in `seed`.
+
+        `by_tag`: a tag pattern (sample among matching rows) or a list of patterns
+        (up to `k` rows from each; a row matching several is taken once).
+        """
+        if k < 0:
+            raise ValueError(f"sample(k={k}): k must be >= 0")
+        rng = np.random.default_rng(seed)
+        if by_tag is None:
+            groups = [np.arange(len(self))]
+        else:
+            patterns = [by_tag] if isinstance(by_tag, str) else list(by_tag)
+            groups = [np.flatnonzero(self.tag_mask(p)) for p in patterns]
+        chosen = [g if len(g) <= k else rng.choice(g, k, replace=False) for g in groups]
+        idx = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+        if not len(idx):
+            raise ValueError(f"sample(k={k}, by_tag={by_tag!r}) picks no row; tags present: "
+                             f"{sorted(self.tag_counts())}")
+        return self.select(idx)
+
     def __add__(self, other: Watchlist) -> Watchlist:
-        width = min(self.tokens.shape[1], other.tokens.shape[1])
-        previews = None
-        if self._previews is not None or other._previews is not None:
-            previews = [self.redacted_preview(i) for i in range(len(self))] + \
-                [other.redacted_preview(i) for i in range(len(other))]
-        return Watchlist(torch.cat([self.tokens[:, :width], other.tokens[:, :width]]),
-                         self.ids + other.ids, self.tags + other.tags, previews)
+        if not isinstance(other, Watchlist):
+            return NotImplemented
+        return _concat([self, other])
+
+    def duplicate_counts(self, stream, prompt_len: int = 32, cont_len: int = 32) -> np.ndarray:
+        """int64 [n]: how often each row's continuation occurs in `stream` (see memwatch.dedup)."""
+        from memwatch.dedup import duplicate_counts
+
+        return duplicate_counts(self.tokens, stream, prompt_len, cont_len)
+
+    # ----------------------------------------------------------------------------------------
+    # Storage: <path>/tokens.safetensors + <path>/watchlist.json
+    # ----------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the watchlist to directory `path` (created); returns the path.
+
+        Tokens go to ``tokens.safetensors`` in the smallest unsigned dtype that holds
+        them; ids, tags, previews, spans (and texts, only if kept) to ``watchlist.json``.
+        """
+        from safetensors.torch import save_file
+
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        top = int(self.tokens.max())
+        dtype = torch.uint16 if top < 2**16 else torch.int32 if top < 2**31 else torch.int64
+        save_file({"tokens": self.tokens.to(dtype).contiguous()},
+                  os.path.join(path, "tokens.safetensors"))
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "ids": self.ids,
+                "tags": [list(t) for t in self.tags], "previews": self._previews,
+                "spans": None if self.spans is None else
+                [None if s is None else list(s) for s in self.spans],
+                "texts": self.texts}
+        with open(os.path.join(path, "watchlist.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, ensure_ascii=False)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Watchlist:
+        """The watchlist saved at directory `path` by `save`, validated like a new one."""
+        from safetensors.torch import load_file
+
+        path = os.fspath(path)
+        tok_path, meta_path = (os.path.join(path, f) for f in
+                               ("tokens.safetensors", "watchlist.json"))
+        for p in (tok_path, meta_path):
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"{p} is missing: {path!r} is not a saved watchlist "
+                                        "(Watchlist.save writes a directory with both files)")
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{meta_path} is not a {FORMAT} version {FORMAT_VERSION} file "
+                             f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+        tokens = load_file(tok_path)["tokens"]
+        return cls(tokens.long(), meta["ids"], meta["tags"], meta.get("previews"),
+                   meta.get("spans"), meta.get("texts"))
+
+
+def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of `text`, without special tokens."""
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError:
+        raise ValueError("the tokenizer gives no offset mapping: use a fast tokenizer "
+                         "(AutoTokenizer.from_pretrained(..., use_fast=True))") from None
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def _digest(entity: str, row: Sequence[int]) -> str:
+    """8 hex digits identifying a row: stable across runs, not reversible to the PII."""
+    data = entity.encode() + np.asarray(row, dtype=np.int64).tobytes()
+    return hashlib.sha256(data).hexdigest()[:8]
+
+
+def _concat(parts: Sequence[Watchlist]) -> Watchlist:
+    """Rows of all `parts` in order, cut to the narrowest width; extras kept where any has them."""
+    width = min(p.tokens.shape[1] for p in parts)
+
+    def merged(attr: str, fill):
+        if all(getattr(p, attr) is None for p in parts):
+            return None
+        out = []
+        for p in parts:
+            values = getattr(p, attr)
+            out += [fill(p, i) for i in range(len(p))] if values is None else list(values)
+        return out
+
+    return Watchlist(
+        torch.cat([p.tokens[:, :width] for p in parts]),
+        [i for p in parts for i in p.ids], [t for p in parts for t in p.tags],
+        merged("_previews", lambda p, i: p.redacted_preview(i)),
+        merged("spans", lambda p, i: None), merged("texts", lambda p, i: None))

@@ -1,0 +1,213 @@
+"""PII in text: character spans found by Presidio's pattern recognizers, and redaction.
+
+Presidio (extra ``pii``) runs on a blank spaCy pipeline, so nothing is downloaded;
+its email check uses tldextract's bundled public-suffix snapshot for the same
+reason. Without Presidio a built-in regex set (same entities, Luhn and IBAN
+checksums) is used, with a warning.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IP_ADDRESS", "IBAN_CODE",
+            "US_SSN", "URL", "API_KEY")
+BACKENDS = ("auto", "presidio", "regex")
+
+# Secrets with a recognisable vendor prefix; the span is the whole key.
+API_KEY_PATTERNS = (
+    r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}",  # OpenAI
+    r"\bAKIA[0-9A-Z]{16}\b",  # AWS access key id
+    r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",  # GitHub
+    r"\bxox[abposr]-[A-Za-z0-9-]{10,}",  # Slack
+    r"\bAIza[0-9A-Za-z_-]{35}\b",  # Google
+    r"\bhf_[A-Za-z0-9]{30,}\b",  # Hugging Face
+)
+
+
+@dataclass(frozen=True)
+class PiiHit:
+    """One PII span: ``text[start:end]`` is an `entity`; `score` is the recognizer's confidence."""
+
+    entity: str
+    start: int
+    end: int
+    score: float
+
+
+def find_pii(text: str, entities: Iterable[str] | None = None, score_threshold: float = 0.35,
+             backend: str = "auto") -> list[PiiHit]:
+    """Non-overlapping PII hits in `text`, sorted by start.
+
+    Overlapping hits are resolved by keeping the higher score, then the longer
+    span (Presidio's URL recognizer also fires on parts of emails).
+    """
+    entities = _check_entities(entities)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        backend = "presidio" if _presidio_available() else "regex"
+        if backend == "regex":
+            warnings.warn("presidio-analyzer is not installed: PII is found with memwatch's "
+                          "built-in regexes; install memwatch[pii] for Presidio's recognizers",
+                          stacklevel=2)
+    hits = (_presidio_hits if backend == "presidio" else _regex_hits)(text, entities)
+    return dedupe([h for h in hits if h.score >= score_threshold])
+
+
+def dedupe(hits: Iterable[PiiHit]) -> list[PiiHit]:
+    """The hits left after dropping each one that overlaps a stronger (or longer) one."""
+    kept: list[PiiHit] = []
+    for h in sorted(hits, key=lambda h: (-h.score, -(h.end - h.start), h.start)):
+        if all(h.end <= k.start or h.start >= k.end for k in kept):
+            kept.append(h)
+    return sorted(kept, key=lambda h: h.start)
+
+
+def redact(span: str, entity: str = "") -> str:
+    """A preview of a PII string that keeps its shape but not its content.
+
+    ``john.doe@example.com`` -> ``j***@e***.com``; ``https://x.org/a`` ->
+    ``https://x***.org/***``; anything else keeps its first and last character
+    when longer than 7 characters (``4***1``), else becomes ``***``.
+    """
+    if entity == "EMAIL_ADDRESS" or (not entity and "@" in span):
+        local, _, domain = span.rpartition("@")
+        host, dot, tld = domain.rpartition(".")
+        if not host:
+            host, dot, tld = domain, "", ""
+        return f"{local[:1]}***@{host[:1]}***{dot}{tld}"
+    if entity == "URL":
+        m = re.match(r"(?i)([a-z][a-z0-9+.-]*://)?(?:www\.)?([^/?#:]+)(.*)", span)
+        if m:
+            scheme, host, rest = m.group(1) or "", m.group(2), m.group(3)
+            head, dot, tld = host.rpartition(".")
+            host = f"{head[:1]}***{dot}{tld}" if head else f"{host[:1]}***"
+            return f"{scheme}{host}{'/***' if rest.strip('/') else ''}"
+    if len(span) > 7:
+        return f"{span[0]}***{span[-1]}"
+    return "***"
+
+
+def _check_entities(entities) -> tuple[str, ...]:
+    if entities is None:
+        return ENTITIES
+    entities = (entities,) if isinstance(entities, str) else tuple(entities)
+    unknown = [e for e in entities if e not in ENTITIES]
+    if unknown or not entities:
+        raise ValueError(f"unknown PII entities {unknown or '(none given)'}; choose from "
+                         f"{ENTITIES}")
+    return entities
+
+
+# --------------------------------------------------------------------------------------------
+# Presidio: pattern recognizers only, blank spaCy pipeline, bundled public-suffix list.
+# --------------------------------------------------------------------------------------------
+
+
+def _presidio_available() -> bool:
+    try:
+        import presidio_analyzer  # noqa: F401
+        import spacy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=1)
+def _analyzer():
+    import spacy
+    import tldextract
+    from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
+    from presidio_analyzer.nlp_engine import SpacyNlpEngine
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        EmailRecognizer,
+        IbanRecognizer,
+        IpRecognizer,
+        PhoneRecognizer,
+        UrlRecognizer,
+        UsSsnRecognizer,
+    )
+
+    # Empty suffix_list_urls: use the snapshot shipped with tldextract, never the network.
+    offline_tld = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+    class OfflineEmailRecognizer(EmailRecognizer):
+        def validate_result(self, pattern_text: str):
+            return offline_tld(pattern_text.rpartition("@")[2]).fqdn != ""
+
+    class BlankSpacy(SpacyNlpEngine):
+        def load(self) -> None:
+            self.nlp = {"en": spacy.blank("en")}
+
+    engine = BlankSpacy(models=[{"lang_code": "en", "model_name": "blank"}])
+    engine.load()
+    registry = RecognizerRegistry(supported_languages=["en"])
+    for rec in (OfflineEmailRecognizer(), PhoneRecognizer(), CreditCardRecognizer(),
+                IpRecognizer(), IbanRecognizer(), UsSsnRecognizer(), UrlRecognizer(),
+                PatternRecognizer(supported_entity="API_KEY", name="ApiKeyRecognizer",
+                                  patterns=[Pattern(f"api_key_{i}", p, 0.9)
+                                            for i, p in enumerate(API_KEY_PATTERNS)])):
+        registry.add_recognizer(rec)
+    return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
+
+
+def _presidio_hits(text: str, entities: tuple[str, ...]) -> list[PiiHit]:
+    results = _analyzer().analyze(text, language="en", entities=list(entities))
+    return [PiiHit(r.entity_type, r.start, r.end, float(r.score)) for r in results]
+
+
+# --------------------------------------------------------------------------------------------
+# Fallback regexes: the same entities, with Luhn / IBAN / SSN checks.
+# --------------------------------------------------------------------------------------------
+
+_REGEXES = {
+    "EMAIL_ADDRESS": r"\b[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b",
+    "PHONE_NUMBER": r"(?<![\w+])(?:\+?\d{1,3}[ .-]?)?(?:\(\d{3}\)|\d{3})[ .-]?\d{3}[ .-]\d{4}\b",
+    # Not preceded by "<digit><separator>": a card number never starts inside a digit group run.
+    "CREDIT_CARD": r"(?<!\d[ -])(?<!\w)(?:\d[ -]?){12,18}\d\b",
+    "IP_ADDRESS": r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b",
+    "IBAN_CODE": r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
+    "US_SSN": r"\b\d{3}([- .])\d{2}\1\d{4}\b",
+    "URL": r"\b(?:https?://|www\.)[^\s<>\"']+[^\s<>\"'.,;:!?)\]]",
+    "API_KEY": "|".join(f"(?:{p})" for p in API_KEY_PATTERNS),
+}
+_SCORES = {"PHONE_NUMBER": 0.4, "US_SSN": 0.5, "URL": 0.6, "IP_ADDRESS": 0.6}
+
+
+def luhn_ok(number: str) -> bool:
+    """True if the digits of `number` pass the Luhn checksum (credit-card numbers do)."""
+    digits = [int(c) for c in number if c.isdigit()][::-1]
+    total = sum(d if i % 2 == 0 else (2 * d - 9 if d > 4 else 2 * d) for i, d in enumerate(digits))
+    return len(digits) >= 13 and total % 10 == 0
+
+
+def iban_ok(iban: str) -> bool:
+    """True if `iban` passes the ISO 13616 mod-97 check."""
+    s = iban.replace(" ", "").upper()
+    moved = s[4:] + s[:4]
+    return len(s) >= 15 and int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+
+
+def _ssn_ok(ssn: str) -> bool:
+    d = re.sub(r"\D", "", ssn)
+    return not (len(set(d)) == 1 or d[:3] in ("000", "666") or d[0] == "9" or d[3:5] == "00"
+                or d[5:] == "0000")
+
+
+_CHECKS = {"CREDIT_CARD": luhn_ok, "IBAN_CODE": iban_ok, "US_SSN": _ssn_ok}
+
+
+def _regex_hits(text: str, entities: tuple[str, ...]) -> list[PiiHit]:
+    hits = []
+    for entity in entities:
+        check = _CHECKS.get(entity)
+        for m in re.finditer(_REGEXES[entity], text):
+            if check is None or check(m.group()):
+                hits.append(PiiHit(entity, m.start(), m.end(), _SCORES.get(entity, 1.0)))
+    return hits

@@ -1,0 +1,208 @@
+"""Megatron / GPT-NeoX `MMapIndexedDataset` files (.idx + .bin), read with numpy memmaps.
+
+This is the layout Pythia's preshuffled Pile ships in (uint16 tokens, one item per
+2049-token training sequence, 1024 sequences per optimizer step). The ``.idx``
+file is, little-endian::
+
+    b"MMIDIDX\\x00\\x00"            9 bytes magic
+    version                       uint64 (= 1)
+    dtype code                    uint8  (see DTYPES)
+    n = number of sequences       uint64
+    d = number of doc_idx entries uint64
+    sizes[n]                      int32  tokens per sequence
+    pointers[n]                   int64  byte offset of each sequence in the .bin
+    doc_idx[d]                    int64  sequence index where each document starts (+ n)
+
+and the ``.bin`` file is the concatenated token arrays. No torch, no pickle.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+MAGIC = b"MMIDIDX\x00\x00"
+VERSION = 1
+# GPT-NeoX's codes (megatron/data/indexed_dataset.py). Codes 6 and 7 are floats and
+# cannot hold token ids; they are known so that the error can say what the file holds.
+DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64,
+          6: np.float32, 7: np.float64, 8: np.uint16}
+_HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, n sequences, n doc_idx
+PYTHIA_SEQ_LEN = 2049
+PYTHIA_SEQS_PER_STEP = 1024
+
+
+def _code_of(dtype) -> int:
+    dtype = np.dtype(dtype)
+    for code, candidate in DTYPES.items():
+        if np.dtype(candidate) == dtype and dtype.kind in "iu":
+            return code
+    raise ValueError(f"token dtype {dtype} has no integer code in the MMapIndexedDataset "
+                     f"format; use one of uint8, int8, int16, int32, int64, uint16")
+
+
+class IndexedDataset:
+    """Read-only view of a ``prefix.idx`` / ``prefix.bin`` pair; item ``i`` is a token array.
+
+    The header and the index are checked when opened: a wrong magic, an unknown
+    version or dtype code, a truncated ``.idx`` or a ``.bin`` too short for the
+    pointers it lists raise ValueError naming the file.
+    """
+
+    def __init__(self, prefix: str | os.PathLike):
+        prefix = os.fspath(prefix)
+        for ext in (".idx", ".bin"):
+            if prefix.endswith(ext):
+                prefix = prefix[: -len(ext)]
+        self.prefix = prefix
+        idx_path, bin_path = prefix + ".idx", prefix + ".bin"
+        for path in (idx_path, bin_path):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path} does not exist; from_pythia needs the .idx and "
+                                        f".bin pair named by the prefix {prefix!r}")
+        idx_size = os.path.getsize(idx_path)
+        with open(idx_path, "rb") as f:
+            head = f.read(_HEADER.size)
+        if len(head) < _HEADER.size:
+            raise ValueError(f"{idx_path} is truncated: {len(head)} bytes, shorter than the "
+                             f"{_HEADER.size}-byte MMapIndexedDataset header")
+        magic, version, code, n, d = _HEADER.unpack(head)
+        if magic != MAGIC:
+            raise ValueError(f"{idx_path} is not a Megatron MMapIndexedDataset index: magic "
+                             f"{magic!r}, expected {MAGIC!r}")
+        if version != VERSION:
+            raise ValueError(f"{idx_path} has index version {version}; only version {VERSION} "
+                             "is supported")
+        if code not in DTYPES:
+            raise ValueError(f"{idx_path} has unknown dtype code {code}; known codes "
+                             f"{sorted(DTYPES)}")
+        if np.dtype(DTYPES[code]).kind not in "iu":
+            raise ValueError(f"{idx_path} holds {np.dtype(DTYPES[code])} data (code {code}), "
+                             "not token ids")
+        need = _HEADER.size + 4 * n + 8 * n + 8 * d
+        if idx_size < need:
+            raise ValueError(f"{idx_path} is truncated: {idx_size} bytes, but its header lists "
+                             f"{n} sequences and {d} doc_idx entries ({need} bytes)")
+        self.dtype = np.dtype(DTYPES[code])
+        off = _HEADER.size
+        self.sizes = np.memmap(idx_path, np.int32, "r", offset=off, shape=(n,)) if n else \
+            np.zeros(0, np.int32)
+        off += 4 * n
+        self.pointers = np.memmap(idx_path, np.int64, "r", offset=off, shape=(n,)) if n else \
+            np.zeros(0, np.int64)
+        off += 8 * n
+        self.doc_idx = np.memmap(idx_path, np.int64, "r", offset=off, shape=(d,)) if d else \
+            np.zeros(0, np.int64)
+        bin_size = os.path.getsize(bin_path)
+        if n:
+            if (self.sizes < 0).any() or (self.pointers < 0).any():
+                raise ValueError(f"{idx_path} is corrupt: negative sizes or pointers")
+            ends = self.pointers + self.sizes.astype(np.int64) * self.dtype.itemsize
+            last = int(np.argmax(ends))
+            if int(ends[last]) > bin_size:
+                raise ValueError(f"{bin_path} is truncated: {bin_size} bytes, but sequence "
+                                 f"{last} of {idx_path} ends at byte {int(ends[last])}")
+        self._bin = np.memmap(bin_path, self.dtype, "r") if bin_size >= self.dtype.itemsize \
+            else np.zeros(0, self.dtype)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """The tokens of sequence `i` (a read-only memmap view)."""
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sequence index {i} out of range for {self.prefix} "
+                             f"({len(self)} sequences)")
+        i %= len(self)
+        start = int(self.pointers[i]) // self.dtype.itemsize
+        return self._bin[start : start + int(self.sizes[i])]
+
+    def read(self, indices: Iterable[int], length: int) -> np.ndarray:
+        """int64 [k, length]: the first `length` tokens of each listed sequence."""
+        indices = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices,
+                             dtype=np.int64)
+        out = np.empty((len(indices), length), np.int64)
+        for row, i in enumerate(indices):
+            seq = self[i]
+            if len(seq) < length:
+                raise ValueError(f"watchlist sequence 'pythia:{int(i)}' has {len(seq)} tokens in "
+                                 f"{self.prefix}.bin; prompt_len + cont_len = {length} needs "
+                                 f"at least {length}")
+            out[row] = seq[:length]
+        return out
+
+
+def write_indexed_dataset(prefix: str | os.PathLike, sequences: Sequence[Sequence[int]],
+                          dtype=np.uint16, doc_idx: Sequence[int] | None = None) -> str:
+    """Write `sequences` as ``prefix.bin`` / ``prefix.idx``; returns the prefix.
+
+    `doc_idx` defaults to one document per sequence (``[0, 1, ..., n]``), as the
+    Pythia preshuffled files have.
+    """
+    prefix = os.fspath(prefix)
+    code = _code_of(dtype)
+    dtype = np.dtype(DTYPES[code])
+    arrays = []
+    for i, seq in enumerate(sequences):
+        arr = np.asarray(seq)
+        if arr.ndim != 1:
+            raise ValueError(f"sequence {i} has shape {arr.shape}; each must be 1-D")
+        info = np.iinfo(dtype)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise ValueError(f"sequence {i} has token ids outside {dtype}'s range "
+                             f"[{info.min}, {info.max}]")
+        arrays.append(arr.astype(dtype))
+    n = len(arrays)
+    sizes = np.array([len(a) for a in arrays], np.int32)
+    pointers = np.zeros(n, np.int64)
+    if n:
+        pointers[1:] = np.cumsum(sizes[:-1].astype(np.int64)) * dtype.itemsize
+    docs = np.arange(n + 1, dtype=np.int64) if doc_idx is None else np.asarray(doc_idx, np.int64)
+    with open(prefix + ".bin", "wb") as f:
+        for a in arrays:
+            f.write(a.tobytes())
+    with open(prefix + ".idx", "wb") as f:
+        f.write(_HEADER.pack(MAGIC, VERSION, code, n, len(docs)))
+        f.write(sizes.tobytes())
+        f.write(pointers.tobytes())
+        f.write(docs.tobytes())
+    return prefix
+
+
+def parse_index_range(spec: str) -> np.ndarray:
+    """int64 indices from a spec like ``"0:1000000:97"``, ``"5"`` or ``"0:10,100:110"``.
+
+    Each comma-separated part is an index or ``start:stop[:step]`` (Python slice
+    semantics, stop exclusive, no negatives).
+    """
+    parts = []
+    for part in str(spec).split(","):
+        fields = part.strip().split(":")
+        try:
+            nums = [int(x) for x in fields]
+        except ValueError:
+            raise ValueError(f"index range {part.strip()!r} is not 'i' or 'start:stop[:step]' "
+                             "with integers") from None
+        if len(nums) > 3 or any(x < 0 for x in nums) or (len(nums) == 3 and nums[2] == 0):
+            raise ValueError(f"index range {part.strip()!r}: use 'i' or 'start:stop[:step]' with "
+                             "non-negative integers and a positive step")
+        parts.append(np.array(nums, np.int64) if len(nums) == 1 else np.arange(*nums,
+                                                                               dtype=np.int64))
+    return np.concatenate(parts)
+
+
+def steps_range(start_step: int, end_step: int,
+                seqs_per_step: int = PYTHIA_SEQS_PER_STEP) -> range:
+    """Indices of the sequences seen in optimizer steps [start_step, end_step).
+
+    Pythia's preshuffled data is read in order, `seqs_per_step` (1024) sequences
+    per step, so step ``s`` trains on items ``s*1024 .. s*1024+1023``.
+    """
+    if not 0 <= start_step <= end_step or seqs_per_step <= 0:
+        raise ValueError(f"steps_range({start_step}, {end_step}, {seqs_per_step}) needs "
+                         "0 <= start_step <= end_step and seqs_per_step > 0")
+    return range(start_step * seqs_per_step, end_step * seqs_per_step)

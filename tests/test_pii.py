@@ -1,0 +1,109 @@
+"""PII: planted values found with the right entity and span; rows start their continuation there."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import memwatch.pii as pii
+from memwatch.pii import PiiHit, dedupe, find_pii, iban_ok, luhn_ok, redact
+from memwatch.watchlist import Watchlist
+
+PLANTED = {
+    "EMAIL_ADDRESS": "maria.lopez@outlook.com",
+    "PHONE_NUMBER": "(212) 555-0199",
+    "CREDIT_CARD": "4539 1488 0343 6467",
+    "IP_ADDRESS": "10.42.7.201",
+    "IBAN_CODE": "DE89 3704 0044 0532 0130 00",
+    "US_SSN": "536-22-8014",
+    "URL": "https://www.wikipedia.org/wiki/Memory",
+    "API_KEY": "sk-Zq8rT2pLm4Xv9bN1cD7eF3gH5jK0",
+}
+WORDS = "alpha beta gamma delta river stone light paper window garden train market".split()
+
+
+def _filler(rng, n):
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def _planted_text(entity, seed=0, before=60, after=40):
+    rng = random.Random(seed)
+    head = _filler(rng, before) + " see "
+    return head + PLANTED[entity] + " then " + _filler(rng, after), len(head)
+
+
+@pytest.mark.parametrize("backend", ["presidio", "regex"])
+@pytest.mark.parametrize("entity", sorted(PLANTED))
+def test_planted_pii_found_with_entity_and_span(entity, backend):
+    text, start = _planted_text(entity)
+    hits = find_pii(text, backend=backend)
+    assert hits == [PiiHit(entity, start, start + len(PLANTED[entity]), hits[0].score)]
+
+
+@pytest.mark.parametrize("backend", ["presidio", "regex"])
+def test_checksums_reject_lookalikes(backend):
+    assert luhn_ok(PLANTED["CREDIT_CARD"]) and not luhn_ok("4539 1488 0343 6468")
+    assert iban_ok(PLANTED["IBAN_CODE"]) and not iban_ok("DE89 3704 0044 0532 0130 01")
+    text = "pay with 4539 1488 0343 6468 to DE89 3704 0044 0532 0130 01 now"
+    assert find_pii(text, ["CREDIT_CARD", "IBAN_CODE"], backend=backend) == []
+
+
+def test_overlaps_keep_the_stronger_hit():
+    hits = [PiiHit("URL", 0, 7, 0.5), PiiHit("EMAIL_ADDRESS", 0, 18, 1.0),
+            PiiHit("URL", 9, 18, 0.5), PiiHit("PHONE_NUMBER", 20, 30, 0.4)]
+    assert dedupe(hits) == [hits[1], hits[3]]
+    text = "write john.doe@gmail.com"
+    assert [h.entity for h in find_pii(text, backend="presidio")] == ["EMAIL_ADDRESS"]
+
+
+def test_entities_filter_and_unknown_entity():
+    text, _ = _planted_text("EMAIL_ADDRESS")
+    assert find_pii(text, ["URL"], backend="regex") == []
+    with pytest.raises(ValueError, match="unknown PII entities.*PERSON"):
+        find_pii(text, ["PERSON"])
+    with pytest.raises(ValueError, match="backend"):
+        find_pii(text, backend="spacy")
+
+
+def test_fallback_warns_when_presidio_is_absent(monkeypatch):
+    monkeypatch.setattr(pii, "_presidio_available", lambda: False)
+    text, start = _planted_text("EMAIL_ADDRESS")
+    with pytest.warns(UserWarning, match="presidio-analyzer is not installed"):
+        hits = find_pii(text)
+    assert [(h.entity, h.start) for h in hits] == [("EMAIL_ADDRESS", start)]
+
+
+def test_redaction():
+    assert redact("john.doe@example.com", "EMAIL_ADDRESS") == "j***@e***.com"
+    assert redact("https://www.wikipedia.org/wiki/Memory", "URL") == "https://w***.org/***"
+    assert redact("4539 1488 0343 6467", "CREDIT_CARD") == "4***7"
+    assert redact("1.2.3.4", "IP_ADDRESS") == "***"
+
+
+@pytest.mark.parametrize("entity", ["EMAIL_ADDRESS", "CREDIT_CARD", "US_SSN"])
+def test_scan_pii_rows_continue_with_the_pii(tiny_tokenizer, entity):
+    texts = [_planted_text(entity, seed=s)[0] for s in range(3)]
+    wl = Watchlist.scan_pii(texts, tiny_tokenizer, keep_text=True)
+    assert len(wl) == 3 and wl.tags == [(f"pii:{entity}",)] * 3
+    value = PLANTED[entity]
+    for i, (t, s, e) in enumerate(wl.spans):
+        assert t == i and texts[t][s:e] == value
+        cont = tiny_tokenizer.decode(wl.tokens[i, 32:].tolist())
+        # The continuation starts at the PII (a leading space may ride on its first token).
+        assert cont.lstrip().startswith(value)
+        assert value not in tiny_tokenizer.decode(wl.tokens[i, :32].tolist())
+        assert value not in wl.redacted_preview(i) and wl.redacted_preview(i).startswith(entity)
+        assert wl.ids[i].startswith(f"pii:{entity}#")
+    again = Watchlist.scan_pii(texts[::-1], tiny_tokenizer)
+    assert again.ids == wl.ids[::-1] and again.texts is None
+
+
+def test_scan_pii_skips_hits_without_room(tiny_tokenizer):
+    early = "mail " + PLANTED["EMAIL_ADDRESS"] + " " + _filler(random.Random(1), 80)
+    late, _ = _planted_text("URL")
+    with pytest.warns(UserWarning, match="skipped 1 PII hits"):
+        wl = Watchlist.scan_pii([early, late], tiny_tokenizer)
+    assert wl.tags == [("pii:URL",)]
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="found no usable PII"):
+        Watchlist.scan_pii([early], tiny_tokenizer)
