@@ -1,0 +1,51 @@
+"""memwatch with transformers.Trainer: one callback.
+
+    python examples/hf_trainer.py --steps 300
+
+Offline on CPU. The monitor's state is saved beside each Trainer checkpoint and read
+back on `trainer.train(resume_from_checkpoint=...)`.
+"""
+
+import argparse
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+import memwatch as mw
+from memwatch.callbacks import MemWatchTrainerCallback
+from memwatch.demo_model import planted_corpus, tiny_model
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.rows[i], "labels": self.rows[i]}
+
+
+def main(steps: int, out: str) -> None:
+    corpus = planted_corpus([64] * 4 + [16] * 4 + [1] * 8, seq_len=64, vocab_size=512)
+    watchlist = mw.Watchlist.from_tokens(
+        corpus.rows, ids=[f"canary#{i}" for i in range(len(corpus.rows))], tags="canary")
+    monitor = mw.MemWatch(watchlist, every_n_steps=max(1, steps // 10),
+                          sinks=[mw.ConsoleSink(), mw.LocalSink(f"{out}/memwatch")])
+    args = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=16,
+                             learning_rate=3e-3, save_steps=max(1, steps // 2), report_to=[],
+                             logging_steps=50, use_cpu=True, seed=0, disable_tqdm=True)
+    trainer = Trainer(model=tiny_model(hidden_size=128), args=args,
+                      train_dataset=Rows(corpus.stream(seed=0)),
+                      callbacks=[MemWatchTrainerCallback(monitor)])
+    trainer.train()
+    print(f"memorized at the end: {int(monitor.history.memorized[-1].sum())} of {len(watchlist)}")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--out", default="memwatch-logs/hf")
+    a = p.parse_args()
+    main(a.steps, a.out)
