@@ -29,7 +29,7 @@ def test_example_runs(script, tmp_path):
 
 def test_ddp_example_runs_on_two_processes(tmp_path):
     stdout = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                   "--master_port=29533", str(ROOT / "examples" / "ddp_torchrun.py"),
+                   "--standalone", str(ROOT / "examples" / "ddp_torchrun.py"),
                    "--steps", "20", "--out", str(tmp_path / "logs")], tmp_path)
     assert "(world size 2)" in stdout
 
