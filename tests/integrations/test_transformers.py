@@ -1,0 +1,145 @@
+"""MemWatchTrainerCallback on a real transformers.Trainer with a tiny GPT-NeoX on CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+
+from memwatch.callbacks import MemWatchTrainerCallback  # noqa: E402
+from memwatch.callbacks.transformers import STATE_FILE  # noqa: E402
+from memwatch.demo_model import planted_corpus, tiny_model  # noqa: E402
+from memwatch.monitor import MemWatch  # noqa: E402
+from memwatch.policy import AbortPolicy  # noqa: E402
+from memwatch.probe import reference_probe  # noqa: E402
+from memwatch.watchlist import Watchlist  # noqa: E402
+
+M = N = 8
+CORPUS = planted_corpus([16] * 4 + [4] * 4 + [1] * 8, seq_len=M + N, vocab_size=512, seed=0)
+STREAM = CORPUS.stream(seed=0)
+TAGS = [("canary",)] * 4 + [("sample",)] * 12
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Rows(torch.utils.data.Dataset):
+    def __len__(self):
+        return len(STREAM)
+
+    def __getitem__(self, i):
+        return {"input_ids": STREAM[i], "labels": STREAM[i]}
+
+
+class Losses(TrainerCallback):
+    def __init__(self):
+        self.losses = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(logs["loss"])
+
+
+class Killed(RuntimeError):
+    """Stands for the process dying mid-run."""
+
+
+class Kill(TrainerCallback):
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at:
+            raise Killed(f"killed at step {self.at}")
+
+
+def monitor(**kwargs) -> MemWatch:
+    wl = Watchlist(CORPUS.rows, [f"row-{i}" for i in range(len(CORPUS.rows))], TAGS)
+    return MemWatch(wl, **{"prompt_len": M, "cont_len": N, "abort": AbortPolicy(tags=()),
+                           **kwargs})
+
+
+def train(out, max_steps: int, callbacks=(), resume=None, save_steps: int | None = None):
+    model = tiny_model(seed=0, hidden_size=64, num_layers=2)
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=8,
+        learning_rate=1e-3, weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0,
+        logging_steps=1, save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500, report_to=[], use_cpu=True, seed=0, data_seed=0,
+        dataloader_num_workers=0, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=Rows(), callbacks=list(callbacks))
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def test_bit_identical_detects_and_ends_with_an_exact_probe(tmp_path, recorder):
+    plain = Losses()
+    base = train(tmp_path / "a", 12, [plain])
+    rec, watched = recorder(), Losses()
+    mon = monitor(every_n_steps=1, sinks=[rec])
+    trainer = train(tmp_path / "b", 12, [MemWatchTrainerCallback(mon), watched])
+    assert watched.losses == plain.losses and len(plain.losses) == 12
+    for (name, a), b in zip(base.model.state_dict().items(), trainer.model.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    assert list(mon.history.steps) == list(range(1, 13)) and mon.total_steps == 12
+    assert mon.history.modes[-1] == "exact"
+    np.testing.assert_array_equal(
+        mon.history.scores[-1], reference_probe(trainer.model, CORPUS.rows, M, N).numpy())
+    assert mon.history.memorized[-1].sum() >= 2
+    assert rec.events[-1] == ("end", 12)
+
+
+def test_abort_stops_training_with_the_reason(tmp_path, recorder):
+    rec = recorder()
+    mon = monitor(every_n_steps=2, abort=AbortPolicy(tags=("canary",)), sinks=[rec])
+    callback = MemWatchTrainerCallback(mon)
+    trainer = train(tmp_path, 40, [callback])
+    stop = int(mon.history.steps[-1])
+    assert trainer.state.global_step == stop < 40
+    assert callback.reason.startswith(f"step {stop}:") and "canary" in callback.reason
+    assert rec.of("alert")[-1].kind == "abort"
+
+
+def test_kill_and_resume_from_a_checkpoint_continues_the_history(tmp_path, recorder):
+    policy = AbortPolicy(tags=("canary",), action="alert")
+    full = monitor(every_n_steps=3, abort=policy)
+    train(tmp_path / "full", 24, [MemWatchTrainerCallback(full)])
+    rec_a, rec_b = recorder(), recorder()
+    first = monitor(every_n_steps=3, abort=policy, sinks=[rec_a])
+    with pytest.raises(Killed):
+        train(tmp_path / "run", 24, [MemWatchTrainerCallback(first), Kill(14)], save_steps=10)
+    assert (tmp_path / "run" / "checkpoint-10" / STATE_FILE).is_file()
+    resumed = monitor(every_n_steps=3, abort=policy, sinks=[rec_b])
+    trainer = train(tmp_path / "run", 24, [MemWatchTrainerCallback(resumed)], resume=True,
+                    save_steps=10)
+    steps = list(resumed.history.steps)
+    assert steps == list(range(3, 25, 3)) == list(full.history.steps)
+    # Probes up to the checkpoint come from it; later ones from the resumed model (transformers
+    # 5.23 does not restore GPT-NeoX's lm_head from its own checkpoint, so training diverges).
+    np.testing.assert_array_equal(resumed.history.match_prefix[:3], full.history.match_prefix[:3])
+    np.testing.assert_array_equal(resumed.history.scores[-1],
+                                  reference_probe(trainer.model, CORPUS.rows, M, N).numpy())
+    sent_before = {a.row_ids for a in rec_a.of("alert") if a.step <= 10}
+    sent_after = {a.row_ids for a in rec_b.of("alert")}
+    assert sent_before and not sent_before & sent_after
+    assert [p.step for p in rec_b.of("probe")] == [12, 15, 18, 21, 24]
+
+
+def test_bad_watchlist_fails_before_the_first_step(tmp_path):
+    rows = CORPUS.rows.clone()
+    rows[7, 9] = 777
+    mon = MemWatch(Watchlist(rows, [f"row-{i}" for i in range(16)], TAGS), prompt_len=M,
+                   cont_len=N)
+    losses = Losses()
+    with pytest.raises(ValueError, match="'row-7' has token id 777 at position 9"):
+        train(tmp_path, 5, [MemWatchTrainerCallback(mon), losses])
+    assert losses.losses == []
