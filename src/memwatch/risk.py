@@ -1,0 +1,176 @@
+"""Per-row risk: how likely each watchlist row is memorized at the end of training.
+
+A ridge-regularised logistic model, fit on the run's own history by asking the
+question the user will ask, one horizon back: from a row's features at an
+earlier probe ``i``, was it memorized at the latest probe ``P``? Source probes
+are those whose compute ratio ``t_i / t_P`` lies within a factor 2 of the ratio
+the forecast must bridge now (``t_P / total_steps``), so the model learns the
+same horizon it is asked about. Features of row k at probe i (``ref`` is the
+probe nearest to 0.7 t_i, the lookback for the trends):
+
+- ``prefix``:     match_prefix / N
+- ``memorized``:  1 if the row is memorized at i
+- ``trend``:      (match_prefix_i - match_prefix_ref) / N
+- ``nll``:        continuation NLL at i (missing NLL: the column's median, or 0)
+- ``nll_slope``:  NLL_i - NLL_ref
+- ``log_dups``:   log1p(duplicate count), when duplicate counts are given
+- ``tag:<t>``:    one indicator per tag (the 32 most common)
+
+Features are standardised, the fit is Newton's method on the L2-penalised
+log-likelihood (penalty 1.0), so the result is deterministic. When the history
+cannot train it (fewer than two probes, or labels all equal) the ranking falls
+back to a documented heuristic: ``prefix + 0.5 * trend``, ties broken by lower NLL;
+``fitted`` says which was used.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAX_TAGS = 32
+RIDGE = 1.0
+LOOKBACK = 0.7
+
+
+@dataclass(frozen=True)
+class RiskRanking:
+    """Per-row end-of-training risk at the latest probe.
+
+    score: float64 [n] in [0, 1]: the logistic model's probability that the row is
+        memorized at the end (``fitted``), else the heuristic score.
+    memorized_now: bool [n]: memorized at the latest probe.
+    fitted: whether the logistic model was trained (else the heuristic ranks).
+    features: the feature names, in coefficient order (after the intercept).
+    coef: float64 [1 + len(features)]: intercept and weights on standardised features.
+    """
+
+    score: np.ndarray = field(compare=False)
+    memorized_now: np.ndarray = field(compare=False)
+    fitted: bool
+    features: tuple[str, ...]
+    coef: np.ndarray = field(compare=False)
+
+    def top(self, k: int, include_memorized: bool = False, mask=None) -> np.ndarray:
+        """int64 [<= k]: row indices of the k highest scores, highest first (stable ties).
+
+        By default rows already memorized are left out (the user acts on the
+        others); `mask` (bool [n]) restricts the candidates, e.g. to one tag.
+        """
+        if k < 0:
+            raise ValueError(f"k must be >= 0; got {k}")
+        cand = np.ones(len(self.score), bool) if mask is None else np.asarray(mask, bool).copy()
+        if cand.shape != self.score.shape:
+            raise ValueError(
+                f"mask has {cand.size} entries; the ranking has {self.score.size} rows"
+            )
+        if not include_memorized:
+            cand &= ~self.memorized_now
+        idx = np.flatnonzero(cand)
+        order = np.argsort(-self.score[idx], kind="stable")
+        return idx[order[:k]].astype(np.int64)
+
+
+def _ref_index(steps: np.ndarray, i: int) -> int:
+    """Index of the probe nearest to LOOKBACK * steps[i], strictly before i (i itself if i == 0)."""
+    if i == 0:
+        return 0
+    return int(np.argmin(np.abs(steps[:i] - LOOKBACK * steps[i])))
+
+
+def _tag_columns(tags) -> tuple[list[str], np.ndarray]:
+    counts = Counter(t for row in tags for t in set(row))
+    names = sorted(counts, key=lambda t: (-counts[t], t))[:MAX_TAGS]
+    col = {t: j for j, t in enumerate(names)}
+    out = np.zeros((len(tags), len(names)))
+    for k, row in enumerate(tags):
+        for t in row:
+            if t in col:
+                out[k, col[t]] = 1.0
+    return names, out
+
+
+def _features(history, i: int, dups, tag_cols) -> np.ndarray:
+    """float64 [n, F]: features of every row at probe index i."""
+    n_tok = float(history.cont_len)
+    r = _ref_index(history.steps, i)
+    mp = history.match_prefix.astype(np.float64)
+    nll = history.nll.astype(np.float64)
+    nll_i, nll_r = nll[i], nll[r]
+    fill = np.nanmedian(nll_i) if np.isfinite(nll_i).any() else 0.0
+    nll_i = np.where(np.isfinite(nll_i), nll_i, fill)
+    nll_r = np.where(np.isfinite(nll_r), nll_r, nll_i)
+    cols = [
+        mp[i] / n_tok,
+        (mp[i] == n_tok).astype(np.float64),
+        (mp[i] - mp[r]) / n_tok,
+        nll_i,
+        nll_i - nll_r,
+    ]
+    if dups is not None:
+        cols.append(np.log1p(dups))
+    return np.column_stack([*cols, tag_cols]) if tag_cols.shape[1] else np.column_stack(cols)
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE, iters: int = 30) -> np.ndarray:
+    """float64 [1 + F]: intercept and weights of an L2-penalised logistic regression (Newton)."""
+    xb = np.column_stack([np.ones(len(x)), x])
+    beta = np.zeros(xb.shape[1])
+    pen = np.full(xb.shape[1], ridge)
+    pen[0] = 0.0
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(xb @ beta, -30, 30)))
+        grad = xb.T @ (p - y) + pen * beta
+        hess = (xb * (p * (1 - p))[:, None]).T @ xb + np.diag(pen + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return beta
+
+
+def rank_at_risk(history, total_steps: int, duplicates=None) -> RiskRanking:
+    """The `RiskRanking` of every row of `history` at its latest probe, for training ending at
+    `total_steps`.
+
+    `duplicates` (int [n], optional) is each row's duplicate count in the training
+    data. With no probe at all every score is 0 and ``fitted`` is False.
+    """
+    n = history.num_rows
+    dups = None
+    if duplicates is not None:
+        dups = np.asarray(duplicates, np.float64).ravel()
+        if dups.shape != (n,) or (dups < 0).any() or not np.isfinite(dups).all():
+            raise ValueError(f"duplicates must be {n} finite counts >= 0; got shape {dups.shape}")
+    names, tag_cols = _tag_columns(history.tags)
+    feature_names = ("prefix", "memorized", "trend", "nll", "nll_slope",
+                     *(("log_dups",) if dups is not None else ()), *(f"tag:{t}" for t in names))
+    if len(history) == 0 or n == 0:
+        z = np.zeros(n)
+        return RiskRanking(z, np.zeros(n, bool), False, feature_names, np.zeros(0))
+    last = len(history) - 1
+    now = _features(history, last, dups, tag_cols)
+    mem_now = history.memorized[last].copy()
+    steps = history.steps.astype(np.float64)
+    if last >= 1:
+        horizon = min(1.0, steps[last] / max(float(total_steps), steps[last]))
+        ratio = steps[:last] / max(steps[last], 1.0)
+        src = np.flatnonzero((ratio >= horizon / 2) & (ratio <= min(1.0, 2 * horizon)))
+        if len(src) == 0:
+            src = np.array([int(np.argmin(np.abs(ratio - horizon)))])
+        x = np.concatenate([_features(history, int(i), dups, tag_cols) for i in src])
+        y = np.tile(history.memorized[last].astype(np.float64), len(src))
+        if 0 < y.sum() < len(y):
+            mu, sd = x.mean(0), x.std(0)
+            sd = np.where(sd > 1e-12, sd, 1.0)
+            beta = _logistic((x - mu) / sd, y)
+            z = np.column_stack([np.ones(n), (now - mu) / sd]) @ beta
+            score = 1 / (1 + np.exp(-np.clip(z, -30, 30)))
+            return RiskRanking(score, mem_now, True, feature_names, beta)
+    heuristic = now[:, 0] + 0.5 * now[:, 2]
+    nll = now[:, 3]
+    tie = 1e-3 * (1 - (nll - nll.min()) / (np.ptp(nll) + 1e-12))
+    score = np.clip(heuristic + tie, 0.0, 1.0)
+    return RiskRanking(score, mem_now, False, feature_names, np.zeros(0))
