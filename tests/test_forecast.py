@@ -1,0 +1,193 @@
+"""forecast(): recovers known scaling from synthetic histories; degenerate histories are defined."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import memwatch as mw
+from memwatch.forecast import PYTHIA_PRIOR, Forecast, TagForecast, forecast
+from memwatch.history import History
+
+N = 32
+
+
+def _result(prefix: np.ndarray, nll=None):
+    prefix = prefix.astype(np.int16)
+    return SimpleNamespace(match_prefix=prefix, scores=prefix / N, nll=nll)
+
+
+def power_history(n=2000, memorizable=600, beta=0.7, total=1000, probe_steps=None, seed=0):
+    """Rows memorized from time tau on (never forgotten), tau chosen so count(t) ∝ t**beta.
+
+    Then the memorized set at t_i is a subset of the set at t_j and
+    recall(t_i / t_j) = (t_i / t_j) ** beta, precision = 1.
+    """
+    rng = np.random.default_rng(seed)
+    tau = np.full(n, np.inf)
+    tau[:memorizable] = total * rng.uniform(size=memorizable) ** (1 / beta)
+    tags = [("pii:email",) if k % 2 else ("canary", "pii:phone") for k in range(n)]
+    h = History([f"r{k}" for k in range(n)], tags, cont_len=N)
+    for t in probe_steps if probe_steps is not None else range(50, 501, 50):
+        prefix = np.where(tau <= t, N, rng.integers(0, N, n))
+        h.update(t, _result(prefix), "extractable")
+    final = int((tau <= total).sum())
+    return h, final
+
+
+def _finite(tf: TagForecast) -> bool:
+    values = [v for v in vars(tf).values() if isinstance(v, (int, float))]
+    return all(math.isfinite(v) for v in values)
+
+
+def test_package_exports_forecast():
+    assert mw.forecast is forecast and mw.Forecast is Forecast
+    assert {"forecast", "Forecast"} <= set(mw.__all__)
+
+
+def test_power_law_recall_is_recovered_and_final_count_forecast():
+    h, final = power_history(beta=0.7)
+    fc = forecast(h, 1000)
+    t = fc.tags["*"]
+    assert t.recall_fit.kind == "power"
+    assert t.recall_fit.b == pytest.approx(0.7, abs=0.05)
+    assert t.recall_fit.a == pytest.approx(1.0, abs=0.05)
+    assert t.precision_fit.predict(0.5) == pytest.approx(1.0)
+    # recall at half the compute: 0.5**0.7 = 0.616 from the run, 0.5 from the prior
+    assert t.prior_weight < 0.25
+    assert 0.55 < t.recall_now < 0.62
+    assert t.expected_final_low <= final <= t.expected_final_high
+    assert abs(t.expected_final_memorized - final) / final < 0.15
+    assert abs(t.curve_final_memorized - final) / final < 0.15
+    assert t.curve_fit.kind == "power" and t.curve_fit.b == pytest.approx(0.7, abs=0.1)
+    assert 0.8 < t.agreement <= 1.0
+    assert t.memorized_now == int(h.memorized[-1].sum())
+
+
+def test_without_prior_the_forecast_is_the_fit_itself():
+    h, final = power_history(beta=1.2, memorizable=800)
+    flat = ((0.5, 1.0, 0.5 ** 1.2),)
+    t = forecast(h, 1000, prior=flat).tags["*"]
+    assert t.recall_now == pytest.approx(0.5 ** 1.2, abs=0.03)
+    assert t.expected_final_memorized == pytest.approx(final, rel=0.1)
+
+
+def test_one_key_per_tag_plus_star_and_tag_counts_add_up():
+    h, _ = power_history()
+    fc = forecast(h, 1000)
+    assert set(fc.tags) == {"*", "canary", "pii:email", "pii:phone"}
+    assert fc.tags["canary"].num_rows + fc.tags["pii:email"].num_rows == h.num_rows
+    assert fc.tags["canary"].memorized_now == fc.tags["pii:phone"].memorized_now
+    parts = [fc.tags[t].expected_final_memorized for t in ("canary", "pii:email")]
+    assert sum(parts) == pytest.approx(fc.tags["*"].expected_final_memorized, rel=0.1)
+    assert fc.step == 500 and fc.total_steps == 1000
+
+
+def test_prior_is_blended_out_as_probes_accumulate():
+    weights = []
+    for last in (100, 200, 500):
+        h, _ = power_history(probe_steps=range(50, last + 1, 50))
+        weights.append(forecast(h, 1000, n_boot=0).tags["*"].prior_weight)
+    assert 1.0 > weights[0] > weights[1] > weights[2] > 0.0
+
+
+def test_interval_brackets_the_estimate_and_is_reproducible():
+    h, _ = power_history(n=400, memorizable=150)
+    a = forecast(h, 1000, seed=3).tags["pii:email"]
+    b = forecast(h, 1000, seed=3).tags["pii:email"]
+    assert a == b
+    assert a.expected_final_low <= a.expected_final_memorized <= a.expected_final_high
+    assert a.recall_low <= a.recall_now <= a.recall_high
+    assert a.expected_final_high > a.expected_final_low
+    wide = forecast(h, 1000, seed=3, level=0.99).tags["pii:email"]
+    assert wide.expected_final_high >= a.expected_final_high
+
+
+def test_empty_history_is_all_zero():
+    h = History(["a", "b"], [("x",), ()])
+    fc = forecast(h, 100)
+    t = fc.tags["*"]
+    assert set(fc.tags) == {"*", "x"}
+    assert t.memorized_now == 0 and t.expected_final_memorized == 0.0
+    assert t.expected_final_high == 0.0 and t.curve_final_memorized == 0.0
+    assert t.agreement == 1.0 and t.recall_fit is None and t.prior_weight == 1.0
+    assert _finite(t)
+
+
+def test_nothing_memorized_yet_forecasts_zero():
+    h, _ = power_history(probe_steps=[5, 10, 15], memorizable=0)
+    t = forecast(h, 1000).tags["*"]
+    assert t.memorized_now == 0 and t.pairs == 0
+    assert t.expected_final_memorized == t.expected_final_low == t.expected_final_high == 0.0
+    assert _finite(t)
+
+
+def test_single_probe_uses_the_prior_alone():
+    h = History([f"r{k}" for k in range(10)], [()] * 10, cont_len=N)
+    h.update(300, _result(np.array([N] * 3 + [0] * 7)), "extractable")
+    t = forecast(h, 1000).tags["*"]
+    assert t.prior_weight == 1.0 and t.pairs == 0
+    f, p, r = np.array(PYTHIA_PRIOR).T
+    prec, rec = np.interp(0.3, f, p), np.interp(0.3, f, r)
+    assert t.recall_now == pytest.approx(rec)
+    assert t.expected_final_memorized == pytest.approx(3 * prec / rec)
+    assert t.curve_final_memorized == 3.0
+    assert t.expected_final_low < t.expected_final_memorized < t.expected_final_high
+    assert _finite(t)
+
+
+def test_all_memorized_forecasts_every_row():
+    h = History([f"r{k}" for k in range(20)], [("t",)] * 20, cont_len=N)
+    for step in (0, 10, 20, 40):
+        h.update(step, _result(np.full(20, N)), "extractable")
+    t = forecast(h, 80, n_boot=20).tags["t"]
+    assert t.recall_fit.predict(0.5) == pytest.approx(1.0)
+    assert t.expected_final_memorized <= 20.0
+    assert t.expected_final_high == 20.0
+    assert _finite(t)
+
+
+def test_history_without_rows_is_defined():
+    fc = forecast(History([], [], cont_len=N), 100)
+    assert list(fc.tags) == ["*"]
+    assert fc.tags["*"].num_rows == 0 and _finite(fc.tags["*"])
+
+
+def test_abort_policy_reads_upper_bound_per_tag():
+    h, _ = power_history()
+    fc = forecast(h, 1000)
+    for tag in ("canary", "pii:email"):
+        t = fc.tags[tag]
+        assert t.expected_final_memorized <= t.expected_final_high <= t.num_rows
+
+
+def test_probe_subset_keeps_cost_bounded_and_uses_latest():
+    h, final = power_history(probe_steps=range(5, 501, 5))
+    t = forecast(h, 1000, max_probes=12).tags["*"]
+    assert t.pairs <= 12 * 11 // 2
+    assert t.memorized_now == int(h.memorized[-1].sum())
+    assert abs(t.expected_final_memorized - final) / final < 0.2
+
+
+def test_bad_arguments_are_rejected_with_the_fix():
+    h, _ = power_history()
+    with pytest.raises(ValueError, match="latest probe step 500"):
+        forecast(h, 400)
+    with pytest.raises(ValueError, match="compute fraction, precision, recall"):
+        forecast(h, 1000, prior=[(0.5, 0.9)])
+    with pytest.raises(ValueError, match="0 < compute fraction"):
+        forecast(h, 1000, prior=[(1.5, 0.9, 0.5)])
+    with pytest.raises(ValueError, match="level"):
+        forecast(h, 1000, level=1.0)
+    with pytest.raises(TypeError):
+        forecast(h, 1000, budget=3)
+
+
+def test_forecast_carries_risk_ranking():
+    h, _ = power_history()
+    fc = forecast(h, 1000)
+    assert fc.risk is not None and fc.risk.score.shape == (h.num_rows,)
+    assert forecast(h, 1000, with_risk=False).risk is None
