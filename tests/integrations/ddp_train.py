@@ -1,0 +1,123 @@
+"""Tiny distributed training runs with MemWatch on CPU (gloo), driven by test_ddp.py.
+
+    torchrun --nproc_per_node 2 ddp_train.py plain OUT       # raw torch.distributed loop
+    python ddp_train.py lightning OUT DEVICES                 # Lightning, strategy="ddp"
+
+Each rank writes ``OUT/rank<r>.pt`` (tensors and plain types): the monitor's
+state, what its recording sink received, the plain loop's decisions, and an
+unsharded probe of the same weights at every probe step.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from memwatch.demo_model import planted_corpus, tiny_model
+from memwatch.monitor import MemWatch
+from memwatch.policy import AbortPolicy
+from memwatch.probe import probe
+from memwatch.sinks.base import Sink
+from memwatch.watchlist import Watchlist
+
+M = N = 8
+BATCH = 8  # global batch: every rank takes BATCH / world of it
+CORPUS = planted_corpus([16] * 4 + [4] * 4 + [1] * 8, seq_len=M + N, vocab_size=512, seed=0)
+STREAM = CORPUS.stream(seed=0)
+ROWS = 15  # an odd count, so that the shards need padding
+
+
+class Counter(Sink):
+    def __init__(self):
+        self.events: list[str] = []
+
+    def on_probe(self, record):
+        self.events.append(f"probe:{record.step}")
+
+    def on_alert(self, alert):
+        self.events.append(f"alert:{alert.kind}:{alert.step}")
+
+    def on_end(self, history, watchlist):
+        self.events.append(f"end:{len(history)}")
+
+
+def monitor(sink: Sink, **kwargs) -> MemWatch:
+    tags = [("canary",)] * 4 + [("sample",)] * (ROWS - 4)
+    wl = Watchlist(CORPUS.rows[:ROWS], [f"row-{i}" for i in range(ROWS)], tags)
+    return MemWatch(wl, prompt_len=M, cont_len=N, sinks=[sink], **kwargs)
+
+
+def plain(out: str) -> None:
+    """A DDP loop on the default (time-budgeted) schedule, stopped by the abort policy."""
+    torch.distributed.init_process_group("gloo")
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    model = tiny_model(seed=0, hidden_size=64, num_layers=2)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.AdamW(ddp.parameters(), lr=1e-3, weight_decay=0.0)
+    sink = Counter()
+    mon = monitor(sink, total_steps=200, max_overhead=0.5, abort=AbortPolicy(tags=("canary",),
+                                                                          patience=2))
+    decisions, unsharded = [], []
+    for step in range(1, 201):
+        idx = torch.arange((step - 1) * BATCH, step * BATCH) % len(STREAM)
+        batch = STREAM[idx[rank::world]]
+        loss = ddp(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        d = mon.step(ddp, step)
+        decisions.append([d.step, d.probed, d.abort, d.reason])
+        if d.probed:
+            unsharded.append(probe(model, CORPUS.rows[:ROWS], M, N, mode=d.record.mode).scores)
+        if d.abort:
+            break
+    mon.finish(ddp, step)
+    torch.save({"state": mon.state_dict(), "decisions": decisions, "events": sink.events,
+                "unsharded": torch.stack(unsharded)}, os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def lightning(out: str, devices: int) -> None:
+    """Lightning with strategy="ddp" on `devices` CPU processes, probing every 2 steps."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from memwatch.callbacks import MemWatchCallback
+    from memwatch.demo_lightning import LitCausalLM
+
+    class Unsharded(L.Callback):
+        """After the monitor's probe: the same probe of the same weights, unsharded."""
+
+        def __init__(self):
+            self.scores = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            step = trainer.global_step
+            if step % 2 == 0 and len(self.scores) < step // 2:
+                mode = "exact" if step == trainer.max_steps else "extractable"
+                self.scores.append(probe(pl_module.model, CORPUS.rows[:ROWS], M, N,
+                                         mode=mode).scores)
+
+    sink, unsharded = Counter(), Unsharded()
+    mon = monitor(sink, every_n_steps=2, abort=AbortPolicy(tags=()))
+    module = LitCausalLM(tiny_model(seed=0, hidden_size=64, num_layers=2), lr=1e-3)
+    loader = DataLoader(TensorDataset(STREAM), batch_size=BATCH // devices, shuffle=False)
+    trainer = L.Trainer(
+        max_steps=16, accelerator="cpu", devices=devices,
+        strategy="ddp" if devices > 1 else "auto", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+        callbacks=[MemWatchCallback(mon), unsharded])
+    trainer.fit(module, loader)
+    torch.save({"state": mon.state_dict(), "events": sink.events,
+                "unsharded": torch.stack(unsharded.scores)},
+               os.path.join(out, f"rank{trainer.global_rank}.pt"))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    if sys.argv[1] == "plain":
+        plain(sys.argv[2])
+    else:
+        lightning(sys.argv[2], int(sys.argv[3]))
