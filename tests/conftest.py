@@ -54,7 +54,7 @@ def untrained():
 # A checkpoint suite for `memwatch eval` / `analyze`: 2 sizes x 3 checkpoints, trained on a
 # planted stream written as a Megatron .bin/.idx pair (sequence index = position in the stream).
 SUITE_REPEATS = [24] * 4 + [6] * 4 + [1] * 8
-SUITE_STEPS = (16, 32, 64)
+SUITE_STEPS = (12, 24, 48)
 SUITE_SIZES = {"small": dict(hidden_size=32, num_layers=1, num_heads=2),
                "large": dict(hidden_size=64, num_layers=2)}
 
@@ -68,7 +68,7 @@ class Suite:
 
 @pytest.fixture(scope="session")
 def suite(tmp_path_factory) -> Suite:
-    """Two tiny GPT-NeoX models saved at steps 16, 32 and 64 (~20 s on 2 cores)."""
+    """Two tiny GPT-NeoX models saved at steps 12, 24 and 48 (~10 s on 2 cores)."""
     from memwatch.demo_model import planted_corpus, tiny_model, train_steps
     from memwatch.pythia_data import write_indexed_dataset
 

@@ -1,0 +1,109 @@
+"""`memwatch eval`: probe every (model, revision) of a checkpoint suite over a watchlist."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+HELP = ("Probe every (model, revision) over a watchlist or Pythia's training data; one "
+        "resumable parquet per checkpoint (run under torchrun to split the rows over ranks).")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", action="append", required=True, metavar="PATH_OR_ID",
+                   help="hub id (EleutherAI/pythia-70m-deduped) or local suite folder "
+                        "<suite>/<model> holding one <revision>/ folder per checkpoint; repeat "
+                        "for several models")
+    p.add_argument("--revision", nargs="+", metavar="REV",
+                   help="revisions of every model (hub: branches like step143000; local: "
+                        "subfolders). Default: hub 'main', local every subfolder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--watchlist", metavar="WL", help="a watchlist saved with Watchlist.save")
+    src.add_argument("--pythia-data", metavar="PREFIX",
+                     help="Megatron .bin/.idx prefix (Pythia's preshuffled Pile)")
+    p.add_argument("--indices", metavar="RANGE",
+                   help="sequence indices of --pythia-data: start:stop[:step][,...]")
+    p.add_argument("--out", required=True, help="results folder")
+    p.add_argument("--mode", choices=["exact", "extractable"], default="exact")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--batch-size", default="auto",
+                   help="rows per probe batch, also the unit a crash can lose (default auto)")
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--cont-len", type=int, default=32)
+    p.add_argument("--no-nll", action="store_true", help="skip the NLL column (written as NaN)")
+    p.add_argument("--cache-dir", help="transformers cache for hub checkpoints")
+    p.add_argument("--device", help="default: this rank's GPU if any, else cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _batch_size(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"--batch-size must be 'auto' or a positive integer; got {text!r}") \
+            from None
+    if value < 1:
+        raise ValueError(f"--batch-size must be 'auto' or a positive integer; got {text!r}")
+    return value
+
+
+def _watchlist(args):
+    """(watchlist, index column) from --watchlist or --pythia-data/--indices."""
+    from memwatch.evaluate import default_index
+    from memwatch.watchlist import Watchlist
+
+    if args.watchlist:
+        if args.indices:
+            raise ValueError("--indices selects rows of --pythia-data; it does not apply to "
+                             "--watchlist")
+        wl = Watchlist.load(args.watchlist)
+        return wl, default_index(wl)
+    from memwatch.pythia_data import parse_index_range
+
+    if not args.indices:
+        raise ValueError("--pythia-data needs --indices, e.g. --indices 0:5000000")
+    index = parse_index_range(args.indices)
+    if len(index) == 0:
+        raise ValueError(f"--indices {args.indices!r} selects no sequence")
+    wl = Watchlist.from_pythia(args.pythia_data, index, args.prompt_len, args.cont_len)
+    return wl, index
+
+
+def _init_distributed() -> bool:
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    import torch
+
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def run(args) -> int:
+    from memwatch.evaluate import EvalConfig, evaluate, resolve_checkpoints
+
+    started = False
+    try:
+        config = EvalConfig(args.prompt_len, args.cont_len, args.mode, args.dtype,
+                            _batch_size(args.batch_size), not args.no_nll, args.cache_dir,
+                            args.device)
+        checkpoints = [c for m in args.model for c in resolve_checkpoints(m, args.revision)]
+        watchlist, index = _watchlist(args)
+        started = _init_distributed()
+        paths = evaluate(checkpoints, watchlist, args.out, index, config,
+                         progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, IndexError) as err:
+        print(f"memwatch eval: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        for path in paths:
+            print(path)
+    return 0

@@ -1,0 +1,395 @@
+"""Post-hoc evaluation of a checkpoint suite: probe every (model, revision) over a watchlist.
+
+One parquet per (model, revision) at ``<out>/<model name>/<revision>.parquet`` with
+columns ``index`` (the row's sequence index in the training data, or its watchlist
+position), ``id``, ``score``, ``match_prefix``, ``nll`` and ``tags``; the run's
+settings ride in the file's schema metadata under ``memwatch``.
+
+Resumable: rows are scored in batches and every batch is written to its own file
+(``<revision>.parts/rank<r>-of-<w>/<start>-<end>.parquet``, atomically) before the
+next starts, so a crash loses at most one batch; a rerun skips finished files and
+continues partial ones. Under ``torchrun`` each rank scores a contiguous slice of
+the rows and writes its own shard; rank 0 merges the shards once all are done.
+
+Checkpoints come from the Hugging Face hub (``from_pretrained(id, revision=...)``)
+or from a local suite laid out as ``<suite>/<model>/<revision>/`` (one
+``save_pretrained`` directory per revision): ``--model <suite>/<model>`` with
+``--revision step1000`` loads ``<suite>/<model>/step1000``. A local directory that
+itself holds ``config.json`` is one checkpoint, revision ``main``.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memwatch.probe import MODES, probe
+from memwatch.watchlist import Watchlist
+
+FORMAT_VERSION = 1
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Rows per resumable batch when the probe picks its own batch size (--batch-size auto).
+AUTO_WRITE_ROWS = 1024
+_STEP = re.compile(r"^step(\d+)$")
+_PYTHIA_ID = re.compile(r"pythia:(\d+)")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One (model, revision) to evaluate.
+
+    model: the model as given (hub id or local directory); name: its last path
+    component, which names the results folder; path: the local directory to load,
+    or None for a hub checkpoint (loaded with ``revision=revision``).
+    """
+
+    model: str
+    revision: str
+    name: str
+    path: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.revision}"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to probe: lengths and mode as in `probe`, model dtype, batch rows, NLL, cache."""
+
+    prompt_len: int = 32
+    cont_len: int = 32
+    mode: str = "exact"
+    dtype: str = "fp32"
+    batch_size: int | None = None  # None: the probe picks (OOM-safe); batches of 1024 rows
+    with_nll: bool = True
+    cache_dir: str | None = None
+    device: str | None = None  # None: this rank's CUDA device if any, else CPU
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; got {self.mode!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None (auto); got {self.batch_size}")
+
+
+def step_of(revision: str) -> int | None:
+    """The training step named by a revision like ``step143000``, else None."""
+    m = _STEP.match(revision)
+    return int(m.group(1)) if m else None
+
+
+def _revision_order(revision: str):
+    step = step_of(revision)
+    return (0, step, "") if step is not None else (1, 0, revision)
+
+
+def resolve_checkpoints(model: str, revisions: Sequence[str] | None = None) -> list[Checkpoint]:
+    """The checkpoints to evaluate for `model` (hub id or local dir), in training order.
+
+    Local suite: ``revisions`` name subdirectories of `model` (all of them that hold
+    a ``config.json`` when none are given). Hub id: ``revisions`` pass through
+    (default ``main``). Raises ValueError naming a missing local revision.
+    """
+    revisions = list(revisions or [])
+    local = Path(model)
+    name = local.name or str(model)
+    if local.is_dir():
+        if (local / "config.json").is_file():
+            if revisions and revisions != ["main"]:
+                raise ValueError(
+                    f"{model} is a single checkpoint (it holds config.json), so it has no "
+                    f"revisions {revisions}; lay a suite out as <suite>/<model>/<revision>/")
+            return [Checkpoint(model, "main", name, str(local))]
+        found = sorted((d.name for d in local.iterdir() if (d / "config.json").is_file()),
+                       key=_revision_order)
+        if not revisions:
+            if not found:
+                raise ValueError(f"{model} holds no checkpoint: expected config.json in it or "
+                                 f"in its revision subdirectories <revision>/config.json")
+            revisions = found
+        missing = [r for r in revisions if r not in found]
+        if missing:
+            raise ValueError(f"revision {missing[0]!r} not found under {model} (no "
+                             f"{local / missing[0] / 'config.json'}); found: {found or 'none'}")
+        return [Checkpoint(model, r, name, str(local / r)) for r in revisions]
+    if local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ValueError(f"model {model!r} is neither a local directory nor a hub id")
+    return [Checkpoint(model, r, name) for r in (revisions or ["main"])]
+
+
+def result_path(out: str | os.PathLike, ckpt: Checkpoint) -> Path:
+    """Where the finished parquet of `ckpt` lives under `out`."""
+    return Path(out) / ckpt.name / f"{ckpt.revision}.parquet"
+
+
+def _load_args(ckpt: Checkpoint, config: EvalConfig) -> tuple[str, dict]:
+    if ckpt.path is not None:
+        return ckpt.path, {}
+    return ckpt.model, {"revision": ckpt.revision, "cache_dir": config.cache_dir}
+
+
+def check_inputs(checkpoints: Sequence[Checkpoint], watchlist: Watchlist,
+                 config: EvalConfig) -> None:
+    """Raise ValueError before any scoring if a checkpoint cannot score this watchlist.
+
+    Loads each checkpoint's config only (cheap): an unreachable revision or a
+    vocabulary smaller than the watchlist's largest token id fails here.
+    """
+    from transformers import AutoConfig
+
+    if not checkpoints:
+        raise ValueError("no checkpoints to evaluate")
+    watchlist.validate(config.prompt_len, config.cont_len)
+    need = config.prompt_len + config.cont_len
+    top = int(watchlist.tokens[:, :need].max())
+    for ckpt in checkpoints:
+        path, kwargs = _load_args(ckpt, config)
+        try:
+            cfg = AutoConfig.from_pretrained(path, **kwargs)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot load the config of {ckpt.key} ({ckpt.model}, revision "
+                             f"{ckpt.revision!r}): {err}") from err
+        vocab = getattr(cfg, "vocab_size", None)
+        if vocab is not None and top >= vocab:
+            row, col = (int(x) for x in (watchlist.tokens[:, :need] == top).nonzero()[0])
+            raise ValueError(
+                f"{ckpt.key} has a vocabulary of {vocab} ids but watchlist sequence "
+                f"{watchlist.ids[row]!r} has token id {top} at position {col}: the data was "
+                f"tokenized for another model")
+
+
+def default_index(watchlist: Watchlist) -> np.ndarray:
+    """int64 [n]: the Pythia sequence index of ``pythia:<i>`` ids, else the row positions."""
+    found = [_PYTHIA_ID.fullmatch(i) for i in watchlist.ids]
+    if all(found):
+        return np.array([int(m.group(1)) for m in found], np.int64)
+    return np.arange(len(watchlist), dtype=np.int64)
+
+
+def fingerprint(watchlist: Watchlist, index: np.ndarray, config: EvalConfig) -> str:
+    """sha256 of what decides the scores: rows, ids, indices, lengths, mode, dtype."""
+    h = hashlib.sha256()
+    need = config.prompt_len + config.cont_len
+    h.update(json.dumps([config.prompt_len, config.cont_len, config.mode, config.dtype,
+                         config.with_nll]).encode())
+    h.update(np.ascontiguousarray(index, np.int64).tobytes())
+    h.update("\0".join(watchlist.ids).encode())
+    h.update(watchlist.tokens[:, :need].contiguous().numpy().astype(np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _slice(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    per, extra = divmod(n, world_size)
+    start = rank * per + min(rank, extra)
+    return start, start + per + (rank < extra)
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _device(config: EvalConfig) -> torch.device:
+    if config.device is not None:
+        return torch.device(config.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------
+# Parquet I/O: every file is written to a temporary name and renamed, so a file that exists
+# is complete.
+# --------------------------------------------------------------------------------------------
+
+
+def _table(index, ids, tags, scores, match_prefix, nll, meta: dict):
+    import pyarrow as pa
+
+    table = pa.table({
+        "index": pa.array(np.asarray(index, np.int64)),
+        "id": pa.array(list(ids), pa.string()),
+        "score": pa.array(np.asarray(scores, np.float32)),
+        "match_prefix": pa.array(np.asarray(match_prefix, np.int16)),
+        "nll": pa.array(np.asarray(nll, np.float32)),
+        "tags": pa.array([list(t) for t in tags], pa.list_(pa.string())),
+    })
+    return table.replace_schema_metadata({"memwatch": json.dumps(meta)})
+
+
+def _write_atomic(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The ``memwatch`` metadata of a results parquet written by `evaluate` ({} if none)."""
+    import pyarrow.parquet as pq
+
+    raw = (pq.read_schema(path).metadata or {}).get(b"memwatch")
+    return json.loads(raw) if raw else {}
+
+
+def _check_same_run(path: Path, meta: dict) -> None:
+    found = read_meta(path)
+    if found.get("fingerprint") != meta["fingerprint"]:
+        raise ValueError(
+            f"{path} holds results of another run (different watchlist, indices, mode, lengths "
+            f"or dtype); delete it or choose another --out")
+
+
+def _concat(paths: Sequence[Path], meta: dict):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(p) for p in paths]
+    return pa.concat_tables(tables).replace_schema_metadata({"memwatch": json.dumps(meta)})
+
+
+def _batch_files(rank_dir: Path) -> list[tuple[int, int, Path]]:
+    out = []
+    for p in rank_dir.glob("*.parquet"):
+        m = re.fullmatch(r"(\d+)-(\d+)\.parquet", p.name)
+        if m:
+            out.append((int(m.group(1)), int(m.group(2)), p))
+    return sorted(out)
+
+
+def _remove_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        if p.is_dir():
+            p.rmdir()
+        else:
+            p.unlink()
+    path.rmdir()
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring one checkpoint.
+# --------------------------------------------------------------------------------------------
+
+
+def _load_model(ckpt: Checkpoint, config: EvalConfig, device: torch.device):
+    from transformers import AutoModelForCausalLM
+
+    path, kwargs = _load_args(ckpt, config)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[config.dtype], **kwargs)
+    return model.to(device).eval()
+
+
+def _score_slice(model, watchlist, index, start, end, rank_dir, meta, config, bar) -> None:
+    """Probe rows [start, end) batch by batch, writing each batch before the next."""
+    done = start
+    for lo, hi, path in _batch_files(rank_dir):
+        if lo != done or hi > end:
+            raise ValueError(f"{rank_dir} holds batch files that do not tile rows {start}:{end} "
+                             f"(found {path.name} after row {done}); delete the folder")
+        _check_same_run(path, meta)
+        done = hi
+    bar.update(done - start)
+    step = config.batch_size or AUTO_WRITE_ROWS
+    while done < end:
+        hi = min(done + step, end)
+        res = probe(model, watchlist.tokens[done:hi], config.prompt_len, config.cont_len,
+                    config.mode, with_nll=config.with_nll, batch_size=config.batch_size)
+        nll = res.nll if res.nll is not None else torch.full((hi - done,), float("nan"))
+        table = _table(index[done:hi], watchlist.ids[done:hi], watchlist.tags[done:hi],
+                       res.scores.numpy(), res.match_prefix.numpy(), nll.float().numpy(), meta)
+        _write_atomic(table, rank_dir / f"{done:012d}-{hi:012d}.parquet")
+        bar.update(hi - done)
+        done = hi
+
+
+def _progress(ckpt, total, rank, world_size, enabled):
+    from tqdm.auto import tqdm
+
+    # Rank 0 shows its own slice scaled by the world size: about the whole run's rows and rate.
+    return tqdm(total=total, desc=ckpt.key, unit="seq", unit_scale=world_size,
+                disable=not enabled or rank != 0, dynamic_ncols=True)
+
+
+def evaluate(
+    checkpoints: Sequence[Checkpoint],
+    watchlist: Watchlist,
+    out: str | os.PathLike,
+    index: np.ndarray | None = None,
+    config: EvalConfig = EvalConfig(),  # noqa: B008 (frozen, so a shared default is safe)
+    progress: bool = True,
+    load_model: Callable | None = None,
+) -> list[Path]:
+    """Return the results parquet of every checkpoint, probing those not finished yet.
+
+    `index` (int64 [n]) is written as the ``index`` column (default: `default_index`).
+    Under ``torch.distributed`` each rank scores a contiguous slice and every rank
+    must call this with the same arguments. `load_model(ckpt, config, device)`
+    replaces ``from_pretrained`` (tests).
+    """
+    n = len(watchlist)
+    index = default_index(watchlist) if index is None else np.asarray(index, np.int64)
+    if index.shape != (n,):
+        raise ValueError(f"index has shape {index.shape}; the watchlist has {n} rows")
+    check_inputs(checkpoints, watchlist, config)
+    rank, world_size = _dist()
+    device = _device(config)
+    digest = fingerprint(watchlist, index, config)
+    load_model = load_model or _load_model
+    paths = []
+    for ckpt in checkpoints:
+        final = result_path(out, ckpt)
+        paths.append(final)
+        meta = {"format": FORMAT_VERSION, "model": ckpt.model, "name": ckpt.name,
+                "revision": ckpt.revision, "step": step_of(ckpt.revision), "rows": n,
+                "fingerprint": digest, **asdict(config)}
+        if final.exists():
+            _check_same_run(final, meta)
+            continue
+        parts = final.with_name(f"{ckpt.revision}.parts")
+        rank_file = parts / f"rank{rank:05d}-of-{world_size:05d}.parquet"
+        rank_dir = rank_file.with_suffix("")
+        start, end = _slice(n, rank, world_size)
+        if rank_file.exists():
+            _check_same_run(rank_file, meta)
+        elif start < end:
+            model = load_model(ckpt, config, device)
+            meta["params"] = sum(p.numel() for p in model.parameters())
+            with _progress(ckpt, end - start, rank, world_size, progress) as bar:
+                _score_slice(model, watchlist, index, start, end, rank_dir, meta, config, bar)
+            del model
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            _write_atomic(_concat([p for _, _, p in _batch_files(rank_dir)], meta), rank_file)
+            _remove_tree(rank_dir)
+        _barrier()
+        if rank == 0:
+            shards = [parts / f"rank{r:05d}-of-{world_size:05d}.parquet" for r in range(world_size)]
+            shards = [p for p in shards if p.exists()]
+            meta["params"] = read_meta(shards[0]).get("params")
+            _write_atomic(_concat(shards, meta), final)
+            _remove_tree(parts)
+        _barrier()
+    return paths

@@ -1,0 +1,137 @@
+"""PNG plots of an `Analysis`: heatmaps, score histograms, memorized fraction, recall vs compute.
+
+matplotlib is imported inside the functions (the ``plot`` extra) and figures are
+drawn on the Agg canvas directly, never through pyplot, so no display is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from memwatch.analysis import Analysis, Predictor
+
+
+def _figure(width: float = 6.4, height: float = 4.8):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError("plots need matplotlib: pip install 'memwatch[plot]'") from err
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def heatmap(analysis: Analysis, attr: str, path: Path, title: str) -> Path:
+    """Write a models × checkpoints heatmap of one `PairStats` field; returns `path`."""
+    models, revisions, values = analysis.matrix(attr)
+    fig = _figure(max(4.0, 1.0 + 0.7 * len(revisions)), max(2.5, 1.0 + 0.45 * len(models)))
+    ax = fig.add_subplot()
+    vmin = -1.0 if attr == "correlation" else 0.0
+    im = ax.imshow(np.ma.masked_invalid(values), vmin=vmin, vmax=1.0, cmap="viridis",
+                   aspect="auto")
+    ax.set_xticks(range(len(revisions)), revisions, rotation=45, ha="right")
+    ax.set_yticks(range(len(models)), models)
+    for i, j in zip(*np.nonzero(np.isfinite(values)), strict=True):
+        v = values[i, j]
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                color="black" if v > (vmin + 1) / 2 else "white")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    return _save(fig, path)
+
+
+def score_histograms(analysis: Analysis, path: Path) -> Path:
+    """Write one histogram of scores per model (its last checkpoint), log counts."""
+    hists = analysis.histograms
+    fig = _figure(6.4, max(2.5, 1.6 * max(1, len(hists))))
+    if not hists:
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "no run with per-sequence scores", ha="center", va="center")
+        ax.set_axis_off()
+        return _save(fig, path)
+    axes = fig.subplots(len(hists), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (model, (revision, edges, counts)) in zip(axes, hists.items(), strict=True):
+        ax.bar((edges[:-1] + edges[1:]) / 2, counts, width=np.diff(edges), color="tab:blue")
+        ax.set_yscale("log")
+        ax.set_ylabel("sequences")
+        ax.set_title(f"{model}@{revision}", fontsize=9)
+    axes[-1].set_xlabel("memorization score (fraction of the continuation reproduced)")
+    return _save(fig, path)
+
+
+def memorized_fraction(analysis: Analysis, path: Path) -> Path:
+    """Write memorized fraction vs training step, one line per model."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    by_model: dict[str, list] = {}
+    for p in analysis.pairs:
+        if p.step is not None and np.isfinite(p.fraction):
+            by_model.setdefault(p.model, []).append((p.step, p.fraction))
+    for model, points in by_model.items():
+        steps, fractions = zip(*sorted(points), strict=True)
+        ax.plot(steps, fractions, marker="o", label=model)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("memorized fraction")
+    if by_model:
+        ax.legend(fontsize=8)
+    ax.set_title("Memorized fraction per model and checkpoint")
+    return _save(fig, path)
+
+
+def _curve(ax, pred: Predictor, target_compute: float, color: str, marker: str) -> None:
+    ax.scatter(pred.compute, pred.recall, color=color, marker=marker, label=pred.name, zorder=3)
+    if pred.fit is not None:
+        lo, hi = pred.compute.min(), max(pred.compute.max(), target_compute)
+        xs = np.geomspace(lo, hi, 100)
+        ax.plot(xs, pred.predict(xs, target_compute), color=color,
+                label=f"{pred.name}: {pred.fit.kind} fit (R²={pred.fit.r2:.2f})")
+
+
+def recall_vs_compute(analysis: Analysis, path: Path) -> Path:
+    """Write recall of the target's memorized set vs predictor compute, with fitted curves."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    drawn = False
+    for pred, color, marker in ((analysis.smaller_models, "tab:orange", "s"),
+                                (analysis.checkpoints, "tab:blue", "o")):
+        if pred is not None:
+            _curve(ax, pred, analysis.target_compute, color, marker)
+            drawn = True
+    if np.isfinite(analysis.target_compute):
+        ax.axvline(analysis.target_compute, color="gray", linestyle=":", label="target compute")
+    if drawn:
+        ax.set_xscale("log")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no predictor with known compute", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("predictor compute, 6 · params · tokens (FLOPs)")
+    ax.set_ylabel(f"recall of {analysis.target}")
+    ax.set_title("Predicting the target's memorized sequences")
+    return _save(fig, path)
+
+
+def render_all(analysis: Analysis, out: str | Path) -> dict[str, Path]:
+    """Write every plot under `out`; returns {name: path}."""
+    out = Path(out)
+    return {
+        "precision": heatmap(analysis, "precision", out / "precision.png",
+                             f"Precision vs {analysis.target}"),
+        "recall": heatmap(analysis, "recall", out / "recall.png",
+                          f"Recall of {analysis.target}"),
+        "correlation": heatmap(analysis, "correlation", out / "correlation.png",
+                               f"Score correlation with {analysis.target}"),
+        "fraction": memorized_fraction(analysis, out / "memorized_fraction.png"),
+        "histograms": score_histograms(analysis, out / "score_histograms.png"),
+        "recall_vs_compute": recall_vs_compute(analysis, out / "recall_vs_compute.png"),
+    }

@@ -1,0 +1,94 @@
+"""The Markdown report of `memwatch analyze`: tables, PNG plots and a JSON copy of the numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from memwatch.analysis import Analysis, Predictor, to_json
+
+
+def _num(x, fmt: str = ".3f") -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "–"
+    return format(x, fmt)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _pairs_table(analysis: Analysis) -> str:
+    rows = [[p.model, p.revision, _num(p.params, ",d") if p.params else "–",
+             _num(p.compute, ".3g"), str(p.rows), str(p.memorized), _num(p.fraction, ".4f"),
+             _num(p.precision), _num(p.recall), _num(p.correlation)] for p in analysis.pairs]
+    return _table(["model", "checkpoint", "params", "compute (FLOPs)", "rows", "memorized",
+                   "fraction", "precision", "recall", "correlation"], rows)
+
+
+def _predictor_text(pred: Predictor | None) -> str:
+    if pred is None:
+        return "no points with known compute"
+    if pred.fit is None:
+        return f"{len(pred.keys)} point(s): too few for a fit"
+    f = pred.fit
+    form = {"power": f"recall = {f.a:.3g} · x^{f.b:.3g}",
+            "loglinear": f"recall = {f.a:.3g} + {f.b:.3g} · ln x",
+            "constant": f"recall = {f.a:.3g}"}[f.kind]
+    return f"{form}, x = compute / target compute (R² = {f.r2:.3f}, {f.n_points} points)"
+
+
+def _equi_table(analysis: Analysis) -> str:
+    rows = [[e.smaller, _num(e.smaller_compute, ".3g"), _num(e.smaller_recall), e.checkpoint,
+             _num(e.checkpoint_compute, ".3g"), _num(e.checkpoint_recall),
+             _num(e.checkpoint_fit_recall)] for e in analysis.equi_compute]
+    return _table(["smaller model", "compute", "recall", "nearest checkpoint", "compute",
+                   "recall", "checkpoint fit at same compute"], rows)
+
+
+def render_markdown(analysis: Analysis, plots: dict[str, Path], base: Path) -> str:
+    """The report's Markdown text; plot paths are written relative to `base`."""
+    def img(name: str, alt: str) -> str:
+        return f"![{alt}]({plots[name].relative_to(base).as_posix()})" if name in plots else ""
+
+    parts = [
+        f"# Memorization report: target {analysis.target}",
+        f"Compute is 6 · params · tokens with {analysis.tokens_per_step:,} tokens per step; "
+        f"the target's is {_num(analysis.target_compute, '.3g')} FLOPs. Precision and recall "
+        "compare each checkpoint's memorized set (score = 1) with the target's, on the rows "
+        "both were scored on; correlation is Pearson's r of the scores.",
+        "## Every checkpoint against the target", _pairs_table(analysis),
+        img("precision", "precision heatmap"), img("recall", "recall heatmap"),
+        img("correlation", "correlation heatmap"),
+        "## Memorized fraction", img("fraction", "memorized fraction per checkpoint"),
+        "## Score distributions",
+        "One histogram per model at its last checkpoint (log counts); on Pythia the mass sits "
+        "at 0 and 1 (Biderman et al. 2023).",
+        img("histograms", "score histograms"),
+        "## Recall vs compute",
+        f"- smaller models: {_predictor_text(analysis.smaller_models)}",
+        f"- intermediate checkpoints: {_predictor_text(analysis.checkpoints)}",
+        img("recall_vs_compute", "recall vs compute"),
+        "## Equi-compute comparison",
+        "Each smaller model against the target model's checkpoint nearest in compute."
+        if analysis.equi_compute else "Needs both predictor families with known compute.",
+    ]
+    if analysis.equi_compute:
+        parts.append(_equi_table(analysis))
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def write_report(analysis: Analysis, out: str | Path) -> Path:
+    """Write ``report.md``, ``analysis.json`` and the plots under `out`; returns report.md."""
+    from memwatch.plots import render_all
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = render_all(analysis, out / "plots")
+    (out / "analysis.json").write_text(to_json(analysis))
+    path = out / "report.md"
+    path.write_text(render_markdown(analysis, plots, out))
+    return path

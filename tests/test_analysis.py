@@ -1,0 +1,151 @@
+"""`memwatch analyze`: precision/recall against direct set arithmetic, plots, EleutherAI layouts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from memwatch.analysis import analyze, compute_of, find_run, load_results, pythia_params
+from memwatch.cli import main
+
+TOKENS_PER_STEP = 16 * 64  # the suite trains on 16 rows of 64 tokens per step
+PLOTS = ["correlation.png", "memorized_fraction.png", "precision.png", "recall.png",
+         "recall_vs_compute.png", "score_histograms.png"]
+
+
+@pytest.fixture(scope="module")
+def results(suite, tmp_path_factory):
+    from memwatch.evaluate import EvalConfig, evaluate, resolve_checkpoints
+    from memwatch.watchlist import Watchlist
+
+    out = tmp_path_factory.mktemp("results")
+    ckpts = [c for m in ("small", "large") for c in resolve_checkpoints(str(suite.root / m))]
+    evaluate(ckpts, Watchlist.from_pythia(suite.prefix, "0:128:2"), out,
+             config=EvalConfig(mode="extractable", with_nll=False), progress=False)
+    return out
+
+
+def _direct(path):
+    t = pq.read_table(path)
+    index = t["index"].to_numpy()
+    return set(index[t["match_prefix"].to_numpy() == 32].tolist()), t["score"].to_numpy()
+
+
+def test_precision_recall_equal_direct_set_computation(results):
+    runs = load_results([results])
+    assert [r.key for r in runs] == ["small@step12", "small@step24", "small@step48",
+                                     "large@step12", "large@step24", "large@step48"]
+    result = analyze(runs, "large@step48", tokens_per_step=TOKENS_PER_STEP)
+    target, target_scores = _direct(results / "large" / "step48.parquet")
+    assert target, "the target memorized nothing: precision/recall below would be trivial"
+    nontrivial = 0
+    for pair in result.pairs:
+        pred, scores = _direct(results / pair.model / f"{pair.revision}.parquet")
+        both = len(pred & target)
+        assert pair.memorized == len(pred)
+        assert pair.fraction == pytest.approx(len(pred) / 64)
+        assert pair.precision == pytest.approx(both / len(pred) if pred else 1.0)
+        assert pair.recall == pytest.approx(both / len(target))
+        if scores.std() > 0:
+            assert pair.correlation == pytest.approx(np.corrcoef(scores, target_scores)[0, 1])
+        nontrivial += 0 < pair.recall < 1
+    assert nontrivial > 0
+
+
+def test_recall_vs_compute_uses_both_predictor_families(results):
+    runs = load_results([results])
+    result = analyze(runs, "large@step48", tokens_per_step=TOKENS_PER_STEP)
+    small, large = find_run(runs, "small@step48"), find_run(runs, "large@step48")
+    assert small.params < large.params
+    assert result.target_compute == 6.0 * large.params * 48 * TOKENS_PER_STEP
+    assert result.smaller_models.keys == ("small@step48",)
+    assert result.smaller_models.compute.tolist() == [compute_of(small, TOKENS_PER_STEP)]
+    assert result.checkpoints.keys == ("large@step12", "large@step24")
+    assert result.checkpoints.fit is not None
+    by_key = {p.key: p for p in result.pairs}
+    assert result.checkpoints.recall.tolist() == [by_key["large@step12"].recall,
+                                                  by_key["large@step24"].recall]
+    (equi,) = result.equi_compute
+    assert equi.smaller == "small@step48"
+    nearest = min(("large@step12", "large@step24"),
+                  key=lambda k: abs(np.log(by_key[k].compute / equi.smaller_compute)))
+    assert equi.checkpoint == nearest
+
+
+def test_report_renders_every_plot(results, tmp_path):
+    code = main(["analyze", str(results), "--target", "large@step48", "--out",
+                 str(tmp_path), "--tokens-per-step", str(TOKENS_PER_STEP)])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == PLOTS
+    report = (tmp_path / "report.md").read_text()
+    for name in PLOTS:
+        data = (tmp_path / "plots" / name).read_bytes()
+        assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"](plots/{name})" in report
+    assert "| large | step24 |" in report and "Equi-compute" in report
+    numbers = json.loads((tmp_path / "analysis.json").read_text())
+    assert numbers["target"] == "large@step48" and len(numbers["pairs"]) == 6
+
+
+def _eleuther_layouts(root, universe, memorized):
+    """EleutherAI's layouts: eval_memorization.py rank CSVs, a pandas CSV, memorized-evals."""
+    scores = {m: np.where(np.isin(universe, sorted(s)), 1.0, 0.25) for m, s in memorized.items()}
+    run = root / "memorization_70m-deduped_143000"
+    run.mkdir(parents=True)
+    half = len(universe) // 2
+    for rank, part in enumerate((slice(0, half), slice(half, None))):
+        lines = [f"{i},{s}" for i, s in zip(universe[part], scores["70m"][part], strict=True)]
+        (run / f"rank-{rank}.csv").write_text("\n".join(lines))
+    rows = [",idx,score"] + [f"{k},{i},{s}" for k, (i, s) in
+                             enumerate(zip(universe, scores["160m"], strict=True))]
+    (root / "memorization_evals_160m-deduped_32_64_143000.csv").write_text("\n".join(rows))
+    for split, name in (("deduped.410m", "deduped.410m/0000.parquet"),
+                        ("deduped.410m.23000", "data/deduped.410m.23000-00000-of-00001.parquet")):
+        idx = np.array(sorted(memorized[split]), np.int64)
+        table = pa.table({"index": idx, "tokens": [[1, 2, 3]] * len(idx),
+                          "__index_level_0__": idx})
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, root / name)
+
+
+def test_reads_eleutherai_layouts(tmp_path):
+    rng = np.random.default_rng(0)
+    universe = np.arange(1000, 1400, dtype=np.int64)
+    memorized = {k: set(rng.choice(universe, size, replace=False).tolist()) for k, size in
+                 (("70m", 20), ("160m", 40), ("deduped.410m", 60), ("deduped.410m.23000", 30))}
+    _eleuther_layouts(tmp_path / "res", universe, memorized)
+    runs = load_results([tmp_path / "res"])
+    assert [(r.model, r.revision, r.params, r.complete) for r in runs] == [
+        ("pythia-70m-deduped", "step143000", pythia_params("pythia-70m"), True),
+        ("pythia-160m-deduped", "step143000", 162_322_944, True),
+        ("pythia-410m-deduped", "step23000", 405_334_016, False),
+        ("pythia-410m-deduped", "step143000", 405_334_016, False)]
+    result = analyze(runs, "pythia-410m-deduped@step143000")
+    target = memorized["deduped.410m"]
+    for pair, key in zip(result.pairs, ("70m", "160m", "deduped.410m.23000", "deduped.410m"),
+                         strict=True):
+        pred = memorized[key]
+        assert pair.precision == pytest.approx(len(pred & target) / len(pred))
+        assert pair.recall == pytest.approx(len(pred & target) / len(target))
+        assert pair.memorized == len(pred)
+    assert result.pairs[0].fraction == pytest.approx(20 / 400)
+    assert np.isnan(result.pairs[2].fraction)  # a memorized-only list has no denominator
+    assert result.smaller_models.keys == ("pythia-70m-deduped@step143000",
+                                          "pythia-160m-deduped@step143000")
+    assert result.checkpoints.keys == ("pythia-410m-deduped@step23000",)
+    assert result.target_compute == 6.0 * 405_334_016 * 143000 * 2_097_152
+
+
+def test_bad_results_are_reported(results, tmp_path, capsys):
+    with pytest.raises(ValueError, match="not among the results; found: small@step12"):
+        analyze(load_results([results]), "huge@step48")
+    with pytest.raises(ValueError, match="must be MODEL@REVISION"):
+        find_run(load_results([results]), "large")
+    (tmp_path / "notes.csv").write_text("a,b\n1,2\n")
+    assert main(["analyze", str(tmp_path), "--target", "x@y", "--out",
+                 str(tmp_path / "r")]) == 2
+    assert "cannot tell model and step from the name" in capsys.readouterr().err

@@ -1,0 +1,231 @@
+"""`memwatch eval` on a local suite: exact scores, resume after a crash, torchrun, bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import memwatch.evaluate as ev
+from memwatch.cli import main
+from memwatch.probe import reference_probe
+
+INDICES = "0:128:4"
+ROWS = np.arange(0, 128, 4)
+
+
+def _eval(suite, out, *extra):
+    return main(["eval", "--model", str(suite.root / "small"), "--model",
+                 str(suite.root / "large"), "--pythia-data", suite.prefix, "--indices", INDICES,
+                 "--out", str(out), "--batch-size", "16", "--no-progress", *extra])
+
+
+def _columns(path):
+    t = pq.read_table(path)
+    return {c: t[c].to_pylist() for c in t.column_names}
+
+
+@pytest.fixture(scope="module")
+def evaluated(suite, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    assert _eval(suite, out) == 0
+    return out
+
+
+def test_resolve_checkpoints_lists_local_revisions_in_step_order(suite, tmp_path):
+    ckpts = ev.resolve_checkpoints(str(suite.root / "large"))
+    assert [c.revision for c in ckpts] == ["step12", "step24", "step48"]
+    assert {c.key for c in ckpts} == {"large@step12", "large@step24", "large@step48"}
+    (tmp_path / "m" / "step8").mkdir(parents=True)
+    (tmp_path / "m" / "step8" / "config.json").write_text("{}")
+    (tmp_path / "m" / "step100").mkdir()
+    (tmp_path / "m" / "step100" / "config.json").write_text("{}")
+    assert [c.revision for c in ev.resolve_checkpoints(str(tmp_path / "m"))] == \
+        ["step8", "step100"]
+    hub = ev.resolve_checkpoints("EleutherAI/pythia-70m", ["step1000", "step2000"])
+    assert [(c.model, c.revision, c.path) for c in hub] == \
+        [("EleutherAI/pythia-70m", "step1000", None), ("EleutherAI/pythia-70m", "step2000", None)]
+
+
+def test_eval_writes_reference_scores_for_every_checkpoint(suite, evaluated):
+    from transformers import AutoModelForCausalLM
+
+    files = sorted(p.relative_to(evaluated).as_posix() for p in evaluated.rglob("*"))
+    assert files == ["large", "large/step12.parquet", "large/step24.parquet",
+                     "large/step48.parquet", "small", "small/step12.parquet",
+                     "small/step24.parquet", "small/step48.parquet"]
+    memorized = 0
+    for name in ("small", "large"):
+        for step in (12, 24, 48):
+            path = evaluated / name / f"step{step}.parquet"
+            cols = _columns(path)
+            assert cols["index"] == ROWS.tolist()
+            assert cols["id"] == [f"pythia:{i}" for i in ROWS]
+            assert cols["tags"] == [["sample"]] * len(ROWS)
+            assert np.isfinite(cols["nll"]).all()
+            meta = ev.read_meta(path)
+            assert (meta["name"], meta["revision"], meta["step"]) == (name, f"step{step}", step)
+            if step != 48:  # generate() is slow on 2 cores: the final checkpoints suffice
+                continue
+            model = AutoModelForCausalLM.from_pretrained(suite.root / name / f"step{step}")
+            ref = reference_probe(model, suite.stream[ROWS])
+            np.testing.assert_array_equal(np.array(cols["score"], np.float32), ref.numpy())
+            np.testing.assert_array_equal(np.array(cols["match_prefix"]) == 32, ref.numpy() == 1)
+            assert meta["params"] == sum(p.numel() for p in model.parameters())
+            memorized += int((ref == 1).sum())
+    assert memorized > 0, "the suite memorized nothing: the comparison above proves little"
+
+
+def test_resume_after_crash_gives_identical_results(suite, evaluated, tmp_path, monkeypatch):
+    calls = []
+    real_probe = ev.probe
+
+    def counting(*args, **kwargs):
+        if crash_after is not None and len(calls) == crash_after:
+            raise RuntimeError("simulated crash")
+        calls.append(len(args[1]))
+        return real_probe(*args, **kwargs)
+
+    def run():
+        return main(["eval", "--model", str(suite.root / "large"), "--pythia-data", suite.prefix,
+                     "--indices", INDICES, "--out", str(tmp_path), "--batch-size", "16",
+                     "--no-progress"])
+
+    monkeypatch.setattr(ev, "probe", counting)
+    crash_after = 3  # large@step12 done (2 batches of 16 rows), 1 batch into large@step24
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run()
+    assert (tmp_path / "large" / "step12.parquet").exists()
+    assert not (tmp_path / "large" / "step24.parquet").exists()
+    parts = sorted(p.name for p in (tmp_path / "large" / "step24.parts").rglob("*.parquet"))
+    assert parts == ["000000000000-000000000016.parquet"]
+
+    calls.clear()
+    crash_after = None
+    assert run() == 0
+    assert calls == [16, 16, 16]  # the rest of large@step24, then large@step48
+    for step in (12, 24, 48):
+        rel = f"large/step{step}.parquet"
+        assert _columns(tmp_path / rel) == _columns(evaluated / rel), rel
+    assert not list(tmp_path.rglob("*.parts"))
+
+    calls.clear()
+    assert run() == 0  # everything finished: nothing is scored again
+    assert calls == []
+
+
+def test_eval_refuses_results_of_another_run(suite, evaluated, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(evaluated, tmp_path, dirs_exist_ok=True)
+    code = main(["eval", "--model", str(suite.root / "small"), "--revision", "step12",
+                 "--pythia-data", suite.prefix, "--indices", "0:64", "--out", str(tmp_path),
+                 "--no-progress"])
+    assert code == 2
+    assert "holds results of another run" in capsys.readouterr().err
+
+
+def test_watchlist_file_gives_the_same_results(suite, evaluated, tmp_path):
+    from memwatch.watchlist import Watchlist
+
+    wl = Watchlist.from_pythia(suite.prefix, INDICES)
+    wl.save(tmp_path / "wl")
+    code = main(["eval", "--model", str(suite.root / "large"), "--revision", "step48",
+                 "--watchlist", str(tmp_path / "wl"), "--out", str(tmp_path / "out"),
+                 "--batch-size", "16", "--no-progress"])
+    assert code == 0
+    assert _columns(tmp_path / "out" / "large" / "step48.parquet") == \
+        _columns(evaluated / "large" / "step48.parquet")
+
+
+def test_torchrun_two_processes_equal_one(suite, evaluated, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "memwatch.cli", "eval", "--model", str(suite.root / "large"), "--revision",
+           "step48", "--pythia-data", suite.prefix, "--indices", INDICES, "--out",
+           str(tmp_path), "--batch-size", "16", "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rel = "large/step48.parquet"
+    assert _columns(tmp_path / rel) == _columns(evaluated / rel)
+    assert ev.read_meta(tmp_path / rel)["params"] == ev.read_meta(evaluated / rel)["params"]
+    assert not list(tmp_path.rglob("*.parts"))
+
+
+@pytest.fixture()
+def no_scoring(monkeypatch):
+    def fail(*args, **kwargs):
+        pytest.fail("scoring started before the bad input was reported")
+
+    monkeypatch.setattr(ev, "probe", fail)
+
+
+def _bad(capsys, tmp_path, *args) -> str:
+    code = main(["eval", *args, "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 2
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.parquet"))
+    return capsys.readouterr().err
+
+
+def test_missing_revision_fails_before_scoring(suite, tmp_path, capsys, no_scoring):
+    err = _bad(capsys, tmp_path, "--model", str(suite.root / "small"), "--revision", "step12",
+               "step999", "--pythia-data", suite.prefix, "--indices", "0:8")
+    assert "revision 'step999' not found" in err and "step12" in err
+
+
+def test_unreadable_data_fails_before_scoring(suite, tmp_path, capsys, no_scoring):
+    model = str(suite.root / "small")
+    err = _bad(capsys, tmp_path, "--model", model, "--pythia-data", str(tmp_path / "nothing"),
+               "--indices", "0:8")
+    assert "nothing.idx does not exist" in err
+    (tmp_path / "junk.idx").write_bytes(b"not an index at all, just some bytes" * 4)
+    (tmp_path / "junk.bin").write_bytes(b"\0" * 64)
+    err = _bad(capsys, tmp_path, "--model", model, "--pythia-data", str(tmp_path / "junk"),
+               "--indices", "0:8")
+    assert "not a Megatron MMapIndexedDataset index" in err
+    err = _bad(capsys, tmp_path, "--model", model, "--pythia-data", suite.prefix,
+               "--indices", "120:200")
+    assert "sequence index 128 is out of range" in err
+
+
+def test_empty_index_range_fails_before_scoring(suite, tmp_path, capsys, no_scoring):
+    err = _bad(capsys, tmp_path, "--model", str(suite.root / "small"), "--pythia-data",
+               suite.prefix, "--indices", "5:5")
+    assert "--indices '5:5' selects no sequence" in err
+
+
+def test_model_with_another_vocab_fails_before_scoring(suite, tmp_path, capsys, no_scoring):
+    from memwatch.demo_model import tiny_model
+
+    tiny_model(vocab_size=256).save_pretrained(tmp_path / "other" / "step1")
+    err = _bad(capsys, tmp_path, "--model", str(suite.root / "small"), "--model",
+               str(tmp_path / "other"), "--pythia-data", suite.prefix, "--indices", "0:8")
+    assert "other@step1 has a vocabulary of 256 ids" in err
+    assert "tokenized for another model" in err
+
+
+def test_batch_size_and_mode_are_checked(suite, tmp_path, capsys, no_scoring):
+    err = _bad(capsys, tmp_path, "--model", str(suite.root / "small"), "--pythia-data",
+               suite.prefix, "--indices", "0:8", "--batch-size", "0")
+    assert "--batch-size must be 'auto' or a positive integer" in err
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ev.EvalConfig(mode="greedy")
+    with pytest.raises(ValueError, match="index has shape"):
+        from memwatch.watchlist import Watchlist
+
+        ev.evaluate(ev.resolve_checkpoints(str(suite.root / "small"), ["step12"]),
+                    Watchlist.from_tokens(torch.ones(4, 64, dtype=torch.long)), tmp_path,
+                    index=np.arange(3))
+
+
+def test_pythia_example_script_parses():
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "examples" / "pythia_posthoc.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert "memwatch.cli eval" in script.read_text()
