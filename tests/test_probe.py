@@ -171,3 +171,22 @@ def test_out_of_vocab_row_is_named(trained):
         mw.probe(trained.model, trained.rows, prompt_len=0)
     with pytest.raises(ValueError, match="mode"):
         mw.probe(trained.model, trained.rows, mode="greedy")
+
+
+@pytest.mark.parametrize("mode", ["exact", "extractable"])
+def test_lockstep_calls_the_model_equally_often_whatever_the_rows(trained, mode):
+    calls = []
+    hook = trained.model.gpt_neox.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        counts, results = [], []
+        for rows in (trained.rows[:8], trained.rows[-8:], trained.rows[20:28]):  # mem / not / mix
+            calls.clear()
+            results.append(mw.probe(trained.model, rows, mode=mode, lockstep=True, batch_size=8))
+            counts.append(len(calls))
+            free = mw.probe(trained.model, rows, mode=mode, batch_size=8)
+            assert torch.equal(results[-1].scores, free.scores)
+            assert torch.equal(results[-1].match_prefix, free.match_prefix)
+    finally:
+        hook.remove()
+    assert counts[0] == counts[1] == counts[2]
+    assert results[0].memorized.all() and not results[1].memorized.any()

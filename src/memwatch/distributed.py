@@ -1,8 +1,9 @@
 """Probing under torch.distributed: one shard per rank, results gathered, rank 0 decides.
 
 Every rank probes rows ``rank::world`` of the watchlist, padded to the same
-length and cut into the same batch size, so each rank runs the same number of
-probe batches; the results are all-gathered into watchlist order on every rank.
+length and cut into the same batch size, in lockstep (the same number of model
+calls per batch whatever the rows), so sharded models (FSDP, ZeRO-3) never wait
+on a rank that has finished; the results are all-gathered into watchlist order on every rank.
 Rank 0's schedule ledger and abort decision are broadcast so that every rank
 plans the same probe steps and stops at the same step. Without an initialised
 process group everything here is the single-process identity.
@@ -64,7 +65,10 @@ def probe_sharded(model, tokens: torch.Tensor, prompt_len: int, cont_len: int, m
                              device=_device())
         torch.distributed.all_reduce(local, op=torch.distributed.ReduceOp.MIN)
         batch_size = int(local.item())
-    res = probe(model, tokens[torch.from_numpy(idx)], batch_size=batch_size, **kwargs)
+    # lockstep: FSDP / ZeRO-3 gather parameters in every forward, so every rank must call the
+    # model equally often whatever its rows memorize.
+    res = probe(model, tokens[torch.from_numpy(idx)], batch_size=batch_size, lockstep=True,
+                **kwargs)
     n = len(tokens)
     prefix = _gather(res.match_prefix, n, world)
     return ProbeResult(

@@ -272,7 +272,7 @@ def _argmax(logits: torch.Tensor, eos: int | None) -> torch.Tensor:
     return logits.argmax(dim=-1)
 
 
-def _probe_batch(lm, tokens, M, N, exact, eos):
+def _probe_batch(lm, tokens, M, N, exact, eos, lockstep=False):
     """Probe one batch: returns (match_prefix [B], greedy [B, N] or None)."""
     B, dev = tokens.shape[0], tokens.device
     cont = tokens[:, M:M + N]
@@ -282,6 +282,11 @@ def _probe_batch(lm, tokens, M, N, exact, eos):
     pending: dict[int, list] = {}
 
     state, logits = lm.prefill(tokens[:, :M])
+    # lockstep: a spare one-row state runs the forwards that no row needs, so that the number
+    # of model calls does not depend on the data (sharded models need every rank in each one).
+    row0 = torch.zeros(1, dtype=torch.long, device=dev)
+    spare = lm.select(state, row0) if lockstep else None
+    spare_decode = lm.select(state, row0) if lockstep and exact else None
     first = _argmax(logits[:, -1], eos)
     alive = torch.nonzero(first == cont[:, 0]).squeeze(1)
     dead = torch.nonzero(first != cont[:, 0]).squeeze(1)
@@ -291,39 +296,42 @@ def _probe_batch(lm, tokens, M, N, exact, eos):
 
     # Verify the true continuation in chunks of 1, 2, 4, ...: rows stop at their first miss.
     verified, chunk = 1, 1  # continuation tokens verified so far for the alive rows
-    while len(alive) and verified < N:
+    while verified < N and (len(alive) or lockstep):
         c = min(chunk, N - verified)
-        state, logits = lm.extend(state, cont[alive, verified - 1:verified - 1 + c], keep=c)
-        pred = _argmax(logits, eos)  # predictions for continuation positions verified..+c
-        miss = pred != cont[alive, verified:verified + c]
+        verified, chunk = verified + c, chunk * 2
+        if not len(alive):
+            spare, _ = lm.extend(spare, cont[:1, :c], keep=c)
+            continue
+        state, logits = lm.extend(state, cont[alive, verified - c - 1:verified - 1], keep=c)
+        pred = _argmax(logits, eos)  # predictions for continuation positions verified-c..
+        miss = pred != cont[alive, verified - c:verified]
         has_miss = miss.any(dim=1)
         at = miss.int().argmax(dim=1)  # first miss within the chunk (0 where no miss)
         for j in torch.unique(at[has_miss]).tolist():
             rows = torch.nonzero(has_miss & (at == j)).squeeze(1)
-            p = verified + j
+            p = verified - c + j
             match_prefix[alive[rows]] = p
             if exact:
                 sub = lm.crop(lm.select(state, rows), M + p)
                 pending.setdefault(p, []).append((alive[rows], sub, pred[rows, j]))
         keep = torch.nonzero(~has_miss).squeeze(1)
         alive, state = alive[keep], lm.select(state, keep)
-        verified += c
-        chunk *= 2
     match_prefix[alive] = N
 
-    if exact and pending:
-        _decode_diverged(lm, pending, greedy, M, N, eos)
+    if exact and (pending or lockstep):
+        _decode_diverged(lm, pending, greedy, M, N, eos, spare_decode)
     return match_prefix, greedy
 
 
-def _decode_diverged(lm, pending, greedy, M, N, eos):
+def _decode_diverged(lm, pending, greedy, M, N, eos, spare=None):
     """Greedy-decode every diverged row from its divergence point, in one batched sweep.
 
     A row that diverged at continuation position p holds a cache of length M + p,
     exactly the length the sweep's batch has when it reaches p, so it joins there.
+    With a `spare` state (lockstep), steps before any row joins run on it instead.
     """
     rows = state = nxt = None
-    for t in range(min(pending), N):
+    for t in range(0 if spare is not None else min(pending), N):
         joining = pending.get(t, [])
         if joining:
             parts = ([] if rows is None else [(rows, state, nxt)]) + joining
@@ -333,9 +341,13 @@ def _decode_diverged(lm, pending, greedy, M, N, eos):
                 rows = torch.cat([r for r, _, _ in parts])
                 state = lm.cat([s for _, s, _ in parts])
                 nxt = torch.cat([x for _, _, x in parts])
-        greedy[rows, t] = nxt
+        if rows is not None:
+            greedy[rows, t] = nxt
         if t == N - 1:
             break
+        if rows is None:
+            spare, _ = lm.extend(spare, greedy[:1, t:t + 1], keep=1)
+            continue
         state, logits = lm.extend(state, nxt[:, None], keep=1)
         nxt = _argmax(logits[:, -1], eos)
 
@@ -356,6 +368,7 @@ def probe(
     with_nll: bool = False,
     batch_size: int | None = None,
     suppress_eos: bool = True,
+    lockstep: bool = False,
 ) -> ProbeResult:
     """Return the memorization `ProbeResult` of each row of `tokens` [n, >= M+N].
 
@@ -365,6 +378,9 @@ def probe(
     than one prefill of the prompts when few rows are memorized. ``suppress_eos``
     bans the EOS token from the greedy argmax, as Pythia's ``min_length`` did.
     The model is left exactly as found (train/eval flags, grad mode, RNG state).
+    ``lockstep=True`` makes the number of model calls per batch independent of the
+    data (spare forwards fill in), as FSDP / ZeRO-3 need when ranks probe
+    different rows; results are unchanged.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
@@ -376,7 +392,7 @@ def probe(
 
         def run(batch):
             batch = batch.to(dev)
-            prefix, greedy = _probe_batch(lm, batch, M, N, exact, eos)
+            prefix, greedy = _probe_batch(lm, batch, M, N, exact, eos, lockstep)
             nll = _nll_batch(lm, batch, M, N) if with_nll else None
             return prefix.cpu(), None if greedy is None else greedy.cpu(), \
                 None if nll is None else nll.cpu()
