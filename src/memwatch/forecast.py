@@ -17,7 +17,9 @@ same two curves inside the run and reads them at the share spent so far:
    ``expected_final_memorized = memorized_now * precision_now / recall_now``.
 4. Independently, fit the memorized count vs. step (same two forms) and
    extrapolate it to ``total_steps`` (``curve_final_memorized``); ``agreement``
-   is the ratio of the smaller to the larger of the two estimates.
+   is the ratio of the smaller to the larger of the two estimates. The interval
+   ``[expected_final_low, expected_final_high]`` is the bootstrap interval widened
+   to contain the curve estimate, so disagreement between the two widens it.
 
 The prior (default `PYTHIA_PRIOR`) is blended in linearly:
 ``value = w * own + (1 - w) * prior`` with
@@ -233,6 +235,10 @@ def _tag_forecast(tag, mem, steps, total_steps, prior, level, n_boot, rng) -> Ta
     expected = float(final(np.float64(prec), np.float64(rec)))
     lo, hi = (float(v) for v in np.quantile(finals, [q, 1 - q])) if n_boot else (expected,) * 2
     curve, cfit = _curve_estimate(counts, steps, total_steps, n_rows)
+    if cfit is not None and cfit.kind != "constant":
+        # The two estimates rest on different assumptions; where they disagree, that
+        # disagreement is uncertainty the row bootstrap cannot see.
+        lo, hi = min(lo, curve), max(hi, curve)
     big = max(expected, curve)
     agreement = 1.0 if big <= 0 else min(expected, curve) / big
     return TagForecast(
