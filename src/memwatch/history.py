@@ -46,15 +46,15 @@ class History:
         cap = max(8, 2 * len(self._steps))
         n = self.num_rows
 
-        def grow(a: np.ndarray, fill) -> np.ndarray:
-            out = np.full((cap, *a.shape[1:]), fill, dtype=a.dtype)
+        def grow(a: np.ndarray, fill, *shape) -> np.ndarray:
+            out = np.full((cap, *shape), fill, dtype=a.dtype)
             out[: self._len] = a[: self._len]
             return out
 
         self._steps = grow(self._steps, -1)
-        self._prefix = grow(self._prefix.reshape(-1, n), 0)
-        self._count = grow(self._count.reshape(-1, n), 0)
-        self._nll = grow(self._nll.reshape(-1, n), _NO_NLL)
+        self._prefix = grow(self._prefix, 0, n)
+        self._count = grow(self._count, 0, n)
+        self._nll = grow(self._nll, _NO_NLL, n)
 
     def update(self, step: int, result, mode: str) -> None:
         """Append one probe's `ProbeResult` taken at training `step` (steps strictly increase)."""

@@ -1,0 +1,77 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import memwatch as mw
+from memwatch.history import History
+
+
+def _result(prefix, counts, nll=None, N=4):
+    prefix = torch.tensor(prefix, dtype=torch.int16)
+    scores = torch.tensor(counts, dtype=torch.float32) / N
+    return mw.ProbeResult(scores=scores, memorized=prefix == N, match_prefix=prefix,
+                          nll=None if nll is None else torch.tensor(nll, dtype=torch.float32))
+
+
+def _history(probes=20):
+    h = History(["a", "b", "c"], [("pii:EMAIL",), ("canary",), ()], cont_len=4)
+    for k in range(probes):  # row a memorized from probe 5, b from probe 12, c never
+        a, b = (4 if k >= 5 else 1), (4 if k >= 12 else 0)
+        h.update(10 * (k + 1), _result([a, b, 2], [a, b, 3], [0.5, 1.0, 2.0]), "exact")
+    return h
+
+
+def test_derived_views_and_growth():
+    h = _history(20)  # past the initial capacity of 8, twice
+    assert len(h) == 20 and h.steps.tolist() == [10 * (k + 1) for k in range(20)]
+    assert h.match_prefix.dtype == np.uint8 and h.match_prefix.shape == (20, 3)
+    assert h.memorized[:, 0].tolist() == [k >= 5 for k in range(20)]
+    assert h.scores[0].tolist() == [0.25, 0.0, 0.75]
+    assert h.first_memorized_step().tolist() == [60, 130, -1]
+    assert h.tag_mask("pii:*").tolist() == [True, False, False]
+    np.testing.assert_allclose(h.nll[-1], [0.5, 1.0, 2.0])
+
+
+def test_missing_nll_is_nan_and_steps_must_increase():
+    h = History(["a"], [()], cont_len=4)
+    h.update(5, _result([1], [1]), "extractable")
+    assert np.isnan(h.nll).all()
+    with pytest.raises(ValueError, match="already has a probe at step 5"):
+        h.update(5, _result([1], [1]), "extractable")
+    with pytest.raises(ValueError, match="2 rows, history has 1"):
+        h.update(6, _result([1, 1], [1, 1]), "extractable")
+
+
+def test_state_dict_round_trip_loads_without_pickle():
+    h = _history(11)
+    buf = io.BytesIO()
+    torch.save(h.state_dict(), buf)
+    buf.seek(0)
+    back = History.from_state_dict(torch.load(buf, weights_only=True))
+    for name in ("steps", "match_prefix", "scores", "memorized", "nll"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(h, name))
+    assert back.modes == h.modes and back.tags == h.tags
+    back.update(1000, _result([4, 4, 4], [4, 4, 4]), "exact")  # keeps growing after a load
+    assert len(back) == 12
+
+
+def test_load_into_a_different_watchlist_is_refused():
+    with pytest.raises(ValueError, match="different watchlist"):
+        History(["x", "y", "z"], [(), (), ()], cont_len=4).load_state_dict(_history(2).state_dict())
+
+
+def test_head_is_what_was_known_then():
+    h = _history(20)
+    early = h.head(6)
+    assert len(early) == 6 and early.steps[-1] == 60
+    assert early.first_memorized_step().tolist() == [60, -1, -1]
+    early.update(61, _result([0, 0, 0], [0, 0, 0]), "extractable")
+    assert len(h) == 20  # the original is untouched
+
+
+def test_zero_rows_history():
+    h = History([], [], cont_len=4)
+    h.update(1, _result([], []), "extractable")
+    assert h.memorized.shape == (1, 0) and h.first_memorized_step().shape == (0,)
