@@ -75,15 +75,10 @@ def build_data(cfg: DemoConfig) -> DemoData:
     pick = torch.randperm(len(background), generator=g)[: cfg.sample_rows]
     sample = Watchlist.from_tokens(background[pick], ids=[f"sample#{int(i)}" for i in pick],
                                    tags="sample")
-    repeats = {row_id: pii_reps[_record_of(pii, i)] for i, row_id in enumerate(pii.ids)}
+    repeats = {row_id: pii_reps[pii.spans[i][0]] for i, row_id in enumerate(pii.ids)}
     repeats.update(zip(canaries.ids, can_reps, strict=True))
     repeats.update(dict.fromkeys(sample.ids, 0))
     return DemoData(tokenizer, stream, pii + canaries + sample, repeats)
-
-
-def _record_of(pii, i: int) -> int:
-    """Index of the record (text) a scan_pii row came from."""
-    return int(pii.sources[i])
 
 
 def run_demo(cfg: DemoConfig) -> Path:

@@ -64,10 +64,9 @@ def fake_pii_records(n: int, seed: int = 0) -> list[str]:
         phone = f"+1 {rng.randrange(201, 989)}-555-{rng.randrange(1000, 9999)}"
         card = _luhn_card(rng)
         out.append(
-            f"# customer export, record {k:04d}: the account below was created by the "
-            f"billing system and is kept for audit purposes only. Account holder "
-            f"{first.title()} {last.title()} can be reached at {email} or by phone on "
-            f"{phone}. Card on file: {card}. End of record {k:04d}.\n")
+            f"# customer export {k:04d}, kept for audits only. Holder {first.title()} "
+            f"{last.title()}, email {email}, phone {phone}, card {card}. Do not copy this "
+            f"record into tickets or logs; ask billing for access. End {k:04d}.\n")
     return out
 
 
