@@ -1,0 +1,77 @@
+"""Write docs/reference.md from the public objects' signatures and docstrings and the CLI's
+help. tests/test_docs.py fails when the file is out of date: rerun
+
+    python docs/gen_reference.py
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import os
+from contextlib import redirect_stdout
+from pathlib import Path
+
+OUT = Path(__file__).with_name("reference.md")
+
+OBJECTS = {
+    "The probe": ["probe", "reference_probe", "ProbeResult"],
+    "The watchlist": ["Watchlist", "Watchlist.from_tokens", "Watchlist.from_texts",
+                      "Watchlist.from_dataset", "Watchlist.from_pythia", "Watchlist.scan_pii",
+                      "Watchlist.canaries", "Watchlist.sample", "Watchlist.duplicate_counts",
+                      "Watchlist.save", "Watchlist.load", "insert_canaries", "exposure"],
+    "The monitor": ["MemWatch", "MemWatch.step", "MemWatch.finish", "MemWatch.check",
+                    "MemWatch.state_dict", "MemWatch.load_state_dict", "AbortPolicy",
+                    "History", "Decision", "Alert"],
+    "Forecast": ["forecast", "Forecast"],
+    "Sinks": ["WandbSink", "LocalSink", "ConsoleSink", "Sink"],
+    "Framework adapters": ["callbacks.MemWatchCallback", "callbacks.MemWatchTrainerCallback"],
+}
+
+
+def _resolve(path: str):
+    import memwatch
+    import memwatch.callbacks
+
+    obj = memwatch
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _signature(obj) -> str:
+    try:
+        return str(inspect.signature(obj))
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def render() -> str:
+    from memwatch.cli import build_parser
+
+    lines = ["# Configuration reference", "",
+             "Generated from the code by `python docs/gen_reference.py`; a test keeps it in "
+             "sync.", ""]
+    for section, names in OBJECTS.items():
+        lines += [f"## {section}", ""]
+        for name in names:
+            obj = _resolve(name)
+            kind = "class" if inspect.isclass(obj) else "def"
+            lines += [f"### `{name}`", "", "```python",
+                      f"{kind} {name.split('.')[-1]}{_signature(obj)}", "```", "",
+                      inspect.cleandoc(obj.__doc__ or "").strip(), ""]
+    lines += ["## Command line", ""]
+    os.environ["COLUMNS"] = "100"  # argparse wraps help to the terminal: make it stable
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            p.print_help()
+        lines += [f"### `memwatch {name}`", "", "```", buf.getvalue().rstrip(), "```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    OUT.write_text(render(), encoding="utf-8")
+    print(f"wrote {OUT}")
