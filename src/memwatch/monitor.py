@@ -120,6 +120,8 @@ class MemWatch:
         vocab = _vocab_size(unwrap(model))
         if vocab != self._checked_vocab:
             self.watchlist.validate(self.prompt_len, self.cont_len, vocab)
+            if self._checked_vocab is None:
+                self._emit("on_start")  # e.g. wandb.init: a one-off, not a probe's cost
             self._checked_vocab = vocab
         self._last_time = time.perf_counter()
 

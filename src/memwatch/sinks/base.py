@@ -9,6 +9,9 @@ class Sink:
     """Receives what the monitor reports. Methods must not raise into training:
     the monitor wraps every call, but a sink should warn and degrade on its own."""
 
+    def on_start(self) -> None:
+        """Training is about to start: open runs and files here, off the probes' clock."""
+
     def on_probe(self, record: ProbeRecord) -> None:
         """One probe finished: metrics, score histogram, newly memorized rows."""
 
