@@ -218,3 +218,12 @@ def recorder():
     from memwatch.sinks.base import Sink
 
     return type("RecordingSink", (RecordingSink, Sink), {})
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and lose a lot on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

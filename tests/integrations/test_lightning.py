@@ -27,12 +27,7 @@ STREAM = CORPUS.stream(seed=0)  # 88 rows: 11 optimizer steps per epoch
 TAGS = [("canary",)] * 4 + [("sample",)] * 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Recorder(L.Callback):
