@@ -1,27 +1,42 @@
 """Forecast the final model's memorization from the run's own history (Biderman et al. 2023).
 
 Biderman et al. measured on Pythia how well the set memorized by an intermediate
-checkpoint predicts the set memorized at the end: precision stays high (~0.9),
-recall grows smoothly with the share of compute spent. `forecast` measures the
-same two curves inside the run and reads them at the share spent so far:
+checkpoint predicts the set memorized at the end: precision stays high, recall
+grows with the share of compute spent. `forecast` turns the run's probes into
+three estimates of the final memorized count and combines them:
 
-1. For every pair of probes t_i < t_j: precision and recall of the memorized set
-   at t_i against the set at t_j, at compute ratio x = t_i / t_j.
-2. Fit recall(x) and precision(x) with `scaling.fit_form` in two forms, a power
-   law (y = a x^b) and a log-linear law (y = a + b log x), weighted by the size of
-   the set in the denominator, and keep the form with the higher weighted R² on
-   y (`TagForecast.recall_fit.kind` says which). Bands: Poisson bootstrap over
-   rows (every row weighted by a Poisson(1) draw, sets recounted, same form refit).
-3. Read both at r = t_now / total_steps (assuming, as the paper's plots suggest,
-   that the curves depend on the ratio): ``recall_now``, ``precision_now``, and
-   ``expected_final_memorized = memorized_now * precision_now / recall_now``.
-4. Independently, fit the memorized count vs. step (same two forms) and
-   extrapolate it to ``total_steps`` (``curve_final_memorized``); ``agreement``
-   is the ratio of the smaller to the larger of the two estimates. The interval
-   ``[expected_final_low, expected_final_high]`` is the bootstrap interval widened
-   to contain the curve estimate, so disagreement between the two widens it.
+1. ``ratio`` (the paper's view): for every pair of probes t_i < t_j, precision and
+   recall of the memorized set at t_i against the set at t_j, at compute ratio
+   x = c(t_i) / c(t_j). Fit recall(x) and precision(x) with `scaling.fit_form`
+   in two forms, a power law (y = a x^b) and a log-linear law (y = a + b log x),
+   weighted by the size of the set in the denominator, and keep the form with the
+   higher weighted R² on y (`TagForecast.recall_fit.kind` says which); read them
+   at r = c(t_now) / c(total_steps) (``recall_now``, ``precision_now``) and scale
+   up: ``memorized_now * precision_now / recall_now``.
+2. ``curve``: the memorized count vs. c(t), fitted in the same two forms and
+   extrapolated to c(total_steps) (``curve_final_memorized``).
+3. ``risk``: the sum over rows of the risk model's probability that the row is
+   memorized at the end (`memwatch.risk`; a calibrated classifier's expected count).
 
-The prior (default `PYTHIA_PRIOR`) is blended in linearly:
+The clock c is the step itself, or the cumulative compute the caller passes as
+``compute`` (e.g. the summed learning rate: with a decaying schedule, the second
+half of training moves the weights much less than the first, and recall tracks
+what the optimizer did, not the step counter).
+
+Combination by backtested reliability: at the earlier probe t_b whose ratio
+c(t_b) / c(t_now) best matches c(t_now) / c(total_steps), each method forecasts
+the count at t_now from what was known at t_b; its log error
+e_m = |log(1 + forecast) - log(1 + actual)| sets its weight,
+w_m ∝ 1 / (e_m² + 0.1²), and ``expected_final_memorized`` is the weighted mean of
+log(1 + estimate) (``weights`` lists them). Without an earlier probe to test on
+(fewer than 3 probes) the available methods get equal weights. The interval is
+log-normal around it: sd² = 0.1² + Σ w_m e_m² (the backtest error)
++ Σ w_m (log estimate_m - center)² (disagreement) + the ratio method's bootstrap
+variance (Poisson bootstrap over rows, sets recounted, same form refit) times
+w_ratio², at normal quantiles for `level`, clipped to [0, rows of the tag].
+``agreement`` is the smallest over the largest of the available estimates.
+
+The prior (default `PYTHIA_PRIOR`) enters the ratio method, blended linearly:
 ``value = w * own + (1 - w) * prior`` with
 ``w = pairs / (pairs + 10) * rows / (rows + 5)``, where ``pairs`` counts probe
 pairs whose later set is non-empty and ``rows`` is the largest memorized set seen.
@@ -30,28 +45,37 @@ give w = 0.65; 30 probes and 100 rows give w = 0.93. The prior's own uncertainty
 enters the bootstrap as a log-normal spread (sd 0.3) on recall and on 1 - precision.
 
 Degenerate histories have defined answers (never NaN): no probe, or no memorized
-row yet, gives ``expected_final_memorized = 0`` with a zero-width interval (there is
-nothing to scale up; the forecast says nothing until the first row is memorized);
-one probe gives the prior alone; rows memorized at every probe give recall 1.
-Estimates are clipped to [0, rows of the tag].
+row of the tag at the latest probe, gives ``expected_final_memorized = 0`` with a
+zero-width interval (there is nothing to scale up; the forecast says nothing until
+the first row is memorized); one probe gives the ratio method on the prior alone;
+rows memorized at every probe give recall 1. The ``curve`` method needs two probes
+with a memorized row and a non-constant fit, the ``risk`` method a fitted risk
+model (two probes, both outcomes seen); ``risk_final_memorized`` is the memorized
+count itself when there is none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
 from memwatch import scaling
-from memwatch.risk import RiskRanking, rank_at_risk
+from memwatch.risk import RiskRanking, checked_duplicates, risk_at, tag_columns
 from memwatch.scaling import ScalingFit
 
-# Pythia-12B intermediate checkpoints vs. the final model (Biderman et al. 2023,
-# "Emergent and Predictable Memorization in Large Language Models", NeurIPS 2023,
-# table of intermediate-checkpoint precision/recall). Values are approximate, read
-# from the paper to two digits: precision stays ~0.9, recall roughly tracks the
-# compute fraction. Rows: (compute fraction, precision, recall).
+# An illustrative prior in the shape Biderman et al. 2023 ("Emergent and Predictable
+# Memorization in Large Language Models", NeurIPS 2023) report for Pythia-12B's
+# intermediate checkpoints against the final model: precision high throughout,
+# recall low early and rising with the compute fraction. The numbers are NOT the
+# paper's table: they were written from memory, and the table could not be checked
+# from the sources at hand (the abstract, arXiv 2304.11158 and eleuther.ai, says
+# only that intermediate checkpoints predict the final model's memorization better
+# than smaller fully trained models, with reliability measured as recall). Pass
+# your own table as `prior` where the figures matter. Rows: (compute fraction,
+# precision, recall).
 PYTHIA_PRIOR: tuple[tuple[float, float, float], ...] = (
     (0.16, 0.92, 0.15),
     (0.31, 0.91, 0.29),
@@ -65,20 +89,25 @@ PRIOR_PAIRS = 10.0
 PRIOR_ROWS = 5.0
 PRIOR_SPREAD = 0.3
 MIN_RECALL = 1e-3
+ERROR_FLOOR = 0.1
+MISSING_ERROR = 1.0
 
 
 @dataclass(frozen=True)
 class TagForecast:
     """The forecast for one tag (or "*" for all rows); counts are rows of the watchlist.
 
-    step / compute_fraction: the latest probe's step and step / total_steps.
+    step / compute_fraction: the latest probe's step and c(step) / c(total_steps).
     num_rows / memorized_now: rows with the tag; of those, memorized at the latest probe.
     recall_now (low, high): share of the final memorized set already memorized.
     precision_now (low, high): share of the memorized set still memorized at the end.
-    expected_final_memorized (low, high): memorized_now * precision / recall, with the
-        central `level` bootstrap interval.
-    curve_final_memorized: the count-vs-step fit extrapolated to total_steps.
-    agreement: min / max of the two final estimates (1 when both are 0).
+    expected_final_memorized (low, high): the reliability-weighted combination of the
+        estimates below, with its central `level` interval.
+    curve_final_memorized: the count-vs-clock fit extrapolated to total_steps.
+    ratio_final_memorized: memorized_now * precision_now / recall_now.
+    risk_final_memorized: the sum of the risk model's per-row probabilities.
+    agreement: min / max of the available estimates (1 when all are 0).
+    weights: (method, weight) of the estimates used, weights summing to 1.
     recall_fit / precision_fit / curve_fit: the fits (None without enough data).
     prior_weight: 1 - w, the prior's share in recall_now and precision_now.
     pairs: probe pairs with a non-empty later set (the fits' evidence).
@@ -100,6 +129,9 @@ class TagForecast:
     expected_final_high: float
     curve_final_memorized: float
     agreement: float
+    ratio_final_memorized: float = 0.0
+    risk_final_memorized: float = 0.0
+    weights: tuple[tuple[str, float], ...] = ()
     recall_fit: ScalingFit | None = field(default=None, compare=False)
     precision_fit: ScalingFit | None = field(default=None, compare=False)
     curve_fit: ScalingFit | None = field(default=None, compare=False)
@@ -200,58 +232,143 @@ def _curve_estimate(counts, steps, total_steps, n_rows) -> tuple[float, ScalingF
     return float(fit.predict(float(total_steps))), fit
 
 
-def _tag_forecast(tag, mem, steps, total_steps, prior, level, n_boot, rng) -> TagForecast:
-    n_rows = mem.shape[1]
-    t_now = int(steps[-1]) if len(steps) else 0
-    r_now = min(1.0, t_now / total_steps)
+def _ratio_parts(mem, clock, r_now, prior, n_boot, rng):
+    """Blended (recall, precision), their bootstrap samples, the fits, pairs and own weight."""
     prior_p, prior_r = _prior_at(prior, r_now)
-    pos = steps > 0
-    mem_pos, steps_pos = mem[pos], steps[pos].astype(np.float64)
+    pos = clock > 0
     counts = mem.sum(1)
-    now = int(counts[-1]) if len(counts) else 0
     rfit, pfit, pairs = (None, None, 0)
-    if n_rows and len(steps_pos) >= 2:
-        rfit, pfit, pairs = _fit_pairs(mem_pos, steps_pos, n_boot, rng)
+    if mem.shape[1] and pos.sum() >= 2:
+        rfit, pfit, pairs = _fit_pairs(mem[pos], clock[pos], n_boot, rng)
     biggest = float(counts.max()) if len(counts) else 0.0
     w = pairs / (pairs + PRIOR_PAIRS) * biggest / (biggest + PRIOR_ROWS)
     own_r = float(rfit.predict(r_now)) if rfit else prior_r
     own_p = float(pfit.predict(r_now)) if pfit else prior_p
     own_rs = rfit.predict_samples(r_now) if rfit and len(rfit.samples) else np.full(n_boot, own_r)
     own_ps = pfit.predict_samples(r_now) if pfit and len(pfit.samples) else np.full(n_boot, own_p)
-    spread_r = np.exp(rng.normal(0.0, PRIOR_SPREAD, n_boot))
-    spread_p = np.exp(rng.normal(0.0, PRIOR_SPREAD, n_boot))
-    prior_rs = np.clip(prior_r * spread_r, 0.0, 1.0)
-    prior_ps = np.clip(1 - (1 - prior_p) * spread_p, 0.0, 1.0)
+    prior_rs = np.clip(prior_r * np.exp(rng.normal(0.0, PRIOR_SPREAD, n_boot)), 0.0, 1.0)
+    prior_ps = np.clip(1 - (1 - prior_p) * np.exp(rng.normal(0.0, PRIOR_SPREAD, n_boot)), 0, 1)
     rec = w * own_r + (1 - w) * prior_r
     prec = w * own_p + (1 - w) * prior_p
     recs = w * own_rs + (1 - w) * prior_rs
     precs = w * own_ps + (1 - w) * prior_ps
-    q = (1 - level) / 2
+    return rec, prec, recs, precs, rfit, pfit, pairs, w
 
-    def final(p, r):
-        return np.clip(now * p / np.maximum(r, MIN_RECALL), 0.0, n_rows) if now else 0.0 * r
 
-    finals = final(precs, recs)
-    expected = float(final(np.float64(prec), np.float64(rec)))
-    lo, hi = (float(v) for v in np.quantile(finals, [q, 1 - q])) if n_boot else (expected,) * 2
-    curve, cfit = _curve_estimate(counts, steps, total_steps, n_rows)
+def _scale_up(now: int, n_rows: int, precision, recall):
+    """memorized_now * precision / recall, clipped to [0, n_rows] (0 when nothing is memorized)."""
+    if not now:
+        return 0.0 * np.asarray(recall, np.float64)
+    return np.clip(now * np.asarray(precision) / np.maximum(recall, MIN_RECALL), 0.0, n_rows)
+
+
+def _estimates(mem, clock, total_clock, prior, risk_sum, n_boot, rng):
+    """({method: final count} for the methods the history supports, ratio-method parts)."""
+    n_rows = mem.shape[1]
+    r_now = min(1.0, float(clock[-1]) / total_clock)
+    parts = _ratio_parts(mem, clock, r_now, prior, n_boot, rng)
+    counts = mem.sum(1)
+    now = int(counts[-1])
+    out = {"ratio": float(_scale_up(now, n_rows, parts[1], parts[0]))}
+    curve, cfit = _curve_estimate(counts, clock, total_clock, n_rows)
     if cfit is not None and cfit.kind != "constant":
-        # The two estimates rest on different assumptions; where they disagree, that
-        # disagreement is uncertainty the row bootstrap cannot see.
-        lo, hi = min(lo, curve), max(hi, curve)
-    big = max(expected, curve)
-    agreement = 1.0 if big <= 0 else min(expected, curve) / big
+        out["curve"] = curve
+    if risk_sum is not None:
+        out["risk"] = float(risk_sum)
+    return out, (parts, curve, cfit)
+
+
+def _weights(methods, errors) -> dict[str, float]:
+    """Inverse squared backtest log-error weights (equal weights where there is no backtest)."""
+    if errors is None:
+        return {m: 1.0 / len(methods) for m in methods}
+    raw = {m: 1.0 / (errors.get(m, MISSING_ERROR) ** 2 + ERROR_FLOOR ** 2) for m in methods}
+    total = sum(raw.values())
+    return {m: v / total for m, v in raw.items()}
+
+
+def _tag_forecast(tag, mem, steps, clock, total_clock, prior, level, n_boot, rng,
+                  risk_sum, backtest) -> TagForecast:
+    """`backtest`: None, or (mem, clock, risk_sum) as known at an earlier probe whose horizon
+    to the latest probe matches the latest probe's horizon to the end."""
+    n_rows = mem.shape[1]
+    t_now = int(steps[-1]) if len(steps) else 0
+    if len(steps) == 0:
+        mem, clock = np.zeros((1, n_rows), bool), np.zeros(1)
+    r_now = min(1.0, float(clock[-1]) / total_clock)
+    now = int(mem[-1].sum())
+    found, (parts, curve, cfit) = _estimates(mem, clock, total_clock, prior, risk_sum, n_boot,
+                                             rng)
+    rec, prec, recs, precs, rfit, pfit, pairs, w_own = parts
+    errors = None
+    if backtest is not None:
+        b_mem, b_clock, b_risk = backtest
+        past, _ = _estimates(b_mem, b_clock, float(clock[-1]), prior, b_risk, 0,
+                             np.random.default_rng(0))
+        errors = {m: abs(np.log1p(v) - np.log1p(now)) for m, v in past.items()}
+    weights = _weights(found, errors)
+    logs = {m: np.log1p(v) for m, v in found.items()}
+    center = sum(weights[m] * logs[m] for m in found)
+    spread = sum(weights[m] * (logs[m] - center) ** 2 for m in found)
+    past_err = ERROR_FLOOR ** 2
+    if errors is not None:
+        past_err += sum(weights[m] * errors.get(m, MISSING_ERROR) ** 2 for m in found)
+    boot = 0.0
+    if n_boot:
+        finals = np.log1p(_scale_up(now, n_rows, precs, recs))
+        boot = float(np.var(finals)) * weights["ratio"] ** 2
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    sigma = float(np.sqrt(spread + past_err + boot))
+    q = (1 - level) / 2
+    if now == 0:
+        expected = lo = hi = 0.0
+    else:
+        expected = float(np.clip(np.expm1(center), 0.0, n_rows))
+        lo = float(np.clip(np.expm1(center - z * sigma), 0.0, expected))
+        hi = float(np.clip(np.expm1(center + z * sigma), expected, n_rows))
+    values = list(found.values())
+    big = max(values)
+    agreement = 1.0 if big <= 0 else min(values) / big
     return TagForecast(
         tag=tag, step=t_now, compute_fraction=r_now, num_rows=n_rows, memorized_now=now,
         recall_now=rec, recall_low=float(np.quantile(recs, q)) if n_boot else rec,
         recall_high=float(np.quantile(recs, 1 - q)) if n_boot else rec,
         precision_now=prec, precision_low=float(np.quantile(precs, q)) if n_boot else prec,
         precision_high=float(np.quantile(precs, 1 - q)) if n_boot else prec,
-        expected_final_memorized=expected, expected_final_low=min(lo, expected),
-        expected_final_high=max(hi, expected), curve_final_memorized=curve,
-        agreement=float(agreement), recall_fit=rfit, precision_fit=pfit, curve_fit=cfit,
-        prior_weight=float(1 - w), pairs=pairs,
+        expected_final_memorized=expected, expected_final_low=lo, expected_final_high=hi,
+        curve_final_memorized=curve, agreement=float(agreement),
+        ratio_final_memorized=found["ratio"],
+        risk_final_memorized=float(risk_sum) if risk_sum is not None else float(now),
+        weights=tuple(sorted((m, float(v)) for m, v in weights.items())),
+        recall_fit=rfit, precision_fit=pfit, curve_fit=cfit,
+        prior_weight=float(1 - w_own), pairs=pairs,
     )
+
+
+def _checked_clock(compute, steps: np.ndarray, total_steps: int) -> np.ndarray:
+    """float64 like `steps`: compute(steps), checked finite, >= 0 and non-decreasing."""
+    values = np.asarray(compute(steps), np.float64)
+    if values.shape != steps.shape or not np.isfinite(values).all() or (values < 0).any():
+        raise ValueError(
+            "compute(steps) must return one finite value >= 0 per step (cumulative compute, "
+            f"e.g. the summed learning rate); got {values!r} for steps {steps!r}"
+        )
+    if (np.diff(values) < 0).any() or (total_steps and values[-1] <= 0):
+        raise ValueError("compute must be cumulative: non-decreasing in the step, and > 0 "
+                         f"at total_steps; got {values!r} for steps {steps!r}")
+    return values
+
+
+def _backtest_cut(clock: np.ndarray, total_clock: float) -> int | None:
+    """The probe whose clock ratio to the latest probe best matches latest / end (or None)."""
+    if len(clock) < 3 or clock[-1] <= 0:
+        return None
+    target = np.log(min(1.0, clock[-1] / total_clock))
+    cand = np.flatnonzero(clock[:-1] > 0)
+    if len(cand) == 0:
+        return None
+    gap = np.abs(np.log(clock[cand] / clock[-1]) - target)
+    return int(cand[np.argmin(gap)])
 
 
 def _probe_subset(steps: np.ndarray, max_probes: int) -> np.ndarray:
@@ -271,16 +388,22 @@ def forecast(
     max_probes: int = 32,
     duplicates=None,
     with_risk: bool = True,
+    compute=None,
     seed: int = 0,
 ) -> Forecast:
     """The `Forecast` of final memorization for all rows ("*") and every tag in `history`.
 
     `total_steps`: the step training will end at (>= the latest probe's step).
     `prior`: (compute fraction, precision, recall) rows; None uses `PYTHIA_PRIOR`.
-    `level`: interval coverage; `n_boot`: bootstrap replicates (0: no intervals);
+    `level`: interval coverage; `n_boot`: bootstrap replicates of the ratio method
+    (0: its sampling noise is left out of the interval, which still carries the
+    backtest error and the methods' disagreement);
     `max_probes`: probes used for the pairwise fits (evenly spread; bounds the cost);
-    `duplicates`: per-row duplicate counts for the risk ranking; `with_risk`: compute
-    ``Forecast.risk``. Deterministic for a given `seed`.
+    `duplicates`: per-row duplicate counts for the risk model; `with_risk`: attach
+    ``Forecast.risk`` (the risk model is fitted either way: its sum is an estimate);
+    `compute`: vectorised step -> cumulative compute (e.g. the summed learning-rate
+    multiplier up to the step), the clock every ratio is measured in; None: steps.
+    Deterministic for a given `seed`.
     """
     steps_all = np.asarray(history.steps, np.int64)
     if int(total_steps) <= 0 or (len(steps_all) and total_steps < steps_all[-1]):
@@ -296,14 +419,35 @@ def forecast(
     keep = _probe_subset(steps_all, max_probes)
     steps = steps_all[keep]
     mem = history.memorized[keep] if len(keep) else np.zeros((0, history.num_rows), bool)
+    clock_all = steps_all.astype(np.float64)
+    total_clock = float(total_steps)
+    if compute is not None:
+        clock_all = _checked_clock(compute, steps_all, int(total_steps))
+        total_clock = float(_checked_clock(compute, np.array([int(total_steps)]), 0)[0])
+    dups = checked_duplicates(duplicates, history.num_rows)
+    last = len(steps_all) - 1
+    columns = tag_columns(history.tags)
+    ranking = risk_at(history, last, clock_all, total_clock, dups, columns)
+    cut = _backtest_cut(clock_all, total_clock)
+    past = None
+    if cut is not None:
+        past_keep = _probe_subset(steps_all[: cut + 1], max_probes)
+        past = (history.memorized[past_keep], clock_all[past_keep],
+                risk_at(history, cut, clock_all, float(clock_all[-1]), dups, columns))
     groups = {"*": np.ones(history.num_rows, bool)}
     for tag in sorted({t for row in history.tags for t in row}):
         groups[tag] = np.array([tag in row for row in history.tags], bool)
     tags = {}
     for tag, mask in groups.items():
         rng = np.random.default_rng(seed)
-        tags[tag] = _tag_forecast(tag, mem[:, mask], steps, int(total_steps), table, level,
-                                  n_boot, rng)
-    risk = rank_at_risk(history, int(total_steps), duplicates) if with_risk else None
+        risk_sum = float(ranking.score[mask].sum()) if ranking.fitted else None
+        backtest = None
+        if past is not None:
+            b_mem, b_clock, b_rank = past
+            b_risk = float(b_rank.score[mask].sum()) if b_rank.fitted else None
+            backtest = (b_mem[:, mask], b_clock, b_risk)
+        tags[tag] = _tag_forecast(tag, mem[:, mask], steps, clock_all[keep], total_clock, table,
+                                  level, n_boot, rng, risk_sum, backtest)
+    risk = ranking if with_risk else None
     step = int(steps_all[-1]) if len(steps_all) else 0
     return Forecast(step=step, total_steps=int(total_steps), tags=tags, risk=risk)

@@ -3,10 +3,12 @@
 A ridge-regularised logistic model, fit on the run's own history by asking the
 question the user will ask, one horizon back: from a row's features at an
 earlier probe ``i``, was it memorized at the latest probe ``P``? Source probes
-are those whose compute ratio ``t_i / t_P`` lies within a factor 2 of the ratio
-the forecast must bridge now (``t_P / total_steps``), so the model learns the
-same horizon it is asked about. Features of row k at probe i (``ref`` is the
-probe nearest to 0.7 t_i, the lookback for the trends):
+are those whose clock ratio ``c(t_i) / c(t_P)`` lies within a factor 2 of the ratio
+the forecast must bridge now (``c(t_P) / c(total_steps)``; at most 4 of them, evenly
+spread), so the model learns the same horizon it is asked about. The clock c is
+the step, or the cumulative compute a caller passes (see `memwatch.forecast`).
+Features of row k at probe i (``ref`` is the probe nearest to 0.7 c(t_i), the
+lookback for the trends):
 
 - ``prefix``:     match_prefix / N
 - ``memorized``:  1 if the row is memorized at i
@@ -33,6 +35,8 @@ import numpy as np
 MAX_TAGS = 32
 RIDGE = 1.0
 LOOKBACK = 0.7
+MAX_SOURCES = 4
+SPAN = 1.25
 
 
 @dataclass(frozen=True)
@@ -73,14 +77,15 @@ class RiskRanking:
         return idx[order[:k]].astype(np.int64)
 
 
-def _ref_index(steps: np.ndarray, i: int) -> int:
-    """Index of the probe nearest to LOOKBACK * steps[i], strictly before i (i itself if i == 0)."""
+def _ref_index(clock: np.ndarray, i: int) -> int:
+    """Index of the probe nearest to LOOKBACK * clock[i], strictly before i (i itself if i == 0)."""
     if i == 0:
         return 0
-    return int(np.argmin(np.abs(steps[:i] - LOOKBACK * steps[i])))
+    return int(np.argmin(np.abs(clock[:i] - LOOKBACK * clock[i])))
 
 
-def _tag_columns(tags) -> tuple[list[str], np.ndarray]:
+def tag_columns(tags) -> tuple[list[str], np.ndarray]:
+    """(names, float64 [n, len(names)]): one indicator column per tag (the MAX_TAGS commonest)."""
     counts = Counter(t for row in tags for t in set(row))
     names = sorted(counts, key=lambda t: (-counts[t], t))[:MAX_TAGS]
     col = {t: j for j, t in enumerate(names)}
@@ -92,20 +97,19 @@ def _tag_columns(tags) -> tuple[list[str], np.ndarray]:
     return names, out
 
 
-def _features(history, i: int, dups, tag_cols) -> np.ndarray:
-    """float64 [n, F]: features of every row at probe index i."""
-    n_tok = float(history.cont_len)
-    r = _ref_index(history.steps, i)
-    mp = history.match_prefix.astype(np.float64)
-    nll = history.nll.astype(np.float64)
-    nll_i, nll_r = nll[i], nll[r]
-    fill = np.nanmedian(nll_i) if np.isfinite(nll_i).any() else 0.0
-    nll_i = np.where(np.isfinite(nll_i), nll_i, fill)
+def _features(mp, nll, n_tok: float, clock, i: int, dups, tag_cols) -> np.ndarray:
+    """float64 [n, F]: features of every row at probe index i (mp, nll: [P, n] arrays)."""
+    r = _ref_index(clock, i)
+    mp_i, mp_r = mp[i].astype(np.float64), mp[r].astype(np.float64)
+    nll_i, nll_r = nll[i].astype(np.float64), nll[r].astype(np.float64)
+    ok = np.isfinite(nll_i)
+    if not ok.all():
+        nll_i = np.where(ok, nll_i, np.median(nll_i[ok]) if ok.any() else 0.0)
     nll_r = np.where(np.isfinite(nll_r), nll_r, nll_i)
     cols = [
-        mp[i] / n_tok,
-        (mp[i] == n_tok).astype(np.float64),
-        (mp[i] - mp[r]) / n_tok,
+        mp_i / n_tok,
+        (mp_i == n_tok).astype(np.float64),
+        (mp_i - mp_r) / n_tok,
         nll_i,
         nll_i - nll_r,
     ]
@@ -114,7 +118,7 @@ def _features(history, i: int, dups, tag_cols) -> np.ndarray:
     return np.column_stack([*cols, tag_cols]) if tag_cols.shape[1] else np.column_stack(cols)
 
 
-def _logistic(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE, iters: int = 30) -> np.ndarray:
+def _logistic(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE, iters: int = 20) -> np.ndarray:
     """float64 [1 + F]: intercept and weights of an L2-penalised logistic regression (Newton)."""
     xb = np.column_stack([np.ones(len(x)), x])
     beta = np.zeros(xb.shape[1])
@@ -126,51 +130,78 @@ def _logistic(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE, iters: int = 3
         hess = (xb * (p * (1 - p))[:, None]).T @ xb + np.diag(pen + 1e-9)
         step = np.linalg.solve(hess, grad)
         beta -= step
-        if np.abs(step).max() < 1e-8:
+        if np.abs(step).max() < 1e-6:
             break
     return beta
 
 
-def rank_at_risk(history, total_steps: int, duplicates=None) -> RiskRanking:
+def checked_duplicates(duplicates, n: int) -> np.ndarray | None:
+    """float64 [n] duplicate counts (or None), checked finite and >= 0."""
+    if duplicates is None:
+        return None
+    dups = np.asarray(duplicates, np.float64).ravel()
+    if dups.shape != (n,) or (dups < 0).any() or not np.isfinite(dups).all():
+        raise ValueError(f"duplicates must be {n} finite counts >= 0; got shape {dups.shape}")
+    return dups
+
+
+def rank_at_risk(history, total_steps: int, duplicates=None, compute=None) -> RiskRanking:
     """The `RiskRanking` of every row of `history` at its latest probe, for training ending at
     `total_steps`.
 
     `duplicates` (int [n], optional) is each row's duplicate count in the training
-    data. With no probe at all every score is 0 and ``fitted`` is False.
+    data. `compute` (optional, vectorised step -> cumulative compute, e.g. the summed
+    learning rate) sets the clock the horizon is measured in; None measures it in steps.
+    With no probe at all every score is 0 and ``fitted`` is False.
+    """
+    dups = checked_duplicates(duplicates, history.num_rows)
+    clock = history.steps.astype(np.float64)
+    total = float(total_steps)
+    if compute is not None:
+        clock = np.asarray(compute(history.steps), np.float64)
+        total = float(np.asarray(compute(np.array([total_steps])), np.float64)[0])
+    return risk_at(history, len(history) - 1, clock, total, dups)
+
+
+def risk_at(history, last: int, clock: np.ndarray, total: float, dups=None,
+            columns=None) -> RiskRanking:
+    """The `RiskRanking` as known at probe index `last`, for training ending at clock `total`.
+
+    `clock` (float64 [P], non-decreasing) is the time of every probe in the unit the
+    horizon is measured in (steps or cumulative compute). Probes after `last` are
+    ignored, so a caller can ask what the ranking said back then. `columns` is
+    ``tag_columns(history.tags)``, for callers that rank one history twice.
     """
     n = history.num_rows
-    dups = None
-    if duplicates is not None:
-        dups = np.asarray(duplicates, np.float64).ravel()
-        if dups.shape != (n,) or (dups < 0).any() or not np.isfinite(dups).all():
-            raise ValueError(f"duplicates must be {n} finite counts >= 0; got shape {dups.shape}")
-    names, tag_cols = _tag_columns(history.tags)
+    names, tag_cols = tag_columns(history.tags) if columns is None else columns
     feature_names = ("prefix", "memorized", "trend", "nll", "nll_slope",
                      *(("log_dups",) if dups is not None else ()), *(f"tag:{t}" for t in names))
-    if len(history) == 0 or n == 0:
+    if last < 0 or n == 0:
         z = np.zeros(n)
         return RiskRanking(z, np.zeros(n, bool), False, feature_names, np.zeros(0))
-    last = len(history) - 1
-    now = _features(history, last, dups, tag_cols)
-    mem_now = history.memorized[last].copy()
-    steps = history.steps.astype(np.float64)
-    if last >= 1:
-        horizon = min(1.0, steps[last] / max(float(total_steps), steps[last]))
-        ratio = steps[:last] / max(steps[last], 1.0)
-        src = np.flatnonzero((ratio >= horizon / 2) & (ratio <= min(1.0, 2 * horizon)))
+    mp, nll, n_tok = history.match_prefix, history.nll, float(history.cont_len)
+    now = _features(mp, nll, n_tok, clock, last, dups, tag_cols)
+    mem_last = mp[last] == history.cont_len
+    if last >= 1 and clock[last] > 0:
+        horizon = min(1.0, clock[last] / max(total, clock[last]))
+        ratio = clock[:last] / clock[last]
+        src = np.flatnonzero((ratio >= horizon / SPAN) & (ratio <= min(1.0, SPAN * horizon))
+                             & (clock[:last] > 0))
         if len(src) == 0:
             src = np.array([int(np.argmin(np.abs(ratio - horizon)))])
-        x = np.concatenate([_features(history, int(i), dups, tag_cols) for i in src])
-        y = np.tile(history.memorized[last].astype(np.float64), len(src))
+        src = src[np.unique(np.round(np.linspace(0, len(src) - 1, MAX_SOURCES)).astype(int))]
+        x = np.concatenate([_features(mp, nll, n_tok, clock, int(i), dups, tag_cols)
+                            for i in src])
+        y = np.tile(mem_last.astype(np.float64), len(src))
         if 0 < y.sum() < len(y):
             mu, sd = x.mean(0), x.std(0)
             sd = np.where(sd > 1e-12, sd, 1.0)
             beta = _logistic((x - mu) / sd, y)
             z = np.column_stack([np.ones(n), (now - mu) / sd]) @ beta
             score = 1 / (1 + np.exp(-np.clip(z, -30, 30)))
-            return RiskRanking(score, mem_now, True, feature_names, beta)
+            return RiskRanking(score, mem_last.copy(), True, feature_names, beta)
     heuristic = now[:, 0] + 0.5 * now[:, 2]
     nll = now[:, 3]
     tie = 1e-3 * (1 - (nll - nll.min()) / (np.ptp(nll) + 1e-12))
     score = np.clip(heuristic + tie, 0.0, 1.0)
-    return RiskRanking(score, mem_now, False, feature_names, np.zeros(0))
+    return RiskRanking(score, mem_last.copy(), False, feature_names, np.zeros(0))
