@@ -250,7 +250,10 @@ def test_default_local_dir_is_named_after_the_run(tmp_path, monkeypatch, sink_ev
     monkeypatch.chdir(tmp_path)
     sink = WandbSink(project="memwatch-test", init_kwargs={"name": "my run/1",
                                                            "dir": str(tmp_path)})
+    sink.on_start()
+    assert wandb.run is sink.run and wandb.run.name == "my run/1"
     drive(sink, sink_events, end=False)
+    assert wandb.run is None, "the sink finishes the run it started"
     assert read_records(tmp_path / "memwatch-logs" / "my-run-1")[0]["event"] == "probe"
 
 

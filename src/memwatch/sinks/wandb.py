@@ -88,6 +88,9 @@ class WandbSink(Sink):
         self._alerted: set[str] = set()
 
     # ---- the Sink interface -------------------------------------------------------------------
+    def on_start(self) -> None:
+        self._start()
+
     def on_probe(self, record: ProbeRecord) -> None:
         self._tags.update((r.id, r.tags) for r in record.new_rows)
         run = self._start()
