@@ -192,10 +192,9 @@ def report(run: dict, total_steps: int, use_compute: bool) -> None:
         print(
             f"stop {frac:.0%}: now {t.memorized_now}; final {t.expected_final_memorized:.0f}"
             f" [{t.expected_final_low:.0f}, {t.expected_final_high:.0f}] vs true {n_final}"
-            f" rel.err {err:+.1%} covered {covered}; curve {t.curve_final_memorized:.0f}"
-            f" risk-sum {t.risk_final_memorized:.0f} ratio {t.ratio_final_memorized:.0f}"
-            f" agreement {t.agreement:.2f}"
-            f" weights {', '.join(f'{m} {w:.2f}' for m, w in t.weights)}"
+            f" rel.err {err:+.1%} covered {covered}; estimates (weight) "
+            + ", ".join(f"{m} {v:.0f} ({w:.2f})"
+                        for (m, v), (_, w) in zip(t.estimates, t.weights, strict=True))
         )
         print(
             f"  recall_now {t.recall_now:.3f} [{t.recall_low:.3f}, {t.recall_high:.3f}]"

@@ -254,3 +254,21 @@ def test_risk_sum_wins_where_rows_show_their_progress():
     assert abs(t.ratio_final_memorized - truth) / truth > 0.5
     assert abs(t.expected_final_memorized - truth) / truth < 0.15
     assert t.expected_final_low <= truth <= t.expected_final_high
+
+
+def test_saturating_curve_reads_a_plateau_from_its_rise():
+    n, cap, total = 1000, 300, 1000
+    rng = np.random.default_rng(5)
+    # count(t) = cap / (1 + (t / 300)^-3): the rows' memorization times are its quantiles
+    tau = np.full(n, np.inf)
+    tau[:cap] = 300 * (1 / rng.uniform(size=cap) - 1) ** (-1 / 3)
+    h = History([f"r{k}" for k in range(n)], [()] * n, cont_len=N)
+    for t in range(50, 451, 50):
+        h.update(t, _result(np.where(tau <= t, N, rng.integers(0, N, n))), "extractable")
+    truth = int((tau <= total).sum())
+    t = forecast(h, total).tags["*"]
+    found = dict(t.estimates)
+    assert abs(found["saturating"] - truth) / truth < 0.1
+    # the unbounded forms keep rising past the plateau
+    assert abs(found["curve"] - truth) > 2 * abs(found["saturating"] - truth)
+    assert set(dict(t.weights)) == set(found)

@@ -3,7 +3,7 @@
 Biderman et al. measured on Pythia how well the set memorized by an intermediate
 checkpoint predicts the set memorized at the end: precision stays high, recall
 grows with the share of compute spent. `forecast` turns the run's probes into
-three estimates of the final memorized count and combines them:
+four estimates of the final memorized count and combines them:
 
 1. ``ratio`` (the paper's view): for every pair of probes t_i < t_j, precision and
    recall of the memorized set at t_i against the set at t_j, at compute ratio
@@ -15,7 +15,10 @@ three estimates of the final memorized count and combines them:
    up: ``memorized_now * precision_now / recall_now``.
 2. ``curve``: the memorized count vs. c(t), fitted in the same two forms and
    extrapolated to c(total_steps) (``curve_final_memorized``).
-3. ``risk``: the sum over rows of the risk model's probability that the row is
+3. ``saturating``: a logistic curve in log c, count = K / (1 + (c / c0)^-b),
+   K between the largest count seen and the tag's rows (memorization plateaus once
+   the rows seen often enough are memorized; the unbounded forms cannot say so).
+4. ``risk``: the sum over rows of the risk model's probability that the row is
    memorized at the end (`memwatch.risk`; a calibrated classifier's expected count).
 
 The clock c is the step itself, or the cumulative compute the caller passes as
@@ -49,7 +52,7 @@ row of the tag at the latest probe, gives ``expected_final_memorized = 0`` with 
 zero-width interval (there is nothing to scale up; the forecast says nothing until
 the first row is memorized); one probe gives the ratio method on the prior alone;
 rows memorized at every probe give recall 1. The ``curve`` method needs two probes
-with a memorized row and a non-constant fit, the ``risk`` method a fitted risk
+with a memorized row and a non-constant fit, ``saturating`` three, ``risk`` a fitted risk
 model (two probes, both outcomes seen); ``risk_final_memorized`` is the memorized
 count itself when there is none.
 """
@@ -91,6 +94,7 @@ PRIOR_SPREAD = 0.3
 MIN_RECALL = 1e-3
 ERROR_FLOOR = 0.1
 MISSING_ERROR = 1.0
+SATURATION_GRID = 24
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,8 @@ class TagForecast:
     ratio_final_memorized: memorized_now * precision_now / recall_now.
     risk_final_memorized: the sum of the risk model's per-row probabilities.
     agreement: min / max of the available estimates (1 when all are 0).
-    weights: (method, weight) of the estimates used, weights summing to 1.
+    estimates / weights: (method, final count) and (method, weight) of the methods
+        the history supports (weights sum to 1).
     recall_fit / precision_fit / curve_fit: the fits (None without enough data).
     prior_weight: 1 - w, the prior's share in recall_now and precision_now.
     pairs: probe pairs with a non-empty later set (the fits' evidence).
@@ -131,6 +136,7 @@ class TagForecast:
     agreement: float
     ratio_final_memorized: float = 0.0
     risk_final_memorized: float = 0.0
+    estimates: tuple[tuple[str, float], ...] = ()
     weights: tuple[tuple[str, float], ...] = ()
     recall_fit: ScalingFit | None = field(default=None, compare=False)
     precision_fit: ScalingFit | None = field(default=None, compare=False)
@@ -232,6 +238,31 @@ def _curve_estimate(counts, steps, total_steps, n_rows) -> tuple[float, ScalingF
     return float(fit.predict(float(total_steps))), fit
 
 
+def _saturating_estimate(counts, clock, total_clock, n_rows) -> float | None:
+    """A logistic curve in log-clock, count = K / (1 + (c / c0)^-b), read at total_clock.
+
+    K is searched on a grid between the largest count seen and `n_rows`; for each K
+    the logit of count / K is linear in log c (least squares); the K with the
+    smallest squared error on the counts wins. None with fewer than 3 positive counts.
+    """
+    hit = (counts > 0) & (clock > 0)
+    if hit.sum() < 3 or n_rows <= 0:
+        return None
+    c, y = np.log(clock[hit]), counts[hit].astype(np.float64)
+    top = float(y.max())
+    if top >= n_rows:
+        return float(n_rows)
+    k = np.geomspace(top * 1.02 + 0.5, max(n_rows, top * 1.02 + 0.5), SATURATION_GRID)[:, None]
+    logit = np.log(y / (k - y))
+    cm = c - c.mean()
+    slope = (logit * cm).sum(1, keepdims=True) / max(float((cm * cm).sum()), 1e-12)
+    icpt = logit.mean(1, keepdims=True) - slope * c.mean()
+    err = ((k / (1 + np.exp(-(icpt + slope * c))) - y) ** 2).sum(1)
+    g = int(np.argmin(err))
+    end = k[g, 0] / (1 + np.exp(-(icpt[g, 0] + slope[g, 0] * np.log(total_clock))))
+    return float(np.clip(end, 0.0, n_rows))
+
+
 def _ratio_parts(mem, clock, r_now, prior, n_boot, rng):
     """Blended (recall, precision), their bootstrap samples, the fits, pairs and own weight."""
     prior_p, prior_r = _prior_at(prior, r_now)
@@ -273,6 +304,9 @@ def _estimates(mem, clock, total_clock, prior, risk_sum, n_boot, rng):
     curve, cfit = _curve_estimate(counts, clock, total_clock, n_rows)
     if cfit is not None and cfit.kind != "constant":
         out["curve"] = curve
+    saturating = _saturating_estimate(counts, clock, total_clock, n_rows)
+    if saturating is not None:
+        out["saturating"] = saturating
     if risk_sum is not None:
         out["risk"] = float(risk_sum)
     return out, (parts, curve, cfit)
@@ -339,6 +373,7 @@ def _tag_forecast(tag, mem, steps, clock, total_clock, prior, level, n_boot, rng
         curve_final_memorized=curve, agreement=float(agreement),
         ratio_final_memorized=found["ratio"],
         risk_final_memorized=float(risk_sum) if risk_sum is not None else float(now),
+        estimates=tuple(sorted((m, float(v)) for m, v in found.items())),
         weights=tuple(sorted((m, float(v)) for m, v in weights.items())),
         recall_fit=rfit, precision_fit=pfit, curve_fit=cfit,
         prior_weight=float(1 - w_own), pairs=pairs,
