@@ -116,3 +116,17 @@ def test_ranking_is_deterministic():
     a, b = rank_at_risk(h, TOTAL), rank_at_risk(h, TOTAL)
     np.testing.assert_array_equal(a.score, b.score)
     np.testing.assert_array_equal(a.coef, b.coef)
+
+
+def test_ranking_at_an_earlier_probe_sees_only_what_was_known_then():
+    from memwatch.risk import risk_at
+
+    h, _ = drifting_history(now=500)
+    clock = h.steps.astype(np.float64)
+    back = risk_at(h, 5, clock, float(TOTAL))
+    then = rank_at_risk(h.head(6), TOTAL)
+    np.testing.assert_allclose(back.score, then.score)
+    np.testing.assert_array_equal(back.memorized_now, h.memorized[5])
+    # a clock that runs twice as fast changes nothing: only ratios matter
+    np.testing.assert_allclose(rank_at_risk(h, TOTAL, compute=lambda s: 2.0 * s).score,
+                               rank_at_risk(h, TOTAL).score)
