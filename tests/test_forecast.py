@@ -272,3 +272,9 @@ def test_saturating_curve_reads_a_plateau_from_its_rise():
     # the unbounded forms keep rising past the plateau
     assert abs(found["curve"] - truth) > 2 * abs(found["saturating"] - truth)
     assert set(dict(t.weights)) == set(found)
+
+
+def test_compute_must_reach_past_zero_by_the_end():
+    h, _, _ = compute_history()
+    with pytest.raises(ValueError, match="> 0 at total_steps"):
+        forecast(h, 1000, compute=lambda s: np.zeros(len(s)))

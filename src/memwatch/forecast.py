@@ -66,7 +66,7 @@ from statistics import NormalDist
 import numpy as np
 
 from memwatch import scaling
-from memwatch.risk import RiskRanking, checked_duplicates, risk_at, tag_columns
+from memwatch.risk import RiskRanking, checked_clock, checked_duplicates, risk_at, tag_columns
 from memwatch.scaling import ScalingFit
 
 # An illustrative prior in the shape Biderman et al. 2023 ("Emergent and Predictable
@@ -380,20 +380,6 @@ def _tag_forecast(tag, mem, steps, clock, total_clock, prior, level, n_boot, rng
     )
 
 
-def _checked_clock(compute, steps: np.ndarray, total_steps: int) -> np.ndarray:
-    """float64 like `steps`: compute(steps), checked finite, >= 0 and non-decreasing."""
-    values = np.asarray(compute(steps), np.float64)
-    if values.shape != steps.shape or not np.isfinite(values).all() or (values < 0).any():
-        raise ValueError(
-            "compute(steps) must return one finite value >= 0 per step (cumulative compute, "
-            f"e.g. the summed learning rate); got {values!r} for steps {steps!r}"
-        )
-    if (np.diff(values) < 0).any() or (total_steps and values[-1] <= 0):
-        raise ValueError("compute must be cumulative: non-decreasing in the step, and > 0 "
-                         f"at total_steps; got {values!r} for steps {steps!r}")
-    return values
-
-
 def _backtest_cut(clock: np.ndarray, total_clock: float) -> int | None:
     """The probe whose clock ratio to the latest probe best matches latest / end (or None)."""
     if len(clock) < 3 or clock[-1] <= 0:
@@ -457,8 +443,7 @@ def forecast(
     clock_all = steps_all.astype(np.float64)
     total_clock = float(total_steps)
     if compute is not None:
-        clock_all = _checked_clock(compute, steps_all, int(total_steps))
-        total_clock = float(_checked_clock(compute, np.array([int(total_steps)]), 0)[0])
+        clock_all, total_clock = checked_clock(compute, steps_all, int(total_steps))
     dups = checked_duplicates(duplicates, history.num_rows)
     last = len(steps_all) - 1
     columns = tag_columns(history.tags)

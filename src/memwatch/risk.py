@@ -145,6 +145,21 @@ def checked_duplicates(duplicates, n: int) -> np.ndarray | None:
     return dups
 
 
+def checked_clock(compute, steps: np.ndarray, total_steps: int) -> tuple[np.ndarray, float]:
+    """(clock of every probe, clock at total_steps): compute(...) checked cumulative."""
+    at = np.append(steps, total_steps)
+    values = np.asarray(compute(at), np.float64)
+    if values.shape != at.shape or not np.isfinite(values).all() or (values < 0).any():
+        raise ValueError(
+            "compute(steps) must return one finite value >= 0 per step (cumulative compute, "
+            f"e.g. the summed learning rate); got {values!r} for steps {at!r}"
+        )
+    if (np.diff(values) < 0).any() or values[-1] <= 0:
+        raise ValueError("compute must be cumulative: non-decreasing in the step, and > 0 "
+                         f"at total_steps; got {values!r} for steps {at!r}")
+    return values[:-1], float(values[-1])
+
+
 def rank_at_risk(history, total_steps: int, duplicates=None, compute=None) -> RiskRanking:
     """The `RiskRanking` of every row of `history` at its latest probe, for training ending at
     `total_steps`.
@@ -155,11 +170,9 @@ def rank_at_risk(history, total_steps: int, duplicates=None, compute=None) -> Ri
     With no probe at all every score is 0 and ``fitted`` is False.
     """
     dups = checked_duplicates(duplicates, history.num_rows)
-    clock = history.steps.astype(np.float64)
-    total = float(total_steps)
+    clock, total = history.steps.astype(np.float64), float(total_steps)
     if compute is not None:
-        clock = np.asarray(compute(history.steps), np.float64)
-        total = float(np.asarray(compute(np.array([total_steps])), np.float64)[0])
+        clock, total = checked_clock(compute, history.steps, int(total_steps))
     return risk_at(history, len(history) - 1, clock, total, dups)
 
 
