@@ -8,7 +8,9 @@ learning rate follows a cosine decay to 10 %, as Pythia's did. Every
 ``steps / probes`` steps the planted rows are probed (``mode="extractable"``,
 with NLL). The trained run is saved with ``--cache DIR`` (npz, no pickle) so the
 forecast can be re-run without training. Defaults: 600 steps, 288 rows, 30
-probes, hidden size 96: about 2 minutes on a quiet 2-core CPU.
+probes, hidden size 96: 4.5 to 7.5 minutes measured on 2 CPU cores shared at a
+load average of 5 to 6 (about 100 s estimated for a quiet machine from per-step
+and per-probe timings; not measured quiet).
 
 Afterwards, for a stop at 25 / 50 / 75 % of training, the history up to that step
 is forecast and compared with the truth (the probe at the end), once with the
