@@ -183,7 +183,7 @@ class MemWatch:
         self._emit("on_probe", record)
         for alert in verdict.alerts:
             self._emit("on_alert", alert)
-        self.schedule.observe_probe(step, mode, time.perf_counter() - t0)
+        self.schedule.observe_probe(step, mode, time.perf_counter() - t0, probe_seconds)
         shared = distributed.broadcast_floats([*self.schedule.ledger(), float(verdict.abort)])
         self.schedule.set_ledger(shared[:-1])
         return self._decision(step, new, verdict, bool(shared[-1]), record)

@@ -4,10 +4,11 @@ Pure bookkeeping: the monitor measures seconds and passes them in. The schedule
 keeps a ledger of training seconds and monitor seconds and, after each probe,
 plans the step of the next one so that the monitor's total stays within
 ``max_overhead`` of training time (the first probe, which measures the cost,
-is the one exception). Early probes fall on powers of two when the budget
-allows them (a log-spaced grid is what a scaling fit in log-step needs); later
-ones are evenly spaced, at most about `MAX_REGULAR_PROBES` over a run of known
-length. ``every_n_steps`` replaces all of this with a fixed cadence.
+is the one exception: it is left out of the ledger). Early probes fall on powers
+of two when the budget allows them (a log-spaced grid is what a scaling fit in
+log-step needs); later ones are evenly spaced, at most about
+`MAX_REGULAR_PROBES` over a run of known length. ``every_n_steps`` replaces all
+of this with a fixed cadence.
 
 Planning happens only at probe steps, from numbers that rank 0 broadcasts, so
 every distributed rank agrees on when to probe without talking in between.
@@ -69,9 +70,17 @@ class Schedule:
         old = self.seconds_per_step
         self.seconds_per_step = rate if math.isnan(old) else _EMA * old + (1 - _EMA) * rate
 
-    def observe_probe(self, step: int, mode: str, seconds: float) -> None:
-        """Count a probe at `step` that took `seconds` in `mode`, and plan the next one."""
-        self.monitor_seconds += seconds
+    def observe_probe(self, step: int, mode: str, seconds: float,
+                      compute_seconds: float | None = None) -> None:
+        """Count a probe at `step` that took `seconds` in `mode`, and plan the next one.
+
+        The first probe calibrates: it is left out of the ledger, and its cost estimate is
+        its `compute_seconds` (the probe alone), since its sinks pay one-off set-up costs.
+        """
+        if self.probes == 0:
+            seconds = seconds if compute_seconds is None else compute_seconds
+        else:
+            self.monitor_seconds += seconds
         old = self.cost[mode]
         self.cost[mode] = seconds if math.isnan(old) else _EMA * old + (1 - _EMA) * seconds
         self.probes += 1
@@ -92,9 +101,12 @@ class Schedule:
         if math.isnan(cost):
             cost = self.cost["exact"] / EXACT_COST_GUESS
         reserve = 0.0
-        if self.total_steps is not None:  # the final exact probe is paid from the same budget
+        if self.total_steps is not None:
+            # The final exact probe is paid from the same budget, saved up as the run goes
+            # (all of it by the last step), so that it does not delay the early probes.
             reserve = self.cost["exact"]
             reserve = EXACT_COST_GUESS * cost if math.isnan(reserve) else reserve
+            reserve *= min(1.0, step / self.total_steps)
         owed = self.monitor_seconds + cost + reserve - self.max_overhead * self.train_seconds
         budget_gap = max(1, math.ceil(owed / (self.max_overhead * rate)))
         # Regular cadence: about MAX_REGULAR_PROBES over a run of known length; otherwise a gap
