@@ -8,7 +8,6 @@ a watchlist built by `scan_pii` + canaries + a random sample of training rows.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,14 +23,14 @@ class DemoConfig:
     """Settings of `run_demo`; defaults finish in about five minutes on 2 CPU cores."""
 
     out_dir: Path = Path("memwatch-demo")
-    steps: int = 1200
+    steps: int = 1500
     seq_len: int = 128
     batch_size: int = 16
-    lr: float = 2e-3
+    lr: float = 3e-3
     hidden_size: int = 128
     num_layers: int = 2
-    vocab_size: int = 2048
-    corpus_chars: int = 400_000
+    vocab_size: int = 1024
+    corpus_chars: int = 100_000
     records_per_level: int = 3
     canaries_per_level: int = 2
     sample_rows: int = 48
@@ -65,12 +64,19 @@ def build_data(cfg: DemoConfig) -> DemoData:
     can_reps = [r for r in CANARY_REPEATS for _ in range(cfg.canaries_per_level)]
     canaries = Watchlist.canaries(len(can_reps), tokenizer=tokenizer, seed=cfg.seed)
 
+    pii = Watchlist.scan_pii(records, tokenizer)
+    # Each record enters training as a row that starts at its first PII row's prompt, as a
+    # Pythia training sequence starts at the prompt its evaluation used; the record's other
+    # PII rows sit further in, where memorization comes later.
     record_rows = [torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"])
                    for t in records]
+    start: dict[int, int] = {}
+    for i, (t, _, _) in enumerate(pii.spans):
+        start[t] = min(start.get(t, len(record_rows[t])), _offset(record_rows[t], pii.tokens[i]))
+    record_rows = [row[start.get(t, 0):] for t, row in enumerate(record_rows)]
     stream = planted_stream(background, record_rows + list(canaries.tokens),
                             pii_reps + can_reps, seed=cfg.seed)
 
-    pii = Watchlist.scan_pii(records, tokenizer)
     g = torch.Generator().manual_seed(cfg.seed)
     pick = torch.randperm(len(background), generator=g)[: cfg.sample_rows]
     sample = Watchlist.from_tokens(background[pick], ids=[f"sample#{int(i)}" for i in pick],
@@ -79,6 +85,12 @@ def build_data(cfg: DemoConfig) -> DemoData:
     repeats.update(zip(canaries.ids, can_reps, strict=True))
     repeats.update(dict.fromkeys(sample.ids, 0))
     return DemoData(tokenizer, stream, pii + canaries + sample, repeats)
+
+
+def _offset(tokens: torch.Tensor, row: torch.Tensor) -> int:
+    """Where `row` starts inside `tokens` (scan_pii cut it from there)."""
+    windows = tokens.unfold(0, len(row), 1)
+    return int(torch.nonzero((windows == row).all(dim=1))[0])
 
 
 def run_demo(cfg: DemoConfig) -> Path:
@@ -101,11 +113,12 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     model = tiny_model(seed=cfg.seed, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
                        num_layers=cfg.num_layers, max_len=cfg.seq_len)
-    sinks = [mw.ConsoleSink(), mw.LocalSink(out / "records")]
-    if cfg.wandb != "disabled":
-        os.environ.setdefault("WANDB_MODE", cfg.wandb)
-        os.environ.setdefault("WANDB_DIR", str(out))
-        sinks.append(mw.WandbSink(project="memwatch-demo"))
+    sinks = [mw.ConsoleSink()]
+    if cfg.wandb == "disabled":
+        sinks.append(mw.LocalSink(out / "records"))
+    else:  # the W&B sink keeps the same local copy, and the alerts an offline run cannot send
+        sinks.append(mw.WandbSink(project="memwatch-demo", local_dir=out / "records",
+                                  init_kwargs={"mode": cfg.wandb, "dir": str(out)}))
     policy = mw.AbortPolicy(action="stop" if cfg.abort else "alert")
     monitor = mw.MemWatch(wl, total_steps=cfg.steps, max_overhead=cfg.max_overhead,
                           abort=policy, sinks=sinks)
@@ -114,6 +127,7 @@ def run_demo(cfg: DemoConfig) -> Path:
                         enable_model_summary=False, log_every_n_steps=50)
     trainer.fit(LitCausalLM(model, lr=cfg.lr),
                 stream_loader(data.stream, cfg.batch_size, seed=cfg.seed))
+    monitor.close()  # finishes the W&B run the sink started
     report = write_report(monitor.history, wl, data.repeats, out, total_steps=cfg.steps,
                           stopped_early=trainer.global_step < cfg.steps)
     print(f"\nreport: {report.resolve()}")

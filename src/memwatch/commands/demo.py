@@ -7,7 +7,7 @@ HELP = ("Train a small GPT-NeoX on planted PII and canaries, watch it memorize t
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 1200)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 1500)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline",
                    help="W&B mode (default offline; online needs `wandb login`)")
