@@ -62,7 +62,8 @@ def main() -> None:
     print(f"bench_overhead: {args.steps} steps, {args.rows} rows (64 tokens): wall ratio "
           f"{watched[best] / min(plain):.4f} (with {watched[best]:.2f} s / without "
           f"{min(plain):.2f} s), probe share {share:.2%} over {len(mon.history)} probes "
-          f"(steps {', '.join(str(int(s)) for s in mon.history.steps)})")
+          f"(steps {', '.join(str(int(s)) for s in mon.history.steps)}); noise: slowest / "
+          f"fastest run without the monitor {max(plain) / min(plain):.4f}")
 
 
 if __name__ == "__main__":
