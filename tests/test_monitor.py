@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from memwatch.demo_model import planted_corpus, tiny_model
+from memwatch.forecast import forecast
 from memwatch.monitor import MemWatch
 from memwatch.policy import AbortPolicy
 from memwatch.probe import probe, reference_probe
@@ -175,7 +176,8 @@ def test_record_metrics_and_redacted_previews(recorder):
     assert m["mean_score"] == pytest.approx(float(res.scores.mean()))
     assert m["mean_match_prefix"] == pytest.approx(float(res.match_prefix.float().mean()))
     assert m["probe_seconds"] > 0 and m["overhead"] > 0
-    assert "forecast/expected_final_memorized" in m
+    assert m["forecast/expected_final_memorized"] == pytest.approx(
+        forecast(mon.history, 24, n_boot=0, with_risk=False).tags["*"].expected_final_memorized)
     reports = [r for x in records for r in x.new_rows]
     assert reports and all(r.preview == previews[int(r.id[4:])] for r in reports)
 
@@ -287,3 +289,22 @@ def test_rejects_bad_arguments():
         monitor(abort={"tags": ("canary",)})
     with pytest.raises(TypeError, match="every_n_step"):
         monitor(every_n_step=3)
+
+
+def test_forecast_runs_on_the_compute_clock_given():
+    def lr_clock(steps):  # a learning rate decaying linearly to 0 at step 40, summed
+        steps = np.asarray(steps, np.float64)
+        return steps - steps**2 / 80
+
+    mons = [monitor(every_n_steps=3, total_steps=40, compute=clock) for clock in (None, lr_clock)]
+    for mon in mons:
+        model, opt = fresh()
+        _, decisions = loop(model, opt, 24, mon)
+    assert mons[0].history.memorized[-1].sum() > 0
+    last = decisions[-1].record.metrics["forecast/expected_final_memorized"]
+    direct = forecast(mons[1].history, 40, n_boot=0, with_risk=False, compute=lr_clock)
+    assert last == pytest.approx(direct.tags["*"].expected_final_memorized)
+    on_steps = forecast(mons[1].history, 40, n_boot=0, with_risk=False)
+    assert on_steps.tags["*"].expected_final_memorized != pytest.approx(last)
+    with pytest.raises(ValueError, match="cumulative"):
+        forecast(mons[1].history, 40, compute=lambda s: -np.asarray(s, np.float64))

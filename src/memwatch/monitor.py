@@ -63,6 +63,10 @@ class MemWatch:
     abort: the `AbortPolicy`.
     sinks: `Sink`s that receive records, alerts and the final history (rank 0 only).
     prompt_len, cont_len, with_nll, batch_size: passed to `probe`.
+    compute: vectorised step -> cumulative compute (e.g. the learning rate summed up
+        to each step), the clock the forecast measures progress in; None: steps. With
+        a decaying learning rate, memorization slows as the rate falls, and a step
+        clock overestimates the final count.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class MemWatch:
         cont_len: int = 32,
         with_nll: bool = False,
         batch_size: int | None = None,
+        compute=None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
@@ -94,6 +99,7 @@ class MemWatch:
         self.sinks = list(sinks)
         self.prompt_len, self.cont_len = int(prompt_len), int(cont_len)
         self.with_nll, self.batch_size = bool(with_nll), batch_size
+        self.compute = compute
         self.history = History(watchlist.ids, watchlist.tags, cont_len=self.cont_len)
         self._tags = sorted({t for row in watchlist.tags for t in row})
         self._sent: frozenset[str] = frozenset()
@@ -234,7 +240,8 @@ class MemWatch:
         except ImportError:
             return None
         try:
-            return forecast(self.history, self.total_steps, n_boot=0, with_risk=False)
+            return forecast(self.history, self.total_steps, n_boot=0, with_risk=False,
+                            compute=self.compute)
         except (ValueError, np.linalg.LinAlgError):  # too few probes to fit yet
             return None
 
