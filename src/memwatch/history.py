@@ -23,6 +23,7 @@ class History:
             raise ValueError(f"History stores counts as uint8; cont_len={cont_len} exceeds 255")
         self.ids = list(ids)
         self.tags = [tuple(t) for t in tags]
+        self._tag_masks: dict[str, np.ndarray] = {}
         self.cont_len = int(cont_len)
         self.reset()
 
@@ -111,9 +112,17 @@ class History:
 
     def tag_mask(self, pattern: str) -> np.ndarray:
         """bool [n]: rows with a tag matching `pattern` (fnmatch, e.g. ``pii:*``)."""
-        from fnmatch import fnmatchcase
+        # The monitor and the policy ask for the same patterns at every probe; rows and tags
+        # never change, so each pattern is matched against every row once.
+        mask = self._tag_masks.get(pattern)
+        if mask is None:
+            from fnmatch import fnmatchcase
 
-        return np.array([any(fnmatchcase(t, pattern) for t in tags) for tags in self.tags], bool)
+            mask = np.array([any(fnmatchcase(t, pattern) for t in tags) for tags in self.tags],
+                            bool)
+            mask.setflags(write=False)
+            self._tag_masks[pattern] = mask
+        return mask
 
     def first_memorized_step(self) -> np.ndarray:
         """int64 [n]: step of the first probe that found each row memorized, -1 if never."""
