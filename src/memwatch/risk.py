@@ -118,7 +118,7 @@ def _features(mp, nll, n_tok: float, clock, i: int, dups, tag_cols) -> np.ndarra
     return np.column_stack([*cols, tag_cols]) if tag_cols.shape[1] else np.column_stack(cols)
 
 
-def _logistic(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE, iters: int = 20) -> np.ndarray:
+def logistic_fit(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE, iters: int = 20) -> np.ndarray:
     """float64 [1 + F]: intercept and weights of an L2-penalised logistic regression (Newton)."""
     xb = np.column_stack([np.ones(len(x)), x])
     beta = np.zeros(xb.shape[1])
@@ -209,7 +209,7 @@ def risk_at(history, last: int, clock: np.ndarray, total: float, dups=None,
         if 0 < y.sum() < len(y):
             mu, sd = x.mean(0), x.std(0)
             sd = np.where(sd > 1e-12, sd, 1.0)
-            beta = _logistic((x - mu) / sd, y)
+            beta = logistic_fit((x - mu) / sd, y)
             z = np.column_stack([np.ones(n), (now - mu) / sd]) @ beta
             score = 1 / (1 + np.exp(-np.clip(z, -30, 30)))
             return RiskRanking(score, mem_last.copy(), True, feature_names, beta)
