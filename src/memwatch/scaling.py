@@ -86,7 +86,7 @@ class ScalingFit:
 def _curve(kind, a, b, x, lower, upper):
     logx = np.log(np.maximum(x, _TINY))
     if kind == "power":
-        y = a * np.exp(b * logx)
+        y = a * np.exp(np.minimum(b * logx, 700.0))  # past 1e304 the clip decides anyway
     elif kind == "loglinear":
         y = a + b * logx
     else:
