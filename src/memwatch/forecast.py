@@ -3,7 +3,7 @@
 Biderman et al. measured on Pythia how well the set memorized by an intermediate
 checkpoint predicts the set memorized at the end: precision stays high, recall
 grows with the share of compute spent. `forecast` turns the run's probes into
-four estimates of the final memorized count and combines them:
+five estimates of the final memorized count and combines them:
 
 1. ``ratio`` (the paper's view): for every pair of probes t_i < t_j, precision and
    recall of the memorized set at t_i against the set at t_j, at compute ratio
@@ -20,20 +20,32 @@ four estimates of the final memorized count and combines them:
    the rows seen often enough are memorized; the unbounded forms cannot say so).
 4. ``risk``: the sum over rows of the risk model's probability that the row is
    memorized at the end (`memwatch.risk`; a calibrated classifier's expected count).
+5. ``trajectory``: each row's log-NLL trend over the recent probes carried to the
+   end, turned into a probability by the NLL -> memorized relation of those probes,
+   and summed (`memwatch.trajectory`; needs probes with NLL).
 
 The clock c is the step itself, or the cumulative compute the caller passes as
-``compute`` (e.g. the summed learning rate: with a decaying schedule, the second
-half of training moves the weights much less than the first, and recall tracks
-what the optimizer did, not the step counter).
+``compute`` (e.g. the summed learning rate). Which clock forecasts better is an
+empirical question: in `benchmarks/backtest_forecast.py` (cosine decay to 10 %,
+rows repeated through the run) the step clock did, at 50 % of training.
 
-Combination by backtested reliability: at the earlier probe t_b whose ratio
-c(t_b) / c(t_now) best matches c(t_now) / c(total_steps), each method forecasts
-the count at t_now from what was known at t_b; its log error
-e_m = |log(1 + forecast) - log(1 + actual)| sets its weight,
-w_m ∝ 1 / (e_m² + 0.1²), and ``expected_final_memorized`` is the weighted mean of
-log(1 + estimate) (``weights`` lists them). Without an earlier probe to test on
-(fewer than 3 probes) the available methods get equal weights. The interval is
-log-normal around it: sd² = 0.1² + Σ w_m e_m² (the backtest error)
+Combination by backtested reliability (a model average: prior times the
+likelihood of a backtest). Each of the latest ``BACKTESTS`` = 3 probes t_j is a
+target; its cut t_b is the earlier probe, among those with at least
+``MIN_CUT_ROWS`` = 5 memorized rows (a forecast from nothing tests nothing), whose
+ratio c(t_b) / c(t_j) best matches c(t_now) / c(total_steps). Each method forecasts
+the count at t_j from what was known at t_b, with the log error
+e_m = |log(1 + forecast) - log(1 + actual)| (1.0 for a method that could not run
+at t_b). The misfit of a method is the mean of e_m² / (0.2² + 1 / (1 + actual))
+over the pairs: a log-normal error of sd ``BACKTEST_SD`` = 0.2 plus the Poisson
+noise of the actual count, so a backtest on a handful of rows cannot single out a
+method. The weight is w_m ∝ prior_m · exp(-misfit_m / 2), with prior 4 for
+``trajectory`` and 1 for the others (``PRIOR_WEIGHT``: the per-row trend was the
+most accurate single estimate in `benchmarks/backtest_forecast.py`).
+``expected_final_memorized`` is the weighted mean of log(1 + estimate)
+(``weights`` lists them). Without a backtest (no cut with 5 memorized rows yet)
+the weights are the priors alone. The interval is
+log-normal around it: sd² = 0.1² + Σ w_m e_m² (the backtest RMS error)
 + Σ w_m (log estimate_m - center)² (disagreement) + the ratio method's bootstrap
 variance (Poisson bootstrap over rows, sets recounted, same form refit) times
 w_ratio², at normal quantiles for `level`, clipped to [0, rows of the tag].
@@ -68,6 +80,7 @@ import numpy as np
 from memwatch import scaling
 from memwatch.risk import RiskRanking, checked_clock, checked_duplicates, risk_at, tag_columns
 from memwatch.scaling import ScalingFit
+from memwatch.trajectory import end_probabilities
 
 # An illustrative prior in the shape Biderman et al. 2023 ("Emergent and Predictable
 # Memorization in Large Language Models", NeurIPS 2023) report for Pythia-12B's
@@ -94,6 +107,10 @@ PRIOR_SPREAD = 0.3
 MIN_RECALL = 1e-3
 ERROR_FLOOR = 0.1
 MISSING_ERROR = 1.0
+BACKTEST_SD = 0.2
+BACKTESTS = 3
+MIN_CUT_ROWS = 5
+PRIOR_WEIGHT = {"trajectory": 4.0}
 SATURATION_GRID = 24
 
 
@@ -136,6 +153,7 @@ class TagForecast:
     agreement: float
     ratio_final_memorized: float = 0.0
     risk_final_memorized: float = 0.0
+    trajectory_final_memorized: float = 0.0
     estimates: tuple[tuple[str, float], ...] = ()
     weights: tuple[tuple[str, float], ...] = ()
     recall_fit: ScalingFit | None = field(default=None, compare=False)
@@ -293,8 +311,11 @@ def _scale_up(now: int, n_rows: int, precision, recall):
     return np.clip(now * np.asarray(precision) / np.maximum(recall, MIN_RECALL), 0.0, n_rows)
 
 
-def _estimates(mem, clock, total_clock, prior, risk_sum, n_boot, rng):
-    """({method: final count} for the methods the history supports, ratio-method parts)."""
+def _estimates(mem, clock, total_clock, prior, sums, n_boot, rng):
+    """({method: final count} for the methods the history supports, ratio-method parts).
+
+    `sums`: {method: final count} of the per-row methods (risk, trajectory) that could run.
+    """
     n_rows = mem.shape[1]
     r_now = min(1.0, float(clock[-1]) / total_clock)
     parts = _ratio_parts(mem, clock, r_now, prior, n_boot, rng)
@@ -307,40 +328,68 @@ def _estimates(mem, clock, total_clock, prior, risk_sum, n_boot, rng):
     saturating = _saturating_estimate(counts, clock, total_clock, n_rows)
     if saturating is not None:
         out["saturating"] = saturating
-    if risk_sum is not None:
-        out["risk"] = float(risk_sum)
+    out.update({m: float(v) for m, v in sums.items()})
     return out, (parts, curve, cfit)
 
 
-def _weights(methods, errors) -> dict[str, float]:
-    """Inverse squared backtest log-error weights (equal weights where there is no backtest)."""
-    if errors is None:
-        return {m: 1.0 / len(methods) for m in methods}
-    raw = {m: 1.0 / (errors.get(m, MISSING_ERROR) ** 2 + ERROR_FLOOR ** 2) for m in methods}
+def _weights(methods, misfit) -> dict[str, float]:
+    """Prior times backtest likelihood: w_m ∝ PRIOR_WEIGHT[m] exp(-misfit_m / 2)."""
+    misfit = misfit or {}
+    best = min(misfit.get(m, 0.0) for m in methods)
+    raw = {m: PRIOR_WEIGHT.get(m, 1.0) * float(np.exp(-0.5 * (misfit.get(m, 0.0) - best)))
+           for m in methods}
     total = sum(raw.values())
     return {m: v / total for m, v in raw.items()}
 
 
+def _row_view(p: np.ndarray, now: np.ndarray, n_boot: int, rng):
+    """(recall, precision, recall samples, precision samples) of "memorized now" against
+    the final set as a per-row method sees it: p = each row's probability of being
+    memorized at the end, so recall = Σ_now p / Σ p and precision = mean of p over the
+    rows memorized now; samples from a Poisson bootstrap over rows."""
+    recall = float(p[now].sum() / p.sum()) if p.sum() > 0 else 1.0
+    precision = float(p[now].mean())
+    w = rng.poisson(1.0, (n_boot, len(p))).astype(np.float64)
+    hit, total, count = w[:, now] @ p[now], w @ p, w[:, now].sum(1)
+    recalls = np.where(total > 0, hit / np.maximum(total, 1e-12), recall)
+    precisions = np.where(count > 0, hit / np.maximum(count, 1e-12), precision)
+    return recall, precision, recalls, precisions
+
+
 def _tag_forecast(tag, mem, steps, clock, total_clock, prior, level, n_boot, rng,
-                  risk_sum, backtest) -> TagForecast:
-    """`backtest`: None, or (mem, clock, risk_sum) as known at an earlier probe whose horizon
-    to the latest probe matches the latest probe's horizon to the end."""
+                  rows, backtests) -> TagForecast:
+    """`rows`: {method: float [n] end-of-training probabilities} of the per-row methods
+    that could run; `backtests`: a list of
+    (mem, clock, sums, target clock, actual count): what was known at an earlier probe
+    and the count at a later target probe, the horizon between them matching the
+    latest probe's horizon to the end (see `_backtest_pairs`)."""
     n_rows = mem.shape[1]
     t_now = int(steps[-1]) if len(steps) else 0
     if len(steps) == 0:
         mem, clock = np.zeros((1, n_rows), bool), np.zeros(1)
     r_now = min(1.0, float(clock[-1]) / total_clock)
     now = int(mem[-1].sum())
-    found, (parts, curve, cfit) = _estimates(mem, clock, total_clock, prior, risk_sum, n_boot,
-                                             rng)
+    sums = {m: float(p.sum()) for m, p in rows.items()}
+    found, (parts, curve, cfit) = _estimates(mem, clock, total_clock, prior, sums, n_boot, rng)
     rec, prec, recs, precs, rfit, pfit, pairs, w_own = parts
-    errors = None
-    if backtest is not None:
-        b_mem, b_clock, b_risk = backtest
-        past, _ = _estimates(b_mem, b_clock, float(clock[-1]), prior, b_risk, 0,
-                             np.random.default_rng(0))
-        errors = {m: abs(np.log1p(v) - np.log1p(now)) for m, v in past.items()}
-    weights = _weights(found, errors)
+    views = {"ratio": (rec, prec, recs, precs)}
+    if now:
+        views.update({m: _row_view(p, mem[-1], n_boot, rng) for m, p in rows.items()})
+    errors = misfit = None
+    if backtests:
+        squares: dict[str, list[float]] = {m: [] for m in found}
+        scaled: dict[str, list[float]] = {m: [] for m in found}
+        for b_mem, b_clock, b_sums, target, actual in backtests:
+            past, _ = _estimates(b_mem, b_clock, target, prior, b_sums, 0,
+                                 np.random.default_rng(0))
+            noise = BACKTEST_SD ** 2 + 1.0 / (1.0 + actual)  # + the count's Poisson noise
+            for m, errs in squares.items():
+                e = abs(np.log1p(past[m]) - np.log1p(actual)) if m in past else MISSING_ERROR
+                errs.append(e ** 2)
+                scaled[m].append(e ** 2 / noise)
+        errors = {m: float(np.sqrt(np.mean(v))) for m, v in squares.items()}
+        misfit = {m: float(np.mean(v)) for m, v in scaled.items()}
+    weights = _weights(found, misfit)
     logs = {m: np.log1p(v) for m, v in found.items()}
     center = sum(weights[m] * logs[m] for m in found)
     spread = sum(weights[m] * (logs[m] - center) ** 2 for m in found)
@@ -363,6 +412,13 @@ def _tag_forecast(tag, mem, steps, clock, total_clock, prior, level, n_boot, rng
     values = list(found.values())
     big = max(values)
     agreement = 1.0 if big <= 0 else min(values) / big
+    share = {m: weights[m] for m in views}
+    total = sum(share.values())
+    share = {m: w / total for m, w in share.items()}
+    rec = sum(share[m] * v[0] for m, v in views.items())
+    prec = sum(share[m] * v[1] for m, v in views.items())
+    recs = sum(share[m] * v[2] for m, v in views.items())
+    precs = sum(share[m] * v[3] for m, v in views.items())
     return TagForecast(
         tag=tag, step=t_now, compute_fraction=r_now, num_rows=n_rows, memorized_now=now,
         recall_now=rec, recall_low=float(np.quantile(recs, q)) if n_boot else rec,
@@ -372,7 +428,8 @@ def _tag_forecast(tag, mem, steps, clock, total_clock, prior, level, n_boot, rng
         expected_final_memorized=expected, expected_final_low=lo, expected_final_high=hi,
         curve_final_memorized=curve, agreement=float(agreement),
         ratio_final_memorized=found["ratio"],
-        risk_final_memorized=float(risk_sum) if risk_sum is not None else float(now),
+        risk_final_memorized=found.get("risk", float(now)),
+        trajectory_final_memorized=found.get("trajectory", float(now)),
         estimates=tuple(sorted((m, float(v)) for m, v in found.items())),
         weights=tuple(sorted((m, float(v)) for m, v in weights.items())),
         recall_fit=rfit, precision_fit=pfit, curve_fit=cfit,
@@ -380,16 +437,39 @@ def _tag_forecast(tag, mem, steps, clock, total_clock, prior, level, n_boot, rng
     )
 
 
-def _backtest_cut(clock: np.ndarray, total_clock: float) -> int | None:
-    """The probe whose clock ratio to the latest probe best matches latest / end (or None)."""
+def _row_probabilities(ranking, history, keep, clock_all, total_clock) -> dict[str, np.ndarray]:
+    """{method: float64 [n]} per-row end-of-training probabilities of the per-row methods
+    that could run on the probes `keep` (risk: a fitted ranking; trajectory: see
+    `memwatch.trajectory`)."""
+    out = {}
+    if ranking.fitted:
+        out["risk"] = ranking.score
+    if len(keep):
+        traj = end_probabilities(history.memorized[keep], history.nll[keep], clock_all[keep],
+                                 total_clock)
+        if traj is not None:
+            out["trajectory"] = traj
+    return out
+
+
+def _backtest_pairs(clock: np.ndarray, total_clock: float, counts: np.ndarray
+                    ) -> list[tuple[int, int]]:
+    """(cut, target) probe indices for the backtest: each of the last `BACKTESTS` probes
+    (with at least two probes before it) as a target, with the earlier probe whose clock
+    ratio to the target best matches the latest probe's ratio to the end."""
     if len(clock) < 3 or clock[-1] <= 0:
-        return None
-    target = np.log(min(1.0, clock[-1] / total_clock))
-    cand = np.flatnonzero(clock[:-1] > 0)
-    if len(cand) == 0:
-        return None
-    gap = np.abs(np.log(clock[cand] / clock[-1]) - target)
-    return int(cand[np.argmin(gap)])
+        return []
+    horizon = np.log(min(1.0, clock[-1] / total_clock))
+    pairs = []
+    for target in range(len(clock) - 1, max(1, len(clock) - 1 - BACKTESTS), -1):
+        cand = np.flatnonzero((clock[:target] > 0) & (counts[:target] >= MIN_CUT_ROWS))
+        if len(cand) == 0 or clock[target] <= 0:
+            continue
+        gap = np.abs(np.log(clock[cand] / clock[target]) - horizon)
+        cut = int(cand[np.argmin(gap)])
+        if (cut, target) not in pairs:
+            pairs.append((cut, target))
+    return pairs
 
 
 def _probe_subset(steps: np.ndarray, max_probes: int) -> np.ndarray:
@@ -448,26 +528,27 @@ def forecast(
     last = len(steps_all) - 1
     columns = tag_columns(history.tags)
     ranking = risk_at(history, last, clock_all, total_clock, dups, columns)
-    cut = _backtest_cut(clock_all, total_clock)
-    past = None
-    if cut is not None:
+    rows_now = _row_probabilities(ranking, history, keep, clock_all, total_clock)
+    past = []
+    for cut, target in _backtest_pairs(clock_all, total_clock, history.memorized.sum(1)):
         past_keep = _probe_subset(steps_all[: cut + 1], max_probes)
-        past = (history.memorized[past_keep], clock_all[past_keep],
-                risk_at(history, cut, clock_all, float(clock_all[-1]), dups, columns))
+        at = float(clock_all[target])
+        b_rank = risk_at(history, cut, clock_all, at, dups, columns)
+        past.append((history.memorized[past_keep], clock_all[past_keep],
+                     _row_probabilities(b_rank, history, past_keep, clock_all, at), at,
+                     history.memorized[target]))
     groups = {"*": np.ones(history.num_rows, bool)}
     for tag in sorted({t for row in history.tags for t in row}):
         groups[tag] = np.array([tag in row for row in history.tags], bool)
     tags = {}
     for tag, mask in groups.items():
         rng = np.random.default_rng(seed)
-        risk_sum = float(ranking.score[mask].sum()) if ranking.fitted else None
-        backtest = None
-        if past is not None:
-            b_mem, b_clock, b_rank = past
-            b_risk = float(b_rank.score[mask].sum()) if b_rank.fitted else None
-            backtest = (b_mem[:, mask], b_clock, b_risk)
+        backtests = [(b_mem[:, mask], b_clock, {m: float(p[mask].sum()) for m, p in b_rows.items()},
+                      at, int(actual[mask].sum()))
+                     for b_mem, b_clock, b_rows, at, actual in past]
         tags[tag] = _tag_forecast(tag, mem[:, mask], steps, clock_all[keep], total_clock, table,
-                                  level, n_boot, rng, risk_sum, backtest)
+                                  level, n_boot, rng, {m: p[mask] for m, p in rows_now.items()},
+                                  backtests)
     risk = ranking if with_risk else None
     step = int(steps_all[-1]) if len(steps_all) else 0
     return Forecast(step=step, total_steps=int(total_steps), tags=tags, risk=risk)
