@@ -17,8 +17,8 @@ is forecast and compared with the truth (the probe at the end), once with the
 step as the clock and once with the cumulative learning rate as ``compute``:
 
 - ``final``: expected_final_memorized [interval] vs. the true final count, its
-  relative error, whether the interval covers the truth, and the three estimates
-  (ratio, curve, risk-sum) with their backtested weights;
+  relative error, whether the interval covers the truth, and the estimates
+  (curve, ratio, risk, saturating, trajectory) with their weights;
 - ``recall_now``: vs. the true recall of "memorized now" against the final set;
 - ``risk``: recall of the final memorized set at an equal number k of flagged
   rows. The paper's predictor, "memorized now", flags |now| rows and has no
@@ -33,7 +33,8 @@ step as the clock and once with the cumulative learning rate as ``compute``:
   (``with dups``) and without them (``no dups``: the rep:NN tags, which would
   leak the counts, are dropped too).
 
-Run: ``python benchmarks/backtest_forecast.py [--seed S] [--cache DIR]``.
+Run: ``python benchmarks/backtest_forecast.py [--seeds S ...] [--cache DIR]``; the last
+lines summarise every seed.
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ def recall_at_k(run, h, tags, total_steps, final, k, dups, compute) -> tuple[flo
     return float(final[top].sum() / n_final), float(base)
 
 
-def report(run: dict, total_steps: int, use_compute: bool) -> None:
+def report(run: dict, total_steps: int, use_compute: bool) -> list[dict]:
+    """Print the comparison at each stop; return {clock, stop, err, covered} per stop."""
     mp = run["match_prefix"]
     final = mp[-1] == 32
     n_final = int(final.sum())
@@ -180,6 +182,7 @@ def report(run: dict, total_steps: int, use_compute: bool) -> None:
     tags = row_tags(repeats, late)
     blind_tags = [t[1:] for t in tags]
     compute = cumulative_lr(total_steps) if use_compute else None
+    summary = []
     print(f"rows {len(final)}, true final memorized {n_final}, probes {len(run['steps'])},"
           f" clock {'cumulative LR' if use_compute else 'steps'}")
     for frac in (0.25, 0.5, 0.75):
@@ -190,7 +193,10 @@ def report(run: dict, total_steps: int, use_compute: bool) -> None:
         true_recall = (now & final).sum() / max(n_final, 1)
         err = (t.expected_final_memorized - n_final) / max(n_final, 1)
         covered = t.expected_final_low <= n_final <= t.expected_final_high
-        rec_err = (t.recall_now - true_recall) / max(true_recall, 1e-9)
+        rec_err = (f"{(t.recall_now - true_recall) / true_recall:+.1%}" if true_recall > 0
+                   else "n/a (nothing memorized yet)")
+        summary.append({"clock": "cumulative LR" if use_compute else "steps", "stop": frac,
+                        "err": err, "covered": covered})
         print(
             f"stop {frac:.0%}: now {t.memorized_now}; final {t.expected_final_memorized:.0f}"
             f" [{t.expected_final_low:.0f}, {t.expected_final_high:.0f}] vs true {n_final}"
@@ -200,7 +206,7 @@ def report(run: dict, total_steps: int, use_compute: bool) -> None:
         )
         print(
             f"  recall_now {t.recall_now:.3f} [{t.recall_low:.3f}, {t.recall_high:.3f}]"
-            f" vs true {true_recall:.3f} rel.err {rec_err:+.1%};"
+            f" vs true {true_recall:.3f} rel.err {rec_err};"
             f" precision_now {t.precision_now:.3f} vs true"
             f" {(now & final).sum() / max(now.sum(), 1):.3f}"
         )
@@ -216,6 +222,22 @@ def report(run: dict, total_steps: int, use_compute: bool) -> None:
                              f" ({rec / max(base, 1e-9):.2f}x, ceiling"
                              f" {best / max(base, 1e-9):.2f}x)")
             print(f"  risk ({label}) recall vs memorized-now: " + "; ".join(parts))
+    return summary
+
+
+def print_summary(rows: list[dict], seeds) -> None:
+    """One line per clock and stop over all seeds: how often the final count was within
+    ±25 % and inside its interval (the issue's target at 50 %)."""
+    print(f"summary over seeds {list(seeds)}:")
+    for clock in ("steps", "cumulative LR"):
+        for frac in (0.25, 0.5, 0.75):
+            sel = [r for r in rows if r["clock"] == clock and r["stop"] == frac]
+            errs = np.array([r["err"] for r in sel])
+            within = int((np.abs(errs) <= 0.25).sum())
+            covered = sum(r["covered"] for r in sel)
+            print(f"  clock {clock}, stop {frac:.0%}: final count within ±25 % on {within}/"
+                  f"{len(sel)} seeds, truth inside the interval on {covered}/{len(sel)};"
+                  f" errors " + " ".join(f"{e:+.0%}" for e in errs))
 
 
 def main() -> None:
@@ -224,13 +246,17 @@ def main() -> None:
     ap.add_argument("--rows-per-repeat", type=int, default=24)
     ap.add_argument("--probes", type=int, default=30)
     ap.add_argument("--hidden", type=int, default=96)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--cache", default=None, help="folder to save / reuse the trained run")
     args = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    run = load_or_train(args)
-    for use_compute in (False, True):
-        report(run, args.steps, use_compute)
+    rows = []
+    for seed in args.seeds:
+        print(f"== seed {seed}")
+        run = load_or_train(argparse.Namespace(**{**vars(args), "seed": seed}))
+        for use_compute in (False, True):
+            rows += report(run, args.steps, use_compute)
+    print_summary(rows, args.seeds)
 
 
 if __name__ == "__main__":
