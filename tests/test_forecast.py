@@ -284,15 +284,19 @@ def test_compute_must_reach_past_zero_by_the_end():
 
 def nll_trend_history(n=400, probes=10, total=1000, seed=0, with_nll=True):
     """Rows whose log NLL falls linearly in the step at row-specific rates (with noise),
-    memorized below NLL 0.5, probed over the first half of the run; and the final count."""
+    memorized below NLL 0.5, probed over the first half of the run; and the final count.
+    Rows starting above 1.1 are tagged "slow": none can be memorized by step 500."""
     rng = np.random.default_rng(seed)
     start, rate = rng.uniform(0.3, 1.3, n), rng.uniform(0.0, 3.0, n) / total
-    h = History([f"r{k}" for k in range(n)], [("pii:email",)] * n, cont_len=N)
+    tags = [("pii:email", "slow") if s > 1.1 else ("pii:email",) for s in start]
+    h = History([f"r{k}" for k in range(n)], tags, cont_len=N)
     for t in np.linspace(total / 2 / probes, total / 2, probes).astype(int):
         logs = start - rate * t + rng.normal(0, 0.05, n)
         prefix = np.where(logs < np.log(0.5), N, rng.integers(0, N, n))
         h.update(int(t), _result(prefix, np.exp(logs) if with_nll else None), "extractable")
-    return h, int((start - rate * total < np.log(0.5)).sum())
+    final = start - rate * total < np.log(0.5)
+    h.final_slow = int(final[start > 1.1].sum())
+    return h, int(final.sum())
 
 
 def test_nll_trends_give_the_trajectory_estimate_and_it_carries_the_forecast():
@@ -312,3 +316,12 @@ def test_nll_trends_give_the_trajectory_estimate_and_it_carries_the_forecast():
     # without NLL the estimate cannot run and is not reported
     blind, _ = nll_trend_history(with_nll=False)
     assert "trajectory" not in dict(forecast(blind, 1000).tags["*"].estimates)
+
+
+def test_rows_on_their_way_are_forecast_before_any_is_memorized():
+    h, _ = nll_trend_history()
+    slow = forecast(h, 1000).tags["slow"]
+    assert slow.memorized_now == 0 and h.final_slow > 10
+    assert "ratio" not in dict(slow.estimates)  # nothing to scale up
+    assert abs(slow.expected_final_memorized - h.final_slow) / h.final_slow < 0.3
+    assert slow.expected_final_low <= h.final_slow <= slow.expected_final_high

@@ -60,9 +60,12 @@ give w = 0.65; 30 probes and 100 rows give w = 0.93. The prior's own uncertainty
 enters the bootstrap as a log-normal spread (sd 0.3) on recall and on 1 - precision.
 
 Degenerate histories have defined answers (never NaN): no probe, or no memorized
-row of the tag at the latest probe, gives ``expected_final_memorized = 0`` with a
-zero-width interval (there is nothing to scale up; the forecast says nothing until
-the first row is memorized); one probe gives the ratio method on the prior alone;
+row of the tag at the latest probe and no other method than ``ratio`` able to run,
+gives ``expected_final_memorized = 0`` with a zero-width interval (there is nothing
+to scale up). With no row memorized now but another method able to run (e.g. the
+NLL trends already point at rows on their way), ``ratio`` is left out and the
+others forecast; ``recall_now`` and ``precision_now`` then come from the ratio
+method (the prior, early on). One probe gives the ratio method on the prior alone;
 rows memorized at every probe give recall 1. The ``curve`` method needs two probes
 with a memorized row and a non-constant fit, ``saturating`` three, ``risk`` a fitted risk
 model (two probes, both outcomes seen); ``risk_final_memorized`` is the memorized
@@ -329,6 +332,8 @@ def _estimates(mem, clock, total_clock, prior, sums, n_boot, rng):
     if saturating is not None:
         out["saturating"] = saturating
     out.update({m: float(v) for m, v in sums.items()})
+    if now == 0 and len(out) > 1:
+        del out["ratio"]  # nothing to scale up: its 0 is no estimate when another method has one
     return out, (parts, curve, cfit)
 
 
@@ -399,11 +404,11 @@ def _tag_forecast(tag, mem, steps, clock, total_clock, prior, level, n_boot, rng
     boot = 0.0
     if n_boot:
         finals = np.log1p(_scale_up(now, n_rows, precs, recs))
-        boot = float(np.var(finals)) * weights["ratio"] ** 2
+        boot = float(np.var(finals)) * weights.get("ratio", 0.0) ** 2
     z = NormalDist().inv_cdf(0.5 + level / 2)
     sigma = float(np.sqrt(spread + past_err + boot))
     q = (1 - level) / 2
-    if now == 0:
+    if now == 0 and list(found) == ["ratio"]:
         expected = lo = hi = 0.0
     else:
         expected = float(np.clip(np.expm1(center), 0.0, n_rows))
@@ -412,9 +417,10 @@ def _tag_forecast(tag, mem, steps, clock, total_clock, prior, level, n_boot, rng
     values = list(found.values())
     big = max(values)
     agreement = 1.0 if big <= 0 else min(values) / big
-    share = {m: weights[m] for m in views}
+    share = {m: weights.get(m, 0.0) for m in views}
     total = sum(share.values())
-    share = {m: w / total for m, w in share.items()}
+    share = ({m: w / total for m, w in share.items()} if total > 0
+             else {m: float(m == "ratio") for m in views})
     rec = sum(share[m] * v[0] for m, v in views.items())
     prec = sum(share[m] * v[1] for m, v in views.items())
     recs = sum(share[m] * v[2] for m, v in views.items())
@@ -427,7 +433,7 @@ def _tag_forecast(tag, mem, steps, clock, total_clock, prior, level, n_boot, rng
         precision_high=float(np.quantile(precs, 1 - q)) if n_boot else prec,
         expected_final_memorized=expected, expected_final_low=lo, expected_final_high=hi,
         curve_final_memorized=curve, agreement=float(agreement),
-        ratio_final_memorized=found["ratio"],
+        ratio_final_memorized=found.get("ratio", 0.0),
         risk_final_memorized=found.get("risk", float(now)),
         trajectory_final_memorized=found.get("trajectory", float(now)),
         estimates=tuple(sorted((m, float(v)) for m, v in found.items())),
