@@ -32,14 +32,16 @@ def plant_memorized(model, rows: torch.Tensor, share: float, prompt_len: int = 3
 
 def compare(model, rows: torch.Tensor, prompt_len: int = 32, cont_len: int = 32,
             batch_size: int | None = None, repeat: int = 2) -> dict[str, float]:
-    """Best-of-`repeat` seconds for reference_probe, probe(exact), probe(extractable) and one
-    forward pass over M+N tokens; rounds interleave the methods so load drifts hit all alike."""
+    """Best-of-`repeat` seconds for reference_probe, probe(exact), probe(extractable), the
+    latter with_nll=True, and one forward pass over M+N tokens; rounds interleave the
+    methods so load drifts hit all alike."""
     M, N = prompt_len, cont_len
     kw = dict(prompt_len=M, cont_len=N, batch_size=batch_size)
     methods: dict[str, Callable[[], object]] = {
         "reference": lambda: reference_probe(model, rows, **kw),
         "exact": lambda: probe(model, rows, mode="exact", **kw),
         "extractable": lambda: probe(model, rows, mode="extractable", **kw),
+        "extractable+nll": lambda: probe(model, rows, mode="extractable", with_nll=True, **kw),
         "forward": lambda: _plain_forward(model, rows[:, :M + N]),
     }
     best = dict.fromkeys(methods, float("inf"))
@@ -55,4 +57,5 @@ def format_line(label: str, seconds: dict[str, float]) -> str:
     ref = seconds["reference"]
     return (f"{label}: reference {ref:.2f}s | exact {ref / seconds['exact']:.2f}x | "
             f"extractable {ref / seconds['extractable']:.2f}x | "
+            f"extractable+nll {ref / seconds['extractable+nll']:.2f}x | "
             f"forward(M+N) {ref / seconds['forward']:.2f}x  (ratios = reference / method)")
