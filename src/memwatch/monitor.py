@@ -62,11 +62,14 @@ class MemWatch:
     exact_every: make every k-th scheduled probe exact.
     abort: the `AbortPolicy`.
     sinks: `Sink`s that receive records, alerts and the final history (rank 0 only).
-    prompt_len, cont_len, with_nll, batch_size: passed to `probe`.
+    prompt_len, cont_len, with_nll, batch_size: passed to `probe`. ``with_nll=True``
+        also gives the forecast its per-row ``trajectory`` estimate (the most accurate
+        one in `benchmarks/backtest_forecast.py`) at the cost of one teacher-forced
+        forward per probe, so the overhead budget affords fewer probes.
     compute: vectorised step -> cumulative compute (e.g. the learning rate summed up
-        to each step), the clock the forecast measures progress in; None: steps. With
-        a decaying learning rate, memorization slows as the rate falls, and a step
-        clock overestimates the final count.
+        to each step), the clock the forecast measures progress in; None: steps (which
+        forecast better than the summed learning rate in the backtest, where rows recur
+        through a cosine-decayed run).
     """
 
     def __init__(
