@@ -120,8 +120,9 @@ def run_demo(cfg: DemoConfig) -> Path:
         sinks.append(mw.WandbSink(project="memwatch-demo", local_dir=out / "records",
                                   init_kwargs={"mode": cfg.wandb, "dir": str(out)}))
     policy = mw.AbortPolicy(action="stop" if cfg.abort else "alert")
+    # with_nll: the per-row NLL trends give the forecast its trajectory estimate
     monitor = mw.MemWatch(wl, total_steps=cfg.steps, max_overhead=cfg.max_overhead,
-                          abort=policy, sinks=sinks)
+                          abort=policy, sinks=sinks, with_nll=True)
     trainer = L.Trainer(max_steps=cfg.steps, accelerator=cfg.device, devices=1, logger=False,
                         enable_checkpointing=False, callbacks=[MemWatchCallback(monitor)],
                         enable_model_summary=False, log_every_n_steps=50)
