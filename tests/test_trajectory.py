@@ -70,3 +70,15 @@ def test_probes_without_nll_are_skipped():
     assert keep.sum() == 4
     np.testing.assert_array_equal(end_probabilities(mem, gaps, clock, 1000.0),
                                   end_probabilities(mem[keep], nll[keep], clock[keep], 1000.0))
+
+
+def test_a_capped_calibration_sample_gives_the_same_answer(monkeypatch):
+    import memwatch.trajectory as trajectory
+
+    mem, nll, clock, final = linear_rows(n=5000)  # 6 window probes x 5000 rows > the cap
+    capped = end_probabilities(mem, nll, clock, 1000.0)
+    monkeypatch.setattr(trajectory, "MAX_CALIBRATION", 10 ** 9)
+    full = end_probabilities(mem, nll, clock, 1000.0)
+    assert not np.array_equal(capped, full)  # the cap did subsample
+    assert abs(capped.sum() - full.sum()) < 0.02 * full.sum()
+    assert abs(full.sum() - final.sum()) < 0.1 * final.sum()

@@ -10,8 +10,9 @@ every row:
 2. a least-squares line of log NLL against the clock over the window, read at the
    clock of the end of training, and never above the latest log NLL (a rising
    trend is drift before the row is seen, not a row being unlearned);
-3. the calibration: a logistic model of "memorized" on log NLL, fit on every
-   (row, probe) pair of the window;
+3. the calibration: a logistic model of "memorized" on log NLL, fit on the
+   (row, probe) pairs of the window (every ``stride``-th of them beyond
+   ``MAX_CALIBRATION`` pairs, which bounds the cost);
 4. the row's probability of being memorized at the end: the calibration read at
    the extrapolated log NLL.
 
@@ -31,6 +32,7 @@ from memwatch.risk import logistic_fit
 WINDOW = 0.5
 NLL_FLOOR = 1e-3
 RIDGE = 1e-3
+MAX_CALIBRATION = 20_000
 
 
 def end_probabilities(mem: np.ndarray, nll: np.ndarray, clock: np.ndarray,
@@ -48,13 +50,14 @@ def end_probabilities(mem: np.ndarray, nll: np.ndarray, clock: np.ndarray,
         return None
     logs = np.log(np.maximum(nll[window].astype(np.float64), NLL_FLOOR))
     labels = mem[window].reshape(-1).astype(np.float64)
-    if not 0 < labels.sum() < len(labels):
-        return None
     c = clock[window].astype(np.float64)
     dc = c - c.mean()
     slope = dc @ (logs - logs.mean(0)) / float(dc @ dc)
     at_end = np.minimum(logs.mean(0) + slope * (total_clock - c.mean()), logs[-1])
-    x = logs.reshape(-1)
+    stride = -(-labels.size // MAX_CALIBRATION)
+    x, labels = logs.reshape(-1)[::stride], labels[::stride]
+    if not 0 < labels.sum() < len(labels):
+        return None
     mu, sd = float(x.mean()), float(x.std()) or 1.0
     b0, b1 = logistic_fit(((x - mu) / sd)[:, None], labels, ridge=RIDGE)
     z = b0 + b1 * (at_end - mu) / sd
