@@ -125,6 +125,10 @@ class TagForecast:
     num_rows / memorized_now: rows with the tag; of those, memorized at the latest probe.
     recall_now (low, high): share of the final memorized set already memorized.
     precision_now (low, high): share of the memorized set still memorized at the end.
+        Both are the weighted mean (the combination's weights) of the ratio method's
+        fits and the per-row methods' view (recall = Σ_now p / Σ p, precision = mean p
+        over the rows memorized now, p = a row's end-of-training probability); the
+        intervals come from a Poisson bootstrap over rows.
     expected_final_memorized (low, high): the reliability-weighted combination of the
         estimates below, with its central `level` interval.
     curve_final_memorized: the count-vs-clock fit extrapolated to total_steps.
@@ -502,9 +506,10 @@ def forecast(
 
     `total_steps`: the step training will end at (>= the latest probe's step).
     `prior`: (compute fraction, precision, recall) rows; None uses `PYTHIA_PRIOR`.
-    `level`: interval coverage; `n_boot`: bootstrap replicates of the ratio method
-    (0: its sampling noise is left out of the interval, which still carries the
-    backtest error and the methods' disagreement);
+    `level`: interval coverage; `n_boot`: bootstrap replicates over rows, for the ratio
+    method and the recall/precision intervals (0: sampling noise is left out: the
+    recall/precision intervals collapse to the point, and the final count's interval
+    still carries the backtest error and the methods' disagreement);
     `max_probes`: probes used for the pairwise fits (evenly spread; bounds the cost);
     `duplicates`: per-row duplicate counts for the risk model; `with_risk`: attach
     ``Forecast.risk`` (the risk model is fitted either way: its sum is an estimate);
