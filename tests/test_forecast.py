@@ -325,3 +325,13 @@ def test_rows_on_their_way_are_forecast_before_any_is_memorized():
     assert "ratio" not in dict(slow.estimates)  # nothing to scale up
     assert abs(slow.expected_final_memorized - h.final_slow) / h.final_slow < 0.3
     assert slow.expected_final_low <= h.final_slow <= slow.expected_final_high
+
+
+def test_without_a_backtest_the_interval_owns_up_to_not_knowing():
+    h, final = nll_trend_history(probes=2)  # too few probes to backtest anything
+    t = forecast(h, 1000).tags["*"]
+    assert t.memorized_now > 0 and "trajectory" in dict(t.estimates)
+    # every method's error is unknown (1.0 in log): the 90 % interval reaches at least
+    # 1.645 log units below the estimate, whatever the methods' agreement
+    z = 1.6448536
+    assert np.log1p(t.expected_final_memorized) - np.log1p(t.expected_final_low) >= z

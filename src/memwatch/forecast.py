@@ -45,7 +45,8 @@ most accurate single estimate in `benchmarks/backtest_forecast.py`).
 ``expected_final_memorized`` is the weighted mean of log(1 + estimate)
 (``weights`` lists them). Without a backtest (no cut with 5 memorized rows yet)
 the weights are the priors alone. The interval is
-log-normal around it: sd² = 0.1² + Σ w_m e_m² (the backtest RMS error)
+log-normal around it: sd² = 0.1² + Σ w_m e_m² (the backtest RMS error; 1.0 for
+every method when there is no backtest yet)
 + Σ w_m (log estimate_m - center)² (disagreement) + the ratio method's bootstrap
 variance (Poisson bootstrap over rows, sets recounted, same form refit) times
 w_ratio², at normal quantiles for `level`, clipped to [0, rows of the tag].
@@ -402,9 +403,9 @@ def _tag_forecast(tag, mem, steps, clock, total_clock, prior, level, n_boot, rng
     logs = {m: np.log1p(v) for m, v in found.items()}
     center = sum(weights[m] * logs[m] for m in found)
     spread = sum(weights[m] * (logs[m] - center) ** 2 for m in found)
-    past_err = ERROR_FLOOR ** 2
-    if errors is not None:
-        past_err += sum(weights[m] * errors.get(m, MISSING_ERROR) ** 2 for m in found)
+    errors = errors or {}  # without a backtest every method's error is unknown: MISSING_ERROR
+    past_err = ERROR_FLOOR ** 2 + sum(weights[m] * errors.get(m, MISSING_ERROR) ** 2
+                                      for m in found)
     boot = 0.0
     if n_boot:
         finals = np.log1p(_scale_up(now, n_rows, precs, recs))
