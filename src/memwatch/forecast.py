@@ -448,16 +448,16 @@ def _tag_forecast(tag, mem, steps, clock, total_clock, prior, level, n_boot, rng
     )
 
 
-def _row_probabilities(ranking, history, keep, clock_all, total_clock) -> dict[str, np.ndarray]:
+def _row_probabilities(ranking, memorized, nll, keep, clock_all, total_clock
+                       ) -> dict[str, np.ndarray]:
     """{method: float64 [n]} per-row end-of-training probabilities of the per-row methods
-    that could run on the probes `keep` (risk: a fitted ranking; trajectory: see
-    `memwatch.trajectory`)."""
+    that could run on the probes `keep` of `memorized` / `nll` ([P, n]; risk: a fitted
+    ranking; trajectory: see `memwatch.trajectory`)."""
     out = {}
     if ranking.fitted:
         out["risk"] = ranking.score
     if len(keep):
-        traj = end_probabilities(history.memorized[keep], history.nll[keep], clock_all[keep],
-                                 total_clock)
+        traj = end_probabilities(memorized[keep], nll[keep], clock_all[keep], total_clock)
         if traj is not None:
             out["trajectory"] = traj
     return out
@@ -531,7 +531,8 @@ def forecast(
     table = _check_prior(prior)
     keep = _probe_subset(steps_all, max_probes)
     steps = steps_all[keep]
-    mem = history.memorized[keep] if len(keep) else np.zeros((0, history.num_rows), bool)
+    memorized, nll = history.memorized, history.nll  # derived arrays: derive them once
+    mem = memorized[keep] if len(keep) else np.zeros((0, history.num_rows), bool)
     clock_all = steps_all.astype(np.float64)
     total_clock = float(total_steps)
     if compute is not None:
@@ -540,15 +541,15 @@ def forecast(
     last = len(steps_all) - 1
     columns = tag_columns(history.tags)
     ranking = risk_at(history, last, clock_all, total_clock, dups, columns)
-    rows_now = _row_probabilities(ranking, history, keep, clock_all, total_clock)
+    rows_now = _row_probabilities(ranking, memorized, nll, keep, clock_all, total_clock)
     past = []
-    for cut, target in _backtest_pairs(clock_all, total_clock, history.memorized.sum(1)):
+    for cut, target in _backtest_pairs(clock_all, total_clock, memorized.sum(1)):
         past_keep = _probe_subset(steps_all[: cut + 1], max_probes)
         at = float(clock_all[target])
         b_rank = risk_at(history, cut, clock_all, at, dups, columns)
-        past.append((history.memorized[past_keep], clock_all[past_keep],
-                     _row_probabilities(b_rank, history, past_keep, clock_all, at), at,
-                     history.memorized[target]))
+        past.append((memorized[past_keep], clock_all[past_keep],
+                     _row_probabilities(b_rank, memorized, nll, past_keep, clock_all, at), at,
+                     memorized[target]))
     groups = {"*": np.ones(history.num_rows, bool)}
     for tag in sorted({t for row in history.tags for t in row}):
         groups[tag] = np.array([tag in row for row in history.tags], bool)
