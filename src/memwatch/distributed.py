@@ -5,7 +5,8 @@ length and cut into the same batch size, in lockstep (the same number of model
 calls per batch whatever the rows), so sharded models (FSDP, ZeRO-3) never wait
 on a rank that has finished; the results are all-gathered into watchlist order on every rank.
 Rank 0's schedule ledger and abort decision are broadcast so that every rank
-plans the same probe steps and stops at the same step. Without an initialised
+plans the same probe steps and stops at the same step, and `barrier` holds every
+rank at the end of ``finish`` until rank 0 has ended its sinks. Without an initialised
 process group everything here is the single-process identity.
 """
 
@@ -88,6 +89,17 @@ def broadcast_floats(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=_device())
     torch.distributed.broadcast(t, src=0)
     return t.cpu().tolist()
+
+
+def barrier() -> None:
+    """Every rank waits here until all have arrived (nothing without a process group).
+
+    An all-reduce on the backend's device rather than ``dist.barrier()``, which under
+    NCCL guesses a GPU when the process has not set one.
+    """
+    if rank_world()[1] == 1:
+        return
+    torch.distributed.all_reduce(torch.zeros(1, device=_device()))
 
 
 def broadcast_flag(flag: bool) -> bool:

@@ -155,7 +155,12 @@ class MemWatch:
         return decision
 
     def finish(self, model: torch.nn.Module, step: int | None = None) -> Decision:
-        """Run the final exact probe at `step` (default: the last step seen) and end the sinks."""
+        """Run the final exact probe at `step` (default: the last step seen) and end the sinks.
+
+        Under torch.distributed every rank must call it: the probe is sharded, and every
+        rank returns only once rank 0 has ended its sinks, so that no rank tears down the
+        process group (or exits) while rank 0 is still writing the run's summary.
+        """
         step = self._last_step if step is None else step
         if self._finished or step is None:
             return Decision(step or 0)
@@ -166,6 +171,7 @@ class MemWatch:
         t0 = time.perf_counter()
         self._emit("on_end", self.history, self.watchlist)
         self.schedule.observe_other(time.perf_counter() - t0)
+        distributed.barrier()
         return decision
 
     def close(self) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from pathlib import Path
 
 import torch
 
@@ -43,10 +45,22 @@ class Counter(Sink):
         self.events.append(f"end:{len(history)}")
 
 
-def monitor(sink: Sink, **kwargs) -> MemWatch:
+class SlowEnd(Sink):
+    """Rank 0's sinks end slowly; `marker` exists once they have."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def on_end(self, history, watchlist):
+        time.sleep(1.0)
+        self.marker.touch()
+
+
+def monitor(sink: Sink | list[Sink], **kwargs) -> MemWatch:
     tags = [("canary",)] * 4 + [("sample",)] * (ROWS - 4)
     wl = Watchlist(CORPUS.rows[:ROWS], [f"row-{i}" for i in range(ROWS)], tags)
-    return MemWatch(wl, prompt_len=M, cont_len=N, sinks=[sink], **kwargs)
+    sinks = sink if isinstance(sink, list) else [sink]
+    return MemWatch(wl, prompt_len=M, cont_len=N, sinks=sinks, **kwargs)
 
 
 def plain(out: str) -> None:
@@ -56,9 +70,9 @@ def plain(out: str) -> None:
     model = tiny_model(seed=0, hidden_size=64, num_layers=2)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-3, weight_decay=0.0)
-    sink = Counter()
-    mon = monitor(sink, total_steps=200, max_overhead=0.5, abort=AbortPolicy(tags=("canary",),
-                                                                          patience=2))
+    sink, marker = Counter(), Path(out) / "sinks-ended"
+    mon = monitor([sink, SlowEnd(marker)], total_steps=200, max_overhead=0.5,
+                  abort=AbortPolicy(tags=("canary",), patience=2))
     decisions, unsharded = [], []
     for step in range(1, 201):
         idx = torch.arange((step - 1) * BATCH, step * BATCH) % len(STREAM)
@@ -75,7 +89,8 @@ def plain(out: str) -> None:
             break
     mon.finish(ddp, step)
     torch.save({"state": mon.state_dict(), "decisions": decisions, "events": sink.events,
-                "unsharded": torch.stack(unsharded)}, os.path.join(out, f"rank{rank}.pt"))
+                "unsharded": torch.stack(unsharded), "sinks_ended": marker.exists()},
+               os.path.join(out, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
 

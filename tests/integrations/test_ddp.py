@@ -55,6 +55,8 @@ def test_torchrun_plain_loop(tmp_path):
     scores = hist["match_count"][: len(ranks[0]["unsharded"])].float() / N
     assert torch.equal(scores, ranks[0]["unsharded"])
     assert ranks[0]["events"][-2:] == [f"alert:abort:{last[0]}", f"end:{len(hist['steps'])}"]
+    # No rank leaves `finish` (and tears down the process group) before rank 0's sinks end.
+    assert ranks[0]["sinks_ended"] and ranks[1]["sinks_ended"]
 
 
 def test_lightning_ddp_strategy(tmp_path):
