@@ -13,11 +13,30 @@ process group everything here is the single-process identity.
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 import torch
 
 from memwatch.probe import ProbeResult, _auto_batch_size, probe
+
+# The latest collectives' work handles (and through them their tensors); see `_collective`.
+_FINISHED_WORK: deque = deque(maxlen=64)
+
+
+def _collective(collective, /, *args, **kwargs) -> None:
+    """Run `collective` (a torch.distributed function) to completion; keep its work alive.
+
+    Gloo's worker thread drops its reference to a work only after the caller has woken
+    up. If that is the last reference, the work's tensors are freed on the worker thread,
+    which must take the GIL, and when the interpreter is already exiting (a script
+    that ends right after `finish`) the process aborts with "terminate called without an
+    active exception". Holding the latest works here means the main thread frees them,
+    later, with the GIL.
+    """
+    work = collective(*args, async_op=True, **kwargs)
+    work.wait()
+    _FINISHED_WORK.append(work)
 
 
 def rank_world() -> tuple[int, int]:
@@ -47,7 +66,7 @@ def _gather(x: torch.Tensor, n: int, world: int) -> torch.Tensor:
     dev = _device()
     wide = x.to(torch.int64 if not x.dtype.is_floating_point else torch.float32).to(dev)
     parts = [torch.empty_like(wide) for _ in range(world)]
-    torch.distributed.all_gather(parts, wide.contiguous())
+    _collective(torch.distributed.all_gather, parts, wide.contiguous())
     # Rank r's j-th row is watchlist row r + j * world: interleave the ranks' rows.
     merged = torch.stack(parts, dim=1).flatten(0, 1)[:n]
     return merged.cpu().to(x.dtype)
@@ -64,7 +83,7 @@ def probe_sharded(model, tokens: torch.Tensor, prompt_len: int, cont_len: int, m
     if batch_size is None:  # ranks may see different free memory: agree on the smallest batch
         local = torch.tensor([_auto_batch_size(model, len(idx), prompt_len + cont_len)],
                              device=_device())
-        torch.distributed.all_reduce(local, op=torch.distributed.ReduceOp.MIN)
+        _collective(torch.distributed.all_reduce, local, op=torch.distributed.ReduceOp.MIN)
         batch_size = int(local.item())
     # lockstep: FSDP / ZeRO-3 gather parameters in every forward, so every rank must call the
     # model equally often whatever its rows memorize.
@@ -87,7 +106,7 @@ def broadcast_floats(values: list[float]) -> list[float]:
     if rank_world()[1] == 1:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=_device())
-    torch.distributed.broadcast(t, src=0)
+    _collective(torch.distributed.broadcast, t, src=0)
     return t.cpu().tolist()
 
 
@@ -99,7 +118,7 @@ def barrier() -> None:
     """
     if rank_world()[1] == 1:
         return
-    torch.distributed.all_reduce(torch.zeros(1, device=_device()))
+    _collective(torch.distributed.all_reduce, torch.zeros(1, device=_device()))
 
 
 def broadcast_flag(flag: bool) -> bool:
