@@ -21,7 +21,8 @@ import torch
 from memwatch.probe import ProbeResult, _auto_batch_size, probe
 
 # The latest collectives' work handles (and through them their tensors); see `_collective`.
-_FINISHED_WORK: deque = deque(maxlen=64)
+# A few suffice: a worker thread lags behind its caller by microseconds, not by collectives.
+_FINISHED_WORK: deque = deque(maxlen=8)
 
 
 def _collective(collective, /, *args, **kwargs) -> None:
