@@ -56,11 +56,10 @@ class SlowEnd(Sink):
         self.marker.touch()
 
 
-def monitor(sink: Sink | list[Sink], **kwargs) -> MemWatch:
+def monitor(*sinks: Sink, **kwargs) -> MemWatch:
     tags = [("canary",)] * 4 + [("sample",)] * (ROWS - 4)
     wl = Watchlist(CORPUS.rows[:ROWS], [f"row-{i}" for i in range(ROWS)], tags)
-    sinks = sink if isinstance(sink, list) else [sink]
-    return MemWatch(wl, prompt_len=M, cont_len=N, sinks=sinks, **kwargs)
+    return MemWatch(wl, prompt_len=M, cont_len=N, sinks=list(sinks), **kwargs)
 
 
 def plain(out: str) -> None:
@@ -71,7 +70,7 @@ def plain(out: str) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-3, weight_decay=0.0)
     sink, marker = Counter(), Path(out) / "sinks-ended"
-    mon = monitor([sink, SlowEnd(marker)], total_steps=200, max_overhead=0.5,
+    mon = monitor(sink, SlowEnd(marker), total_steps=200, max_overhead=0.5,
                   abort=AbortPolicy(tags=("canary",), patience=2))
     decisions, unsharded = [], []
     for step in range(1, 201):
