@@ -15,7 +15,7 @@ class LitCausalLM(L.LightningModule):
 
     def __init__(self, model, lr: float = 2e-3):
         super().__init__()
-        self.model = model
+        self.model = model.train()  # Lightning keeps the modes it is given (tiny_model: eval)
         self.lr = lr
 
     def training_step(self, batch, batch_idx):
