@@ -8,18 +8,23 @@ import memwatch as mw
 from memwatch.history import History
 
 
-def _result(prefix, counts, nll=None, N=4):
+def _result(prefix, counts, nll=None, N=4, nll_first=None):
     prefix = torch.tensor(prefix, dtype=torch.int16)
     scores = torch.tensor(counts, dtype=torch.float32) / N
+
+    def t(x):
+        return None if x is None else torch.tensor(x, dtype=torch.float32)
+
     return mw.ProbeResult(scores=scores, memorized=prefix == N, match_prefix=prefix,
-                          nll=None if nll is None else torch.tensor(nll, dtype=torch.float32))
+                          nll=t(nll), nll_first=t(nll_first))
 
 
 def _history(probes=20):
     h = History(["a", "b", "c"], [("pii:EMAIL",), ("canary",), ()], cont_len=4)
     for k in range(probes):  # row a memorized from probe 5, b from probe 12, c never
         a, b = (4 if k >= 5 else 1), (4 if k >= 12 else 0)
-        h.update(10 * (k + 1), _result([a, b, 2], [a, b, 3], [0.5, 1.0, 2.0]), "exact")
+        h.update(10 * (k + 1), _result([a, b, 2], [a, b, 3], [0.5, 1.0, 2.0],
+                                       nll_first=[0.25, 3.0, 1.5]), "exact")
     return h
 
 
@@ -50,11 +55,28 @@ def test_state_dict_round_trip_loads_without_pickle():
     torch.save(h.state_dict(), buf)
     buf.seek(0)
     back = History.from_state_dict(torch.load(buf, weights_only=True))
-    for name in ("steps", "match_prefix", "scores", "memorized", "nll"):
+    for name in ("steps", "match_prefix", "scores", "memorized", "nll", "nll_first"):
         np.testing.assert_array_equal(getattr(back, name), getattr(h, name))
     assert back.modes == h.modes and back.tags == h.tags
     back.update(1000, _result([4, 4, 4], [4, 4, 4]), "exact")  # keeps growing after a load
     assert len(back) == 12
+
+
+def test_the_nll_signal_is_the_continuations_when_measured_else_the_first_tokens():
+    h = _history(3)
+    np.testing.assert_allclose(h.nll_first[-1], [0.25, 3.0, 1.5])
+    np.testing.assert_array_equal(h.nll_signal(), h.nll)
+    h.update(40, _result([4, 0, 2], [4, 0, 3], nll_first=[0.5, 2.5, 1.5]), "extractable")
+    np.testing.assert_array_equal(h.nll_signal(), h.nll_first)  # the latest probe lacks it
+    assert np.isnan(History(["a"], [()], cont_len=4).nll_signal()).all()
+
+
+def test_a_state_saved_before_nll_first_loads_with_it_unmeasured():
+    state = _history(4).state_dict()
+    del state["nll_first"]
+    back = History.from_state_dict(state)
+    assert back.nll_first.shape == (4, 3) and np.isnan(back.nll_first).all()
+    np.testing.assert_array_equal(back.nll, _history(4).nll)
 
 
 def test_load_into_a_different_watchlist_is_refused():
@@ -67,6 +89,7 @@ def test_head_is_what_was_known_then():
     early = h.head(6)
     assert len(early) == 6 and early.steps[-1] == 60
     assert early.first_memorized_step().tolist() == [60, -1, -1]
+    np.testing.assert_array_equal(early.nll_first, h.nll_first[:6])
     early.update(61, _result([0, 0, 0], [0, 0, 0]), "extractable")
     assert len(h) == 20  # the original is untouched
 

@@ -50,6 +50,19 @@ def test_nll_is_teacher_forced_cross_entropy(trained):
     assert res.nll[trained.memorized].max() < res.nll[trained.repeats == 1].min()
 
 
+@pytest.mark.parametrize("mode", ["exact", "extractable"])
+@pytest.mark.parametrize("lockstep", [False, True])
+def test_nll_first_is_the_first_tokens_cross_entropy_in_every_mode(trained, mode, lockstep):
+    res = mw.probe(trained.model, trained.rows, mode=mode, batch_size=7, lockstep=lockstep)
+    with torch.no_grad():
+        logits = trained.model(trained.rows[:, :32]).logits[:, -1]
+    expected = torch.nn.functional.cross_entropy(logits, trained.rows[:, 32], reduction="none")
+    assert res.nll_first.dtype == torch.float32 and res.nll_first.shape == (len(trained.rows),)
+    torch.testing.assert_close(res.nll_first, expected, rtol=1e-4, atol=1e-5)
+    # one token is a noisier signal than 32: separated in bulk, not row by row
+    assert res.nll_first[trained.memorized].max() < res.nll_first[trained.repeats == 1].median()
+
+
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())

@@ -75,6 +75,9 @@ def test_local_sink_history_parquet_is_the_history(tmp_path, sink_events):
     assert table["match_prefix"] == h.match_prefix.reshape(-1).tolist()
     np.testing.assert_array_equal(np.array(table["score"], np.float32), h.scores.reshape(-1))
     np.testing.assert_allclose(np.array(table["nll"], np.float32), h.nll.reshape(-1))
+    assert np.isfinite(h.nll_first).all()  # every probe measures it
+    np.testing.assert_allclose(np.array(table["nll_first"], np.float32),
+                               h.nll_first.reshape(-1))
 
 
 def test_local_sink_writes_no_raw_text(tmp_path, sink_events):

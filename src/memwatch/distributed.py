@@ -99,6 +99,7 @@ def probe_sharded(model, tokens: torch.Tensor, prompt_len: int, cont_len: int, m
         nll=None if res.nll is None else _gather(res.nll, n, world),
         greedy=None if res.greedy is None else _gather(res.greedy, n, world),
         mode=res.mode,
+        nll_first=_gather(res.nll_first, n, world),
     )
 
 

@@ -1,7 +1,7 @@
 """Per-probe, per-row results of a run: the monitor's memory.
 
-Compact by construction: a probe of n rows costs 4n bytes (match_prefix and
-match_count as uint8, NLL as float16), so 100k rows x 200 probes is 80 MB.
+Compact by construction: a probe of n rows costs 6n bytes (match_prefix and
+match_count as uint8, the two NLLs as float16), so 100k rows x 200 probes is 120 MB.
 `memorized` and `scores` are derived, never stored beside what they derive from.
 """
 
@@ -35,6 +35,7 @@ class History:
         self._prefix = np.zeros((0, n), dtype=np.uint8)
         self._count = np.zeros((0, n), dtype=np.uint8)
         self._nll = np.zeros((0, n), dtype=np.float16)
+        self._nll_first = np.zeros((0, n), dtype=np.float16)
 
     def __len__(self) -> int:
         return self._len
@@ -56,6 +57,7 @@ class History:
         self._prefix = grow(self._prefix, 0, n)
         self._count = grow(self._count, 0, n)
         self._nll = grow(self._nll, _NO_NLL, n)
+        self._nll_first = grow(self._nll_first, _NO_NLL, n)
 
     def update(self, step: int, result, mode: str) -> None:
         """Append one probe's `ProbeResult` taken at training `step` (steps strictly increase)."""
@@ -77,6 +79,8 @@ class History:
         counts = np.rint(_np(result.scores).astype(np.float64) * self.cont_len)
         self._count[i] = counts.astype(np.uint8)
         self._nll[i] = _NO_NLL if result.nll is None else _np(result.nll).astype(np.float16)
+        first = getattr(result, "nll_first", None)
+        self._nll_first[i] = _NO_NLL if first is None else _np(first).astype(np.float16)
         self._len += 1
 
     # ---- derived views (read-only) ---------------------------------------------------------
@@ -110,6 +114,20 @@ class History:
         """float32 [P, n]: mean continuation NLL; NaN where the probe did not compute it."""
         return self._nll[: self._len].astype(np.float32)
 
+    @property
+    def nll_first(self) -> np.ndarray:
+        """float32 [P, n]: NLL of the first continuation token; NaN where not measured."""
+        return self._nll_first[: self._len].astype(np.float32)
+
+    def nll_signal(self) -> np.ndarray:
+        """float32 [P, n]: the NLL the forecast follows. The continuation's mean NLL when
+        the latest probe measured it (``with_nll=True``), else the first token's NLL,
+        which every probe measures at no cost (NaN where neither was measured)."""
+        nll = self.nll
+        if self._len and np.isfinite(nll[-1]).all():
+            return nll
+        return self.nll_first
+
     def tag_mask(self, pattern: str) -> np.ndarray:
         """bool [n]: rows with a tag matching `pattern` (fnmatch, e.g. ``pii:*``)."""
         # The monitor and the policy ask for the same patterns at every probe; rows and tags
@@ -139,6 +157,7 @@ class History:
         h._prefix = self._prefix[:k].copy()
         h._count = self._count[:k].copy()
         h._nll = self._nll[:k].copy()
+        h._nll_first = self._nll_first[:k].copy()
         h._len = len(h._steps)
         return h
 
@@ -153,6 +172,7 @@ class History:
             "match_prefix": torch.from_numpy(self.match_prefix.copy()),
             "match_count": torch.from_numpy(self._count[: self._len].copy()),
             "nll": torch.from_numpy(self._nll[: self._len].copy()),
+            "nll_first": torch.from_numpy(self._nll_first[: self._len].copy()),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -168,6 +188,10 @@ class History:
         self._prefix = state["match_prefix"].numpy().astype(np.uint8).copy()
         self._count = state["match_count"].numpy().astype(np.uint8).copy()
         self._nll = state["nll"].numpy().astype(np.float16).copy()
+        if "nll_first" in state:
+            self._nll_first = state["nll_first"].numpy().astype(np.float16).copy()
+        else:  # saved before memwatch measured it
+            self._nll_first = np.full(self._nll.shape, _NO_NLL, dtype=np.float16)
         self._len = len(self._steps)
 
     @classmethod

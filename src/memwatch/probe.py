@@ -35,6 +35,8 @@ class ProbeResult:
     match_prefix: int16 [n]. Tokens reproduced before the first mismatch.
     nll: float32 [n] mean teacher-forced NLL of the continuation, or None.
     greedy: int64 [n, N] the greedy tokens (exact mode), or None.
+    nll_first: float32 [n] NLL of the first continuation token given the prompt (both
+        modes: the prompt's forward computes it anyway), or None.
     """
 
     scores: torch.Tensor
@@ -43,6 +45,7 @@ class ProbeResult:
     nll: torch.Tensor | None = None
     greedy: torch.Tensor | None = None
     mode: str = "exact"
+    nll_first: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -273,7 +276,7 @@ def _argmax(logits: torch.Tensor, eos: int | None) -> torch.Tensor:
 
 
 def _probe_batch(lm, tokens, M, N, exact, eos, lockstep=False):
-    """Probe one batch: returns (match_prefix [B], greedy [B, N] or None)."""
+    """Probe one batch: returns (match_prefix [B], greedy [B, N] or None, nll_first [B])."""
     B, dev = tokens.shape[0], tokens.device
     cont = tokens[:, M:M + N]
     match_prefix = torch.zeros(B, dtype=torch.long, device=dev)
@@ -282,6 +285,7 @@ def _probe_batch(lm, tokens, M, N, exact, eos, lockstep=False):
     pending: dict[int, list] = {}
 
     state, logits = lm.prefill(tokens[:, :M])
+    nll_first = F.cross_entropy(logits[:, -1].float(), cont[:, 0], reduction="none")
     # lockstep: a spare one-row state runs the forwards that no row needs, so that the number
     # of model calls does not depend on the data (sharded models need every rank in each one).
     row0 = torch.zeros(1, dtype=torch.long, device=dev)
@@ -320,7 +324,7 @@ def _probe_batch(lm, tokens, M, N, exact, eos, lockstep=False):
 
     if exact and (pending or lockstep):
         _decode_diverged(lm, pending, greedy, M, N, eos, spare_decode)
-    return match_prefix, greedy
+    return match_prefix, greedy, nll_first
 
 
 def _decode_diverged(lm, pending, greedy, M, N, eos, spare=None):
@@ -392,22 +396,23 @@ def probe(
 
         def run(batch):
             batch = batch.to(dev)
-            prefix, greedy = _probe_batch(lm, batch, M, N, exact, eos, lockstep)
+            prefix, greedy, first = _probe_batch(lm, batch, M, N, exact, eos, lockstep)
             nll = _nll_batch(lm, batch, M, N) if with_nll else None
             return prefix.cpu(), None if greedy is None else greedy.cpu(), \
-                None if nll is None else nll.cpu()
+                None if nll is None else nll.cpu(), first.cpu()
 
         parts = _batched(run, model, tokens, batch_size)
-    match_prefix = torch.cat([p for p, _, _ in parts])
-    greedy = torch.cat([g for _, g, _ in parts]) if exact else None
-    nll = torch.cat([x for _, _, x in parts]).float() if with_nll else None
+    match_prefix = torch.cat([p[0] for p in parts])
+    greedy = torch.cat([p[1] for p in parts]) if exact else None
+    nll = torch.cat([p[2] for p in parts]).float() if with_nll else None
+    nll_first = torch.cat([p[3] for p in parts])
     if exact:
         scores = (greedy == tokens[:, M:M + N]).float().mean(dim=1)
     else:
         scores = match_prefix.float() / N
     return ProbeResult(scores=scores, memorized=match_prefix == N,
                        match_prefix=match_prefix.to(torch.int16), nll=nll, greedy=greedy,
-                       mode=mode)
+                       mode=mode, nll_first=nll_first)
 
 
 def reference_probe(

@@ -97,6 +97,7 @@ def write_history_parquet(history, path: str | Path) -> Path:
         "match_prefix": pa.array(cols["match_prefix"], pa.uint8()),
         "score": pa.array(cols["score"], pa.float32()),
         "nll": pa.array(cols["nll"], pa.float32()),
+        "nll_first": pa.array(cols["nll_first"], pa.float32()),
     })
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

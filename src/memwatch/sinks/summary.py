@@ -78,7 +78,7 @@ def summarize(history, watchlist=None, log_text: str = "redacted",
 
 def history_columns(history) -> dict[str, np.ndarray | list]:
     """The history in long form, one entry per (probe step, row): step, id, tags, mode,
-    match_prefix, score, nll. No text."""
+    match_prefix, score, nll, nll_first. No text."""
     p, n = len(history), history.num_rows
     return {
         "step": np.repeat(history.steps, n),
@@ -88,6 +88,7 @@ def history_columns(history) -> dict[str, np.ndarray | list]:
         "match_prefix": history.match_prefix.reshape(-1),
         "score": history.scores.reshape(-1),
         "nll": history.nll.reshape(-1),
+        "nll_first": history.nll_first.reshape(-1),
     }
 
 
