@@ -33,9 +33,10 @@ step as the clock and once with the cumulative learning rate as ``compute``:
   leak the counts, are dropped too).
 
 The summary at the end counts, per clock and stop, the seeds whose final-count
-forecast fell within ±25 % and whose interval held the truth; its ``no NLL`` lines
-forecast from the same probes without their NLL, as a monitor run without
-``with_nll=True`` would (no ``trajectory`` estimate).
+forecast fell within ±25 % and whose interval held the truth; its ``first-token
+NLL`` lines forecast from the same probes without their continuation NLL, as a
+monitor run without ``with_nll=True`` would (its ``trajectory`` estimate follows
+the first token's NLL, which every probe measures almost free).
 
 Run: ``python benchmarks/backtest_forecast.py [--seeds S ...] [--cache DIR]``.
 """
@@ -123,6 +124,7 @@ def train(total_steps: int, rows_per_repeat: int, probes: int, seed: int, hidden
         "match_prefix": np.stack([r.match_prefix.numpy() for _, r in results]),
         "scores": np.stack([r.scores.numpy() for _, r in results]),
         "nll": np.stack([r.nll.numpy() for _, r in results]),
+        "nll_first": np.stack([r.nll_first.numpy() for _, r in results]),
         "repeats": repeats,
         "late": late,
     }
@@ -130,7 +132,7 @@ def train(total_steps: int, rows_per_repeat: int, probes: int, seed: int, hidden
 
 def load_or_train(args) -> dict:
     """The run's arrays, from `--cache` (npz, no pickle) when that run was saved before."""
-    key = f"v3_s{args.steps}_r{args.rows_per_repeat}_p{args.probes}_h{args.hidden}_seed{args.seed}"
+    key = f"v4_s{args.steps}_r{args.rows_per_repeat}_p{args.probes}_h{args.hidden}_seed{args.seed}"
     path = None if args.cache is None else Path(args.cache) / f"backtest_{key}.npz"
     if path is not None and path.exists():
         with np.load(path, allow_pickle=False) as z:
@@ -145,14 +147,16 @@ def load_or_train(args) -> dict:
 
 
 def history_until(run: dict, tags, last_step: int, with_nll: bool = True) -> History:
-    """The `History` of the probes at or before `last_step` (without their NLL if not
-    `with_nll`, as a monitor probing without it would have)."""
+    """The `History` of the probes at or before `last_step` (without their continuation
+    NLL if not `with_nll`, as a monitor probing without it would have: the first token's
+    NLL only)."""
     n = run["match_prefix"].shape[1]
     h = History([f"row{k}" for k in range(n)], tags, cont_len=32)
     for p, step in enumerate(run["steps"]):
         if step <= last_step:
             res = SimpleNamespace(match_prefix=run["match_prefix"][p], scores=run["scores"][p],
-                                  nll=run["nll"][p] if with_nll else None)
+                                  nll=run["nll"][p] if with_nll else None,
+                                  nll_first=run["nll_first"][p])
             h.update(int(step), res, "extractable")
     return h
 
@@ -183,7 +187,8 @@ def final_errors(run: dict, total_steps: int, use_compute: bool, with_nll: bool)
     final = int((run["match_prefix"][-1] == 32).sum())
     tags = row_tags(run["repeats"], run["late"])
     compute = cumulative_lr(total_steps) if use_compute else None
-    label = ("cumulative LR" if use_compute else "steps") + ("" if with_nll else ", no NLL")
+    label = ("cumulative LR" if use_compute else "steps") + ("" if with_nll else
+                                                              ", first-token NLL")
     out = []
     for frac in STOPS:
         h = history_until(run, tags, int(frac * total_steps), with_nll)

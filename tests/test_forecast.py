@@ -15,9 +15,9 @@ from memwatch.history import History
 N = 32
 
 
-def _result(prefix: np.ndarray, nll=None):
+def _result(prefix: np.ndarray, nll=None, nll_first=None):
     prefix = prefix.astype(np.int16)
-    return SimpleNamespace(match_prefix=prefix, scores=prefix / N, nll=nll)
+    return SimpleNamespace(match_prefix=prefix, scores=prefix / N, nll=nll, nll_first=nll_first)
 
 
 def power_history(n=2000, memorizable=600, beta=0.7, total=1000, probe_steps=None, seed=0):
@@ -282,10 +282,11 @@ def test_compute_must_reach_past_zero_by_the_end():
         forecast(h, 1000, compute=lambda s: np.zeros(len(s)))
 
 
-def nll_trend_history(n=400, probes=10, total=1000, seed=0, with_nll=True):
+def nll_trend_history(n=400, probes=10, total=1000, seed=0, nll="continuation"):
     """Rows whose log NLL falls linearly in the step at row-specific rates (with noise),
     memorized below NLL 0.5, probed over the first half of the run; and the final count.
-    Rows starting above 1.1 are tagged "slow": none can be memorized by step 500."""
+    Rows starting above 1.1 are tagged "slow": none can be memorized by step 500.
+    `nll`: which NLL the probes measured ("continuation", "first" token, or "none")."""
     rng = np.random.default_rng(seed)
     start, rate = rng.uniform(0.3, 1.3, n), rng.uniform(0.0, 3.0, n) / total
     tags = [("pii:email", "slow") if s > 1.1 else ("pii:email",) for s in start]
@@ -293,7 +294,9 @@ def nll_trend_history(n=400, probes=10, total=1000, seed=0, with_nll=True):
     for t in np.linspace(total / 2 / probes, total / 2, probes).astype(int):
         logs = start - rate * t + rng.normal(0, 0.05, n)
         prefix = np.where(logs < np.log(0.5), N, rng.integers(0, N, n))
-        h.update(int(t), _result(prefix, np.exp(logs) if with_nll else None), "extractable")
+        measured = {nll: np.exp(logs)}
+        h.update(int(t), _result(prefix, measured.get("continuation"), measured.get("first")),
+                 "extractable")
     final = start - rate * total < np.log(0.5)
     h.final_slow = int(final[start > 1.1].sum())
     return h, int(final.sum())
@@ -313,8 +316,12 @@ def test_nll_trends_give_the_trajectory_estimate_and_it_carries_the_forecast():
     assert t.precision_now > 0.9
     assert t.recall_low <= t.recall_now <= t.recall_high
     assert t.recall_now == pytest.approx(t.memorized_now / final, abs=0.05)
-    # without NLL the estimate cannot run and is not reported
-    blind, _ = nll_trend_history(with_nll=False)
+    # with the first token's NLL only (a monitor's default probes), it follows that NLL
+    first, _ = nll_trend_history(nll="first")
+    assert np.isnan(first.nll).all()
+    assert dict(forecast(first, 1000).tags["*"].estimates)["trajectory"] == found["trajectory"]
+    # without any NLL the estimate cannot run and is not reported
+    blind, _ = nll_trend_history(nll="none")
     assert "trajectory" not in dict(forecast(blind, 1000).tags["*"].estimates)
 
 

@@ -22,7 +22,8 @@ five estimates of the final memorized count and combines them:
    memorized at the end (`memwatch.risk`; a calibrated classifier's expected count).
 5. ``trajectory``: each row's log-NLL trend over the recent probes carried to the
    end, turned into a probability by the NLL -> memorized relation of those probes,
-   and summed (`memwatch.trajectory`; needs probes with NLL).
+   and summed (`memwatch.trajectory`; the continuation's NLL with ``with_nll=True``,
+   else the first token's, which every probe measures).
 
 The clock c is the step itself, or the cumulative compute the caller passes as
 ``compute`` (e.g. the summed learning rate). Which clock forecasts better is an
@@ -531,7 +532,7 @@ def forecast(
     table = _check_prior(prior)
     keep = _probe_subset(steps_all, max_probes)
     steps = steps_all[keep]
-    memorized, nll = history.memorized, history.nll  # derived arrays: derive them once
+    memorized, nll = history.memorized, history.nll_signal()  # derived: derive them once
     mem = memorized[keep] if len(keep) else np.zeros((0, history.num_rows), bool)
     clock_all = steps_all.astype(np.float64)
     total_clock = float(total_steps)

@@ -122,7 +122,7 @@ class History:
     def nll_signal(self) -> np.ndarray:
         """float32 [P, n]: the NLL the forecast follows. The continuation's mean NLL when
         the latest probe measured it (``with_nll=True``), else the first token's NLL,
-        which every probe measures at no cost (NaN where neither was measured)."""
+        which every probe measures almost free (NaN where neither was measured)."""
         nll = self.nll
         if self._len and np.isfinite(nll[-1]).all():
             return nll

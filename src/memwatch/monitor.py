@@ -62,10 +62,12 @@ class MemWatch:
     exact_every: make every k-th scheduled probe exact.
     abort: the `AbortPolicy`.
     sinks: `Sink`s that receive records, alerts and the final history (rank 0 only).
-    prompt_len, cont_len, with_nll, batch_size: passed to `probe`. ``with_nll=True``
-        also gives the forecast its per-row ``trajectory`` estimate (the most accurate
-        one in `benchmarks/backtest_forecast.py`) at the cost of one teacher-forced
-        forward per probe, so the overhead budget affords fewer probes.
+    prompt_len, cont_len, with_nll, batch_size: passed to `probe`. The forecast's
+        per-row ``trajectory`` estimate (the most accurate one in
+        `benchmarks/backtest_forecast.py`) follows each row's NLL: by default the first
+        continuation token's, which every probe measures almost free; ``with_nll=True``
+        gives it the whole continuation's (a better forecast) at the cost of one
+        teacher-forced forward per probe, so the overhead budget affords fewer probes.
     compute: vectorised step -> cumulative compute (e.g. the learning rate summed up
         to each step), the clock the forecast measures progress in; None: steps (which
         forecast better than the summed learning rate in the backtest, where rows recur

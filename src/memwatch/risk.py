@@ -13,7 +13,7 @@ lookback for the trends):
 - ``prefix``:     match_prefix / N
 - ``memorized``:  1 if the row is memorized at i
 - ``trend``:      (match_prefix_i - match_prefix_ref) / N
-- ``nll``:        continuation NLL at i (missing NLL: the column's median, or 0)
+- ``nll``:        NLL at i, as `History.nll_signal` gives it (missing: the median, or 0)
 - ``nll_slope``:  NLL_i - NLL_ref
 - ``log_dups``:   log1p(duplicate count), when duplicate counts are given
 - ``tag:<t>``:    one indicator per tag (the 32 most common)
@@ -192,7 +192,7 @@ def risk_at(history, last: int, clock: np.ndarray, total: float, dups=None,
     if last < 0 or n == 0:
         z = np.zeros(n)
         return RiskRanking(z, np.zeros(n, bool), False, feature_names, np.zeros(0))
-    mp, nll, n_tok = history.match_prefix, history.nll, float(history.cont_len)
+    mp, nll, n_tok = history.match_prefix, history.nll_signal(), float(history.cont_len)
     now = _features(mp, nll, n_tok, clock, last, dups, tag_cols)
     mem_last = mp[last] == history.cont_len
     if last >= 1 and clock[last] > 0:

@@ -17,10 +17,12 @@ every row:
    the extrapolated log NLL.
 
 The sum of the probabilities over a tag's rows is that tag's expected final count.
-The estimate needs the NLL (probes run ``with_nll=True``; probes without it are
-skipped). `end_probabilities` returns None when the history cannot support it:
-fewer than two window probes with distinct positive clocks, or window labels all
-equal (nothing to calibrate on).
+The NLL followed is `History.nll_signal`: the continuation's mean NLL when the
+probes run ``with_nll=True``, else the NLL of the first continuation token, which
+every probe measures almost free (a noisier signal: see docs/performance.md for what
+the forecast loses). Probes without it are skipped. `end_probabilities` returns None
+when the history cannot support it: fewer than two window probes with distinct
+positive clocks, or window labels all equal (nothing to calibrate on).
 """
 
 from __future__ import annotations
