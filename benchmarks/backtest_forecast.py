@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 import memwatch as mw
-from memwatch.demo_model import tiny_model
+from memwatch.demos.model import tiny_model
 from memwatch.history import History
 
 # Graded repetition counts. The rarely seen rows (1-4 copies, twice as many of them)

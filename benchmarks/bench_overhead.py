@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from memwatch.demo_model import planted_corpus, tiny_model
+from memwatch.demos.model import planted_corpus, tiny_model
 from memwatch.monitor import MemWatch
 from memwatch.policy import AbortPolicy
 from memwatch.watchlist import Watchlist

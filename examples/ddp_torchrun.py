@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import memwatch as mw
-from memwatch.demo_model import planted_corpus, tiny_model
+from memwatch.demos.model import planted_corpus, tiny_model
 
 
 def main(steps: int, out: str) -> None:

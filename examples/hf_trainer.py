@@ -13,7 +13,7 @@ from transformers import Trainer, TrainingArguments
 
 import memwatch as mw
 from memwatch.callbacks import MemWatchTrainerCallback
-from memwatch.demo_model import planted_corpus, tiny_model
+from memwatch.demos.model import planted_corpus, tiny_model
 
 
 class Rows(torch.utils.data.Dataset):

@@ -14,8 +14,8 @@ import torch
 
 import memwatch as mw
 from memwatch.callbacks import MemWatchCallback
-from memwatch.demo_lightning import LitCausalLM, stream_loader
-from memwatch.demo_model import planted_corpus, tiny_model
+from memwatch.demos.lightning import LitCausalLM, stream_loader
+from memwatch.demos.model import planted_corpus, tiny_model
 
 
 def main(steps: int, abort: bool, out: str) -> None:

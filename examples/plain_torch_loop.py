@@ -12,7 +12,7 @@ import argparse
 import torch
 
 import memwatch as mw
-from memwatch.demo_model import planted_corpus, tiny_model
+from memwatch.demos.model import planted_corpus, tiny_model
 
 
 def main(steps: int, out: str) -> None:

@@ -29,7 +29,7 @@ class Trained:
 @pytest.fixture(scope="session")
 def trained() -> Trained:
     """A 2-layer, hidden-128 GPT-NeoX trained 3 epochs on the planted stream (~5 s)."""
-    from memwatch.demo_model import planted_corpus, tiny_model, train
+    from memwatch.demos.model import planted_corpus, tiny_model, train
     from memwatch.probe import reference_probe
 
     corpus = planted_corpus(REPEATS, seq_len=64, vocab_size=512, seed=0)
@@ -46,7 +46,7 @@ def trained() -> Trained:
 @pytest.fixture()
 def untrained():
     """A freshly initialised tiny GPT-NeoX (vocab 512)."""
-    from memwatch.demo_model import tiny_model
+    from memwatch.demos.model import tiny_model
 
     return tiny_model(seed=1, hidden_size=64, num_layers=2)
 
@@ -69,8 +69,8 @@ class Suite:
 @pytest.fixture(scope="session")
 def suite(tmp_path_factory) -> Suite:
     """Two tiny GPT-NeoX models saved at steps 12, 24 and 48 (~10 s on 2 cores)."""
-    from memwatch.demo_model import planted_corpus, tiny_model, train_steps
-    from memwatch.pythia_data import write_indexed_dataset
+    from memwatch.demos.model import planted_corpus, tiny_model, train_steps
+    from memwatch.watchlist.pythia import write_indexed_dataset
 
     root = tmp_path_factory.mktemp("suite")
     corpus = planted_corpus(SUITE_REPEATS, seq_len=64, vocab_size=512, seed=3)
@@ -103,8 +103,8 @@ def sink_events(trained) -> SinkEvents:
     import numpy as np
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from memwatch.demo_data import fake_pii_records
-    from memwatch.demo_model import tiny_model
+    from memwatch.demos.data import fake_pii_records
+    from memwatch.demos.model import tiny_model
     from memwatch.events import Alert, ProbeRecord, RowReport
     from memwatch.history import History
     from memwatch.probe import probe
@@ -168,7 +168,7 @@ def tiny_tokenizer():
     """A byte-level BPE (vocab 512, EOS id 0) trained on filler words, digits and PII-like text."""
     import random
 
-    from memwatch.demo_tokenizer import train_tokenizer
+    from memwatch.demos.tokenizer import train_tokenizer
 
     rng = random.Random(0)
     texts = [" ".join(rng.choice(TOKENIZER_WORDS) for _ in range(200)) for _ in range(20)]

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from memwatch.analysis import analyze, compute_of, find_run, load_results, pythia_params
 from memwatch.cli import main
+from memwatch.posthoc.analysis import analyze, compute_of, find_run, load_results, pythia_params
 
 TOKENS_PER_STEP = 16 * 64  # the suite trains on 16 rows of 64 tokens per step
 PLOTS = ["correlation.png", "memorized_fraction.png", "precision.png", "recall.png",
@@ -19,7 +19,7 @@ PLOTS = ["correlation.png", "memorized_fraction.png", "precision.png", "recall.p
 
 @pytest.fixture(scope="module")
 def results(suite, tmp_path_factory):
-    from memwatch.evaluate import EvalConfig, evaluate, resolve_checkpoints
+    from memwatch.posthoc.evaluate import EvalConfig, evaluate, resolve_checkpoints
     from memwatch.watchlist import Watchlist
 
     out = tmp_path_factory.mktemp("results")

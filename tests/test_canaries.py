@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from memwatch.canaries import (
+from memwatch.demos.model import planted_corpus
+from memwatch.watchlist import Watchlist
+from memwatch.watchlist.canaries import (
     Canary,
     canary_candidates,
     exposure,
     insert_canaries,
     make_canaries,
 )
-from memwatch.demo_model import planted_corpus
-from memwatch.watchlist import Watchlist
 
 
 def test_text_canaries(tiny_tokenizer):

@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import pytest
 
-from memwatch.demo import DemoConfig, build_data, run_demo
-from memwatch.demo_data import fake_pii_records
+from memwatch.demos.data import fake_pii_records
+from memwatch.demos.run import DemoConfig, build_data, run_demo
 
 # Small enough for seconds; canaries and PII seen 16-32 times an epoch are memorized by ~step 70.
 TINY = DemoConfig(steps=120, corpus_chars=20_000, vocab_size=512, records_per_level=1,

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import memwatch.evaluate as ev
+import memwatch.posthoc.evaluate as ev
 from memwatch.cli import main
 from memwatch.probe import reference_probe
 
@@ -200,7 +200,7 @@ def test_empty_index_range_fails_before_scoring(suite, tmp_path, capsys, no_scor
 
 
 def test_model_with_another_vocab_fails_before_scoring(suite, tmp_path, capsys, no_scoring):
-    from memwatch.demo_model import tiny_model
+    from memwatch.demos.model import tiny_model
 
     tiny_model(vocab_size=256).save_pretrained(tmp_path / "other" / "step1")
     err = _bad(capsys, tmp_path, "--model", str(suite.root / "small"), "--model",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from memwatch.demo_model import planted_corpus, tiny_model
+from memwatch.demos.model import planted_corpus, tiny_model
 from memwatch.forecast import forecast
 from memwatch.monitor import MemWatch
 from memwatch.policy import AbortPolicy

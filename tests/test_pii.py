@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-import memwatch.pii as pii
-from memwatch.pii import PiiHit, dedupe, find_pii, iban_ok, luhn_ok, redact
+import memwatch.watchlist.pii as pii
 from memwatch.watchlist import Watchlist
+from memwatch.watchlist.pii import PiiHit, dedupe, find_pii, iban_ok, luhn_ok, redact
 
 PLANTED = {
     "EMAIL_ADDRESS": "maria.lopez@outlook.com",

@@ -7,13 +7,13 @@ import struct
 import numpy as np
 import pytest
 
-from memwatch.pythia_data import (
+from memwatch.watchlist import Watchlist
+from memwatch.watchlist.pythia import (
     IndexedDataset,
     parse_index_range,
     steps_range,
     write_indexed_dataset,
 )
-from memwatch.watchlist import Watchlist
 
 
 def _sequences(n=6, seq_len=2049, vocab=50304, seed=0):

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from memwatch.forecast.risk import rank_at_risk
 from memwatch.history import History
-from memwatch.risk import rank_at_risk
 
 N = 32
 TOTAL = 1000
@@ -119,7 +119,7 @@ def test_ranking_is_deterministic():
 
 
 def test_ranking_at_an_earlier_probe_sees_only_what_was_known_then():
-    from memwatch.risk import risk_at
+    from memwatch.forecast.risk import risk_at
 
     h, _ = drifting_history(now=500)
     clock = h.steps.astype(np.float64)

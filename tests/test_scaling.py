@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from memwatch.scaling import (
+from memwatch.forecast.fits import (
     ScalingFit,
     fit_curve,
     fit_form,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from memwatch.dedup import duplicate_counts
-from memwatch.demo_model import tiny_model
+from memwatch.demos.model import tiny_model
 from memwatch.watchlist import Watchlist
+from memwatch.watchlist.dedup import duplicate_counts
 
 WORDS = "alpha beta gamma delta river stone light paper window garden train market".split()
 
@@ -183,7 +183,7 @@ def test_tokenizer_free_paths_do_not_import_transformers(tmp_path):
     code = (
         "import sys, numpy as np\n"
         "from memwatch.watchlist import Watchlist\n"
-        "from memwatch.pythia_data import write_indexed_dataset\n"
+        "from memwatch.watchlist.pythia import write_indexed_dataset\n"
         f"p = write_indexed_dataset({str(tmp_path / 'd')!r}, [np.arange(80)] * 3)\n"
         "wl = Watchlist.from_pythia(p, '0:3') + Watchlist.canaries(2, vocab_size=50)\n"
         f"wl = Watchlist.load(wl.save({str(tmp_path / 'wl')!r}))\n"
@@ -221,7 +221,7 @@ def test_duplicate_counts_match_brute_force():
 
 
 def test_duplicate_counts_of_planted_rows():
-    from memwatch.demo_model import planted_corpus
+    from memwatch.demos.model import planted_corpus
 
     corpus = planted_corpus([5, 1, 0, 3], seq_len=64, vocab_size=512, seed=0)
     stream = corpus.stream(seed=1)

@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 # and are imported eagerly, or the submodule would shadow the function.)
 _LAZY = {
     "Watchlist": "memwatch.watchlist",
-    "insert_canaries": "memwatch.canaries",
-    "exposure": "memwatch.canaries",
+    "insert_canaries": "memwatch.watchlist.canaries",
+    "exposure": "memwatch.watchlist.canaries",
     "History": "memwatch.history",
     "Alert": "memwatch.events",
     "Decision": "memwatch.events",

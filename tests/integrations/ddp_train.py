@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from memwatch.demo_model import planted_corpus, tiny_model
+from memwatch.demos.model import planted_corpus, tiny_model
 from memwatch.monitor import MemWatch
 from memwatch.policy import AbortPolicy
 from memwatch.probe import probe
@@ -99,7 +99,7 @@ def lightning(out: str, devices: int) -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     from memwatch.callbacks import MemWatchCallback
-    from memwatch.demo_lightning import LitCausalLM
+    from memwatch.demos.lightning import LitCausalLM
 
     class Unsharded(L.Callback):
         """After the monitor's probe: the same probe of the same weights, unsharded."""

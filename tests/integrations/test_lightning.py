@@ -13,8 +13,8 @@ import lightning as L  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from memwatch.callbacks import MemWatchCallback  # noqa: E402
-from memwatch.demo_lightning import LitCausalLM  # noqa: E402
-from memwatch.demo_model import planted_corpus, tiny_model  # noqa: E402
+from memwatch.demos.lightning import LitCausalLM  # noqa: E402
+from memwatch.demos.model import planted_corpus, tiny_model  # noqa: E402
 from memwatch.monitor import MemWatch  # noqa: E402
 from memwatch.policy import AbortPolicy  # noqa: E402
 from memwatch.probe import reference_probe  # noqa: E402

@@ -11,7 +11,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E4
 
 from memwatch.callbacks import MemWatchTrainerCallback  # noqa: E402
 from memwatch.callbacks.transformers import STATE_FILE  # noqa: E402
-from memwatch.demo_model import planted_corpus, tiny_model  # noqa: E402
+from memwatch.demos.model import planted_corpus, tiny_model  # noqa: E402
 from memwatch.monitor import MemWatch  # noqa: E402
 from memwatch.policy import AbortPolicy  # noqa: E402
 from memwatch.probe import reference_probe  # noqa: E402

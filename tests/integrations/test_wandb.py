@@ -277,7 +277,7 @@ def test_lightning_training_with_wandb_logger(tmp_path, trained, sink_events, wa
     from lightning.pytorch.loggers import WandbLogger
 
     from memwatch.callbacks import MemWatchCallback
-    from memwatch.demo_lightning import LitCausalLM, stream_loader
+    from memwatch.demos.lightning import LitCausalLM, stream_loader
     from memwatch.monitor import MemWatch
     from memwatch.policy import AbortPolicy
 

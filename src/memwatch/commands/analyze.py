@@ -20,8 +20,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from memwatch.analysis import PYTHIA_TOKENS_PER_STEP, analyze, load_results
-    from memwatch.report import write_report
+    from memwatch.posthoc.analysis import PYTHIA_TOKENS_PER_STEP, analyze, load_results
+    from memwatch.posthoc.report import write_report
 
     try:
         runs = load_results(args.results)

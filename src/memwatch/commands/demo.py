@@ -18,7 +18,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from memwatch.demo import config_from_args, run_demo
+    from memwatch.demos.run import config_from_args, run_demo
 
     run_demo(config_from_args(args))
     return 0

@@ -51,7 +51,7 @@ def _batch_size(text: str) -> int | None:
 
 def _watchlist(args):
     """(watchlist, index column) from --watchlist or --pythia-data/--indices."""
-    from memwatch.evaluate import default_index
+    from memwatch.posthoc.evaluate import default_index
     from memwatch.watchlist import Watchlist
 
     if args.watchlist:
@@ -60,7 +60,7 @@ def _watchlist(args):
                              "--watchlist")
         wl = Watchlist.load(args.watchlist)
         return wl, default_index(wl)
-    from memwatch.pythia_data import parse_index_range
+    from memwatch.watchlist.pythia import parse_index_range
 
     if not args.indices:
         raise ValueError("--pythia-data needs --indices, e.g. --indices 0:5000000")
@@ -83,7 +83,7 @@ def _init_distributed() -> bool:
 
 
 def run(args) -> int:
-    from memwatch.evaluate import EvalConfig, evaluate, resolve_checkpoints
+    from memwatch.posthoc.evaluate import EvalConfig, evaluate, resolve_checkpoints
 
     started = False
     try:

@@ -77,7 +77,7 @@ def _build(args):
         parts.append(Watchlist.canaries(args.canaries, args.template, tokenizer, args.seed,
                                         **lengths))
     if args.pythia:
-        from memwatch.pythia_data import steps_range
+        from memwatch.watchlist.pythia import steps_range
 
         if bool(args.indices) == bool(args.steps):
             raise ValueError("--pythia needs exactly one of --indices or --steps A:B")

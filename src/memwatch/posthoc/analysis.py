@@ -1,12 +1,12 @@
 """Post-hoc analysis of a checkpoint suite's memorization results.
 
-Reads memwatch's own parquet files (`memwatch.evaluate`) and EleutherAI's
+Reads memwatch's own parquet files (`memwatch.posthoc.evaluate`) and EleutherAI's
 published layouts, then compares every (model, checkpoint) with a target:
 memorized fraction, score distribution, precision/recall/correlation of the
 memorized sets, and recall as a function of compute (``6 · params · tokens``)
 for the two predictors of Biderman et al. 2023: smaller models trained to the
 end, and intermediate checkpoints of the target model, fitted with
-`memwatch.scaling.fit_recall_curve`, plus their equi-compute comparison.
+`memwatch.forecast.fits.fit_recall_curve`, plus their equi-compute comparison.
 
 EleutherAI layouts understood:
 
@@ -193,7 +193,7 @@ def load_results(paths: Iterable[str | os.PathLike]) -> list[Run]:
     Files of one run (ranks, parquet shards) are merged. Raises ValueError if a
     file's layout is not recognised or nothing is found.
     """
-    from memwatch.evaluate import read_meta
+    from memwatch.posthoc.evaluate import read_meta
 
     files: list[Path] = []
     for p in paths:
@@ -301,7 +301,7 @@ class Predictor:
     compute: np.ndarray
     recall: np.ndarray
     precision: np.ndarray
-    fit: object | None  # memwatch.scaling.ScalingFit, None with fewer than 2 points
+    fit: object | None  # memwatch.forecast.fits.ScalingFit, None with fewer than 2 points
 
     def predict(self, compute, target_compute: float) -> np.ndarray:
         """Fitted recall at `compute` (NaN without a fit)."""
@@ -363,7 +363,7 @@ def _memorized_mask(run: Run, universe: np.ndarray) -> np.ndarray:
 
 def compare(pred: Run, target: Run, tokens_per_step: int = PYTHIA_TOKENS_PER_STEP) -> PairStats:
     """`PairStats` of `pred` against `target` on the rows they share."""
-    from memwatch.scaling import precision_recall
+    from memwatch.forecast.fits import precision_recall
 
     universe = _universe(pred, target)
     p, t = _memorized_mask(pred, universe), _memorized_mask(target, universe)
@@ -396,7 +396,7 @@ def score_histogram(scores: np.ndarray, cont_len: int = 32) -> tuple[np.ndarray,
 
 
 def _predictor(name: str, pairs: Sequence[PairStats], target_compute: float) -> Predictor | None:
-    from memwatch.scaling import fit_recall_curve
+    from memwatch.forecast.fits import fit_recall_curve
 
     pairs = sorted((p for p in pairs if np.isfinite(p.compute) and p.compute > 0),
                    key=lambda p: p.compute)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memwatch.analysis import Analysis, Predictor, to_json
+from memwatch.posthoc.analysis import Analysis, Predictor, to_json
 
 
 def _num(x, fmt: str = ".3f") -> str:
@@ -83,7 +83,7 @@ def render_markdown(analysis: Analysis, plots: dict[str, Path], base: Path) -> s
 
 def write_report(analysis: Analysis, out: str | Path) -> Path:
     """Write ``report.md``, ``analysis.json`` and the plots under `out`; returns report.md."""
-    from memwatch.plots import render_all
+    from memwatch.posthoc.plots import render_all
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

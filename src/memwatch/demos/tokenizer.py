@@ -2,7 +2,7 @@
 
 A byte-level BPE (GPT-2 / GPT-NeoX style, so every string encodes and offsets map
 back to characters) trained on a few KB of text in well under a second. Token 0
-is ``<|endoftext|>``, the EOS of `memwatch.demo_model`'s tiny GPT-NeoX. Needs the
+is ``<|endoftext|>``, the EOS of `memwatch.demos.model`'s tiny GPT-NeoX. Needs the
 ``hf`` extra.
 """
 

@@ -19,10 +19,10 @@ five estimates of the final memorized count and combines them:
    K between the largest count seen and the tag's rows (memorization plateaus once
    the rows seen often enough are memorized; the unbounded forms cannot say so).
 4. ``risk``: the sum over rows of the risk model's probability that the row is
-   memorized at the end (`memwatch.risk`; a calibrated classifier's expected count).
+   memorized at the end (`memwatch.forecast.risk`; a calibrated classifier's expected count).
 5. ``trajectory``: each row's log-NLL trend over the recent probes carried to the
    end, turned into a probability by the NLL -> memorized relation of those probes,
-   and summed (`memwatch.trajectory`; the continuation's NLL with ``with_nll=True``,
+   and summed (`memwatch.forecast.trajectory`; the continuation's NLL with ``with_nll=True``,
    else the first token's, which every probe measures).
 
 The clock c is the step itself, or the cumulative compute the caller passes as
@@ -82,10 +82,16 @@ from statistics import NormalDist
 
 import numpy as np
 
-from memwatch import scaling
-from memwatch.risk import RiskRanking, checked_clock, checked_duplicates, risk_at, tag_columns
-from memwatch.scaling import ScalingFit
-from memwatch.trajectory import end_probabilities
+from memwatch.forecast import fits as scaling
+from memwatch.forecast.fits import ScalingFit
+from memwatch.forecast.risk import (
+    RiskRanking,
+    checked_clock,
+    checked_duplicates,
+    risk_at,
+    tag_columns,
+)
+from memwatch.forecast.trajectory import end_probabilities
 
 # An illustrative prior in the shape Biderman et al. 2023 ("Emergent and Predictable
 # Memorization in Large Language Models", NeurIPS 2023) report for Pythia-12B's
@@ -453,7 +459,7 @@ def _row_probabilities(ranking, memorized, nll, keep, clock_all, total_clock
                        ) -> dict[str, np.ndarray]:
     """{method: float64 [n]} per-row end-of-training probabilities of the per-row methods
     that could run on the probes `keep` of `memorized` / `nll` ([P, n]; risk: a fitted
-    ranking; trajectory: see `memwatch.trajectory`)."""
+    ranking; trajectory: see `memwatch.forecast.trajectory`)."""
     out = {}
     if ranking.fitted:
         out["risk"] = ranking.score

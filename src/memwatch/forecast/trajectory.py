@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from memwatch.risk import logistic_fit
+from memwatch.forecast.risk import logistic_fit
 
 WINDOW = 0.5
 NLL_FLOOR = 1e-3

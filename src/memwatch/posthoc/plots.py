@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memwatch.analysis import Analysis, Predictor
+from memwatch.posthoc.analysis import Analysis, Predictor
 
 
 def _figure(width: float = 6.4, height: float = 4.8):

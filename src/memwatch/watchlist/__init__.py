@@ -219,11 +219,11 @@ class Watchlist:
         """Tokens [0 : prompt_len + cont_len] of the listed sequences of a Megatron .idx/.bin pair.
 
         `indices`: a spec such as ``"0:1000000:97"`` (see
-        `memwatch.pythia_data.parse_index_range`), a range (e.g.
-        `memwatch.pythia_data.steps_range(a, b)`) or integers. Ids are
+        `memwatch.watchlist.pythia.parse_index_range`), a range (e.g.
+        `memwatch.watchlist.pythia.steps_range(a, b)`) or integers. Ids are
         ``pythia:<index>``, as Pythia's memorization eval numbers sequences.
         """
-        from memwatch.pythia_data import IndexedDataset, parse_index_range
+        from memwatch.watchlist.pythia import IndexedDataset, parse_index_range
 
         idx = parse_index_range(indices) if isinstance(indices, str) else \
             np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -252,7 +252,7 @@ class Watchlist:
         warning. Tag ``pii:<ENTITY>``; id ``pii:<ENTITY>#<hash of the row>``;
         ``spans`` holds the hit's characters; previews are redacted.
         """
-        from memwatch.pii import find_pii, redact
+        from memwatch.watchlist.pii import find_pii, redact
 
         M, L = prompt_len, prompt_len + cont_len
         rows, ids, tags, spans, previews, kept = [], [], [], [], [], []
@@ -298,9 +298,9 @@ class Watchlist:
         With a tokenizer each row is random filler words, the template and a random
         digit secret; the canary text is synthetic and kept (`texts`) so that it can
         be planted in text data, but previews hide the secret. Without a tokenizer
-        rows are random token ids below `vocab_size`. See `memwatch.canaries`.
+        rows are random token ids below `vocab_size`. See `memwatch.watchlist.canaries`.
         """
-        from memwatch.canaries import make_canaries
+        from memwatch.watchlist.canaries import make_canaries
 
         made = make_canaries(n, template, tokenizer, seed, prompt_len, cont_len, vocab_size)
         head = template.partition("{secret}")[0].strip()
@@ -410,8 +410,8 @@ class Watchlist:
         return _concat([self, other])
 
     def duplicate_counts(self, stream, prompt_len: int = 32, cont_len: int = 32) -> np.ndarray:
-        """int64 [n]: how often each row's continuation occurs in `stream` (see memwatch.dedup)."""
-        from memwatch.dedup import duplicate_counts
+        """int64 [n]: how often each row's continuation occurs in `stream` (see `dedup`)."""
+        from memwatch.watchlist.dedup import duplicate_counts
 
         return duplicate_counts(self.tokens, stream, prompt_len, cont_len)
 

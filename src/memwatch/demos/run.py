@@ -51,8 +51,8 @@ class DemoData:
 
 def build_data(cfg: DemoConfig) -> DemoData:
     """The tokenizer, the planted training stream and the watchlist of the demo."""
-    from memwatch.demo_data import fake_pii_records, planted_stream, stdlib_texts, token_rows
-    from memwatch.demo_tokenizer import train_tokenizer
+    from memwatch.demos.data import fake_pii_records, planted_stream, stdlib_texts, token_rows
+    from memwatch.demos.tokenizer import train_tokenizer
     from memwatch.watchlist import Watchlist
 
     texts = stdlib_texts(cfg.corpus_chars)
@@ -99,9 +99,9 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     import memwatch as mw
     from memwatch.callbacks import MemWatchCallback
-    from memwatch.demo_lightning import LitCausalLM, stream_loader
-    from memwatch.demo_model import tiny_model
-    from memwatch.demo_report import write_report
+    from memwatch.demos.lightning import LitCausalLM, stream_loader
+    from memwatch.demos.model import tiny_model
+    from memwatch.demos.report import write_report
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

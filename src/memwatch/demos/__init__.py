@@ -1,0 +1,1 @@
+"""The embedded demo: tiny model, data, tokenizer, Lightning module, run and report."""

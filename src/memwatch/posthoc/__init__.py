@@ -1,0 +1,1 @@
+"""Checkpoint-suite evaluation and analysis (`memwatch eval`, `memwatch analyze`)."""
