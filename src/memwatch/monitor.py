@@ -29,8 +29,9 @@ import torch
 from memwatch import distributed
 from memwatch.events import Decision, ProbeRecord, RowReport
 from memwatch.history import History
+from memwatch.lm import vocab_size
 from memwatch.policy import AbortPolicy, Verdict, evaluate
-from memwatch.probe import MODES, _vocab_size
+from memwatch.probe import MODES
 from memwatch.schedule import Schedule
 
 STATE_FORMAT = 1
@@ -128,7 +129,7 @@ class MemWatch:
 
     def check(self, model: torch.nn.Module) -> None:
         """Raise before training if a watchlist row has a token id outside the model's vocab."""
-        vocab = _vocab_size(unwrap(model))
+        vocab = vocab_size(unwrap(model))
         if vocab != self._checked_vocab:
             self.watchlist.validate(self.prompt_len, self.cont_len, vocab)
             if self._checked_vocab is None:

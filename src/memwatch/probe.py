@@ -21,7 +21,39 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from memwatch.lm import device_of, vocab_size
+
 MODES = ("exact", "extractable")
+PROMPT_LEN = 32  # M: Pythia's prompt (Biderman et al. 2023)
+CONT_LEN = 32  # N: the greedy continuation compared with the truth
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """What to probe: shared by `MemWatch`, `memwatch eval` and the CLI (see `probe`)."""
+
+    prompt_len: int = PROMPT_LEN
+    cont_len: int = CONT_LEN
+    mode: str = "exact"
+    with_nll: bool = False
+    batch_size: int | None = None
+    suppress_eos: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_len", "cont_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; got {self.mode!r}")
+        bs = self.batch_size
+        if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
+            raise ValueError(f"batch_size must be an integer >= 1 or None (automatic); got {bs!r}")
+
+    @property
+    def total_len(self) -> int:
+        """Tokens a row needs: prompt_len + cont_len."""
+        return self.prompt_len + self.cont_len
 
 
 @dataclass(frozen=True)
@@ -146,14 +178,6 @@ def _runner(model):
     return _CachedLM(model) if hf else _RecomputedLM(model)
 
 
-def _vocab_size(model) -> int | None:
-    emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if emb is not None and hasattr(emb, "weight"):
-        return int(emb.weight.shape[0])
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "vocab_size", None) or getattr(model, "vocab_size", None)
-
-
 def _eos_id(model, suppress_eos: bool) -> int | None:
     if not suppress_eos:
         return None
@@ -162,11 +186,6 @@ def _eos_id(model, suppress_eos: bool) -> int | None:
         if eos is not None:
             return eos[0] if isinstance(eos, (list, tuple)) else int(eos)
     return None
-
-
-def _device(model) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,7 +228,7 @@ class _Preserved:
 
     def __enter__(self):
         self.flags = [m.training for m in self.model.modules()]
-        dev = _device(self.model)
+        dev = device_of(self.model)
         cuda = [dev] if dev.type == "cuda" else []
         self.rng = torch.random.fork_rng(devices=cuda)
         self.rng.__enter__()
@@ -226,7 +245,7 @@ class _Preserved:
 
 
 def _auto_batch_size(model, n: int, total_len: int) -> int:
-    dev = _device(model)
+    dev = device_of(model)
     if dev.type != "cuda":
         return min(n, 128)
     cfg = getattr(model, "config", None)
@@ -236,7 +255,7 @@ def _auto_batch_size(model, n: int, total_len: int) -> int:
         return min(n, 64)
     free, _ = torch.cuda.mem_get_info(dev)
     elem = next(model.parameters()).element_size()
-    vocab = _vocab_size(model) or 50304
+    vocab = vocab_size(model) or 50304
     # Per row: the KV cache (kept twice while rows are selected and merged), the activations of
     # the prefill, and fp32 logits of a 16-token verification chunk.
     per_row = 4 * layers * hidden * total_len * elem + 16 * hidden * total_len * elem \
@@ -388,9 +407,9 @@ def probe(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-    tokens = _check(tokens, prompt_len, cont_len, _vocab_size(model))
+    tokens = _check(tokens, prompt_len, cont_len, vocab_size(model))
     M, N, exact = prompt_len, cont_len, mode == "exact"
-    dev = _device(model)
+    dev = device_of(model)
     with _Preserved(model):
         lm, eos = _runner(model), _eos_id(model, suppress_eos)
 
@@ -432,9 +451,9 @@ def reference_probe(
     recomputed without a cache. The yardstick
     that `probe` must equal; slow by design.
     """
-    tokens = _check(tokens, prompt_len, cont_len, _vocab_size(model))
+    tokens = _check(tokens, prompt_len, cont_len, vocab_size(model))
     M, N = prompt_len, cont_len
-    dev = _device(model)
+    dev = device_of(model)
     eos = _eos_id(model, True)
     with _Preserved(model):
 

@@ -129,7 +129,8 @@ def exposure(model, canary: torch.Tensor, candidates: torch.Tensor, prompt_len: 
     (Carlini et al. 2019). Candidates must share the canary's prompt. Exposure is
     about log2 |R| when the secret is memorized and about 1 for an unseen one.
     """
-    from memwatch.probe import _device, _Preserved
+    from memwatch.lm import device_of
+    from memwatch.probe import _Preserved
 
     canary = torch.as_tensor(canary, dtype=torch.long).reshape(1, -1)
     candidates = torch.as_tensor(candidates, dtype=torch.long)
@@ -142,7 +143,7 @@ def exposure(model, canary: torch.Tensor, candidates: torch.Tensor, prompt_len: 
     rows = torch.cat([canary, candidates])
     losses = []
     with _Preserved(model):
-        dev = _device(model)
+        dev = device_of(model)
         for b in range(0, len(rows), batch_size):
             batch = rows[b : b + batch_size].to(dev)
             out = model(input_ids=batch)
