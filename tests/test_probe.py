@@ -4,15 +4,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import memwatch as mw
+from memwatch.lm import SlowPathWarning
 
 
 @pytest.mark.parametrize("M,N", [(32, 32), (16, 24), (8, 5), (1, 1)])
 @pytest.mark.parametrize("batch_size", [7, 64])
 def test_exact_equals_reference(trained, M, N, batch_size):
     ref = mw.reference_probe(trained.model, trained.rows, M, N, batch_size=batch_size)
-    res = mw.probe(trained.model, trained.rows, M, N, mode="exact", batch_size=batch_size)
-    assert torch.equal(res.scores, ref)
-    assert torch.equal(res.memorized, ref == 1)
+    for strategy in ("speculative", "teacher_forced"):
+        res = mw.probe(trained.model, trained.rows, M, N, mode="exact", batch_size=batch_size,
+                       strategy=strategy)
+        assert torch.equal(res.scores, ref), strategy
+        assert torch.equal(res.memorized, ref == 1), strategy
 
 
 def test_fixture_memorizes_the_frequent_rows_only(trained):
@@ -40,8 +43,10 @@ def test_extractable_agrees_on_memorized_and_prefix(trained):
     assert torch.equal(ex.match_prefix.long(), expected)
 
 
-def test_nll_is_teacher_forced_cross_entropy(trained):
-    res = mw.probe(trained.model, trained.rows, mode="extractable", with_nll=True)
+@pytest.mark.parametrize("strategy", ["speculative", "teacher_forced"])
+def test_nll_is_teacher_forced_cross_entropy(trained, strategy):
+    res = mw.probe(trained.model, trained.rows, mode="extractable", with_nll=True,
+                   strategy=strategy)
     with torch.no_grad():
         logits = trained.model(trained.rows).logits[:, 31:63]
     expected = torch.nn.functional.cross_entropy(
@@ -74,8 +79,9 @@ def test_exact_equals_reference_on_random_rows(untrained, data):
     g = torch.Generator().manual_seed(seed)
     rows = torch.randint(0, 512, (n, M + N + data.draw(st.integers(0, 3))), generator=g)
     bs = data.draw(st.integers(1, n))
+    strategy = data.draw(st.sampled_from(["speculative", "teacher_forced"]))
     ref = mw.reference_probe(untrained, rows, M, N, batch_size=bs)
-    res = mw.probe(untrained, rows, M, N, mode="exact", batch_size=bs)
+    res = mw.probe(untrained, rows, M, N, mode="exact", batch_size=bs, strategy=strategy)
     assert torch.equal(res.scores, ref)
 
 
@@ -110,7 +116,8 @@ class PlainLM(torch.nn.Module):
 
 def test_plain_module_matches_hf(trained):
     plain = PlainLM(trained.model)
-    ex = mw.probe(plain, trained.rows[:16], mode="exact")
+    with pytest.warns(SlowPathWarning, match="PlainLM"):
+        ex = mw.probe(plain, trained.rows[:16], mode="exact")
     ref = mw.reference_probe(plain, trained.rows[:16])
     hf = mw.reference_probe(trained.model, trained.rows[:16])
     assert torch.equal(ex.scores, ref)

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from memwatch.lm import device_of, vocab_size
+from memwatch.lm import device_of, eos_ids, logits_of, runner, vocab_size
 
 MODES = ("exact", "extractable")
+STRATEGIES = ("auto", "speculative", "teacher_forced")
 PROMPT_LEN = 32  # M: Pythia's prompt (Biderman et al. 2023)
 CONT_LEN = 32  # N: the greedy continuation compared with the truth
 
@@ -81,111 +82,6 @@ class ProbeResult:
 
     def __len__(self) -> int:
         return len(self.scores)
-
-
-# --------------------------------------------------------------------------------------------
-# Model access: a HF causal LM with a KV cache, or any module returning logits (recomputed).
-# --------------------------------------------------------------------------------------------
-
-
-def _logits(out) -> torch.Tensor:
-    return out if isinstance(out, torch.Tensor) else out.logits
-
-
-class _CachedLM:
-    """A transformers causal LM driven through its KV cache; state = a `DynamicCache`.
-
-    `extend` grows the cache in place (as generate() does); `select`, `crop` and `cat`
-    build new caches, so a state handed out earlier is never changed behind its holder.
-    """
-
-    def __init__(self, model):
-        import inspect
-
-        from transformers import DynamicCache
-
-        self.model = model
-        self._cache_cls = DynamicCache
-        self._keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-
-    def _forward(self, tokens, cache, keep):
-        kwargs = {"logits_to_keep": keep} if self._keep else {}
-        past_len = 0 if cache is None else cache.get_seq_length()
-        mask = torch.ones(tokens.shape[0], past_len + tokens.shape[1], dtype=torch.long,
-                          device=tokens.device)
-        out = self.model(input_ids=tokens, attention_mask=mask, use_cache=True,
-                         past_key_values=self._cache_cls() if cache is None else cache, **kwargs)
-        return out.past_key_values, _logits(out)[:, -keep:]
-
-    def prefill(self, tokens, keep=1):
-        return self._forward(tokens, None, keep)
-
-    def extend(self, state, tokens, keep):
-        return self._forward(tokens, state, keep)
-
-    def _new(self, kv):
-        return self._cache_cls(ddp_cache_data=kv)
-
-    def select(self, state, rows):
-        if len(rows) == state.layers[0].keys.shape[0] and bool(
-                (rows == torch.arange(len(rows), device=rows.device)).all()):
-            return state  # all rows, in order: no copy
-        return self._new([(la.keys[rows], la.values[rows]) for la in state.layers])
-
-    def crop(self, state, length):
-        return self._new([(la.keys[:, :, :length], la.values[:, :, :length])
-                          for la in state.layers])
-
-    def cat(self, states):
-        return self._new([(torch.cat([s.layers[i].keys for s in states]),
-                           torch.cat([s.layers[i].values for s in states]))
-                          for i in range(len(states[0].layers))])
-
-
-class _RecomputedLM:
-    """Any module mapping token ids to logits; state = the token prefix, recomputed each call."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def prefill(self, tokens, keep=1):
-        return tokens, _logits(self.model(tokens))[:, -keep:]
-
-    def extend(self, state, tokens, keep):
-        full = torch.cat([state, tokens], dim=1)
-        return full, _logits(self.model(full))[:, -keep:]
-
-    @staticmethod
-    def select(state, rows):
-        return state[rows]
-
-    @staticmethod
-    def crop(state, length):
-        return state[:, :length]
-
-    @staticmethod
-    def cat(states):
-        return torch.cat(states)
-
-
-
-def _runner(model):
-    """The KV-cached path for transformers models, recomputation for anything else."""
-    import inspect
-
-    hf = hasattr(model, "config") and hasattr(model, "generate") and \
-        "past_key_values" in inspect.signature(model.forward).parameters
-    return _CachedLM(model) if hf else _RecomputedLM(model)
-
-
-def _eos_id(model, suppress_eos: bool) -> int | None:
-    if not suppress_eos:
-        return None
-    for cfg in (getattr(model, "generation_config", None), getattr(model, "config", None)):
-        eos = getattr(cfg, "eos_token_id", None)
-        if eos is not None:
-            return eos[0] if isinstance(eos, (list, tuple)) else int(eos)
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,14 +183,79 @@ def _batched(fn, model, tokens, batch_size):
 # --------------------------------------------------------------------------------------------
 
 
-def _argmax(logits: torch.Tensor, eos: int | None) -> torch.Tensor:
-    if eos is not None:
+def _argmax(logits: torch.Tensor, eos: list[int]) -> torch.Tensor:
+    """Greedy tokens with every EOS id banned, as ``generate(min_length=...)`` bans them."""
+    if eos:
         logits = logits.clone()
         logits[..., eos] = float("-inf")
     return logits.argmax(dim=-1)
 
 
-def _probe_batch(lm, tokens, M, N, exact, eos, lockstep=False):
+def choose_strategy(device: torch.device, with_nll: bool, lockstep: bool = False) -> str:
+    """The cheaper way to find each row's first miss, by a two-line cost model.
+
+    ``speculative``: prefill the M prompt tokens, project one position, then verify
+    the true continuation in chunks of 1, 2, 4, ... for the rows still matching. Cost
+    per unmemorized row: M tokens and 1 vocabulary projection; ~log2(N) + 1
+    sequential forwards per batch. ``teacher_forced``: one forward over M + N - 1
+    tokens and N projections per row (in position chunks), one call per batch.
+    A CPU is compute-bound: the speculative path does ~N x fewer projections and
+    (M + N) / M fewer tokens, so it wins unless the NLL is wanted, which needs all N
+    projections anyway (then teacher forcing gives both from one pass). A GPU is
+    latency-bound at probe sizes: one call beats ~6 sequential ones, so teacher forcing
+    wins there. With ``lockstep`` (sharded models) a single call per batch also keeps
+    ranks in step without spare forwards.
+    """
+    if with_nll or lockstep or device.type != "cpu":
+        return "teacher_forced"
+    return "speculative"
+
+
+def _chunks(n_rows: int, n_pos: int, vocab: int | None, budget: int = 256 << 20):
+    """Position ranges whose fp32 logits [n_rows, len, vocab] stay within `budget` bytes."""
+    step = max(1, budget // max(1, n_rows * (vocab or 50304) * 4))
+    return [(a, min(a + step, n_pos)) for a in range(0, n_pos, step)]
+
+
+def _first_miss(pred: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
+    """Per row, the index of the first position where pred != cont (len when none)."""
+    miss = pred != cont
+    return torch.where(miss.any(dim=1), miss.int().argmax(dim=1), cont.shape[1])
+
+
+def _teacher_forced_batch(lm, tokens, M, N, exact, eos, with_nll, vocab, lockstep=False):
+    """Probe one batch from one forward over the true M + N - 1 tokens.
+
+    Greedy decoding equals the truth up to the first miss, so the argmax of the
+    teacher-forced logits at continuation position i is the greedy token there for
+    every row not yet diverged: the first position where it differs from the truth is
+    `match_prefix`, exactly. The same logits give the continuation's NLL. Rows that
+    diverged at p keep the cache of the true prefix cropped to M + p, and decode on.
+    """
+    cont = tokens[:, M:M + N]
+    state, feats = lm.features(tokens[:, :M + N - 1], keep=N)
+    pred = torch.empty_like(cont)
+    nll = torch.empty(cont.shape, dtype=torch.float32, device=tokens.device)
+    for a, b in _chunks(len(tokens), N, vocab):
+        logits = lm.project(feats[:, a:b]).float()
+        pred[:, a:b] = _argmax(logits, eos)
+        if with_nll or a == 0:
+            nll[:, a:b] = F.cross_entropy(logits.transpose(1, 2), cont[:, a:b], reduction="none")
+    match_prefix = _first_miss(pred, cont)
+    greedy = cont.clone() if exact else None
+    if exact:
+        pending = {}
+        for p in torch.unique(match_prefix[match_prefix < N]).tolist():
+            rows = torch.nonzero(match_prefix == p).squeeze(1)
+            pending[p] = [(rows, lm.crop(lm.select(state, rows), M + p), pred[rows, p])]
+        if pending or lockstep:
+            row0 = torch.zeros(1, dtype=torch.long, device=tokens.device)
+            spare = lm.crop(lm.select(state, row0), M) if lockstep else None
+            _decode_diverged(lm, pending, greedy, M, N, eos, spare)
+    return match_prefix, greedy, nll[:, 0], nll.mean(dim=1) if with_nll else None
+
+
+def _speculative_batch(lm, tokens, M, N, exact, eos, lockstep=False):
     """Probe one batch: returns (match_prefix [B], greedy [B, N] or None, nll_first [B])."""
     B, dev = tokens.shape[0], tokens.device
     cont = tokens[:, M:M + N]
@@ -385,13 +346,14 @@ def _nll_batch(lm, tokens, M, N):
 def probe(
     model,
     tokens,
-    prompt_len: int = 32,
-    cont_len: int = 32,
+    prompt_len: int = PROMPT_LEN,
+    cont_len: int = CONT_LEN,
     mode: str = "exact",
     with_nll: bool = False,
     batch_size: int | None = None,
     suppress_eos: bool = True,
     lockstep: bool = False,
+    strategy: str = "auto",
 ) -> ProbeResult:
     """Return the memorization `ProbeResult` of each row of `tokens` [n, >= M+N].
 
@@ -399,24 +361,35 @@ def probe(
     ``mode="extractable"`` stops at each row's first miss (``memorized`` and
     ``match_prefix`` exact, ``scores = match_prefix / N``) and costs little more
     than one prefill of the prompts when few rows are memorized. ``suppress_eos``
-    bans the EOS token from the greedy argmax, as Pythia's ``min_length`` did.
+    bans every EOS id from the greedy argmax, as Pythia's ``min_length`` did.
     The model is left exactly as found (train/eval flags, grad mode, RNG state).
     ``lockstep=True`` makes the number of model calls per batch independent of the
     data (spare forwards fill in), as FSDP / ZeRO-3 need when ranks probe
-    different rows; results are unchanged.
+    different rows; results are unchanged. ``strategy``: ``"auto"`` picks
+    ``"speculative"`` or ``"teacher_forced"`` by `choose_strategy`'s cost model
+    (device, ``with_nll``); both give the same results.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-    tokens = _check(tokens, prompt_len, cont_len, vocab_size(model))
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
+    vocab = vocab_size(model)
+    tokens = _check(tokens, prompt_len, cont_len, vocab)
     M, N, exact = prompt_len, cont_len, mode == "exact"
     dev = device_of(model)
+    if strategy == "auto":
+        strategy = choose_strategy(dev, with_nll, lockstep)
     with _Preserved(model):
-        lm, eos = _runner(model), _eos_id(model, suppress_eos)
+        lm, eos = runner(model), eos_ids(model) if suppress_eos else []
 
         def run(batch):
             batch = batch.to(dev)
-            prefix, greedy, first = _probe_batch(lm, batch, M, N, exact, eos, lockstep)
-            nll = _nll_batch(lm, batch, M, N) if with_nll else None
+            if strategy == "teacher_forced":
+                prefix, greedy, first, nll = _teacher_forced_batch(
+                    lm, batch, M, N, exact, eos, with_nll, vocab, lockstep)
+            else:
+                prefix, greedy, first = _speculative_batch(lm, batch, M, N, exact, eos, lockstep)
+                nll = _nll_batch(lm, batch, M, N) if with_nll else None
             return prefix.cpu(), None if greedy is None else greedy.cpu(), \
                 None if nll is None else nll.cpu(), first.cpu()
 
@@ -434,43 +407,60 @@ def probe(
                        mode=mode, nll_first=nll_first)
 
 
+def _generation_config(model, M: int, N: int):
+    """The model's own generation config (every EOS id it lists), made greedy for M + N tokens.
+
+    Built from the model, not from the probe's `eos_ids`, so that the yardstick cannot
+    share a defect with the probe.
+    """
+    import copy
+
+    from transformers import GenerationConfig
+
+    base = getattr(model, "generation_config", None)
+    config = copy.deepcopy(base) if base is not None else GenerationConfig()
+    config.update(do_sample=False, num_beams=1, max_length=M + N, min_length=M + N,
+                  max_new_tokens=None, min_new_tokens=None, temperature=None, top_k=None,
+                  top_p=None)
+    if config.pad_token_id is None:  # every row has M tokens: padding never happens
+        eos = config.eos_token_id
+        config.pad_token_id = (eos[0] if isinstance(eos, list) and eos else eos) or 0
+    return config
+
+
 def reference_probe(
     model,
     tokens,
-    prompt_len: int = 32,
-    cont_len: int = 32,
+    prompt_len: int = PROMPT_LEN,
+    cont_len: int = CONT_LEN,
     batch_size: int | None = None,
     suppress_eos: bool = True,
 ) -> torch.Tensor:
     """Return the Pythia scores float32 [n], computed the way EleutherAI's eval did.
 
     ``model.generate(S[:, :M], max_length=M+N, min_length=M+N, do_sample=False)``
-    (``min_length`` bans EOS, as in Pythia's call) and the elementwise comparison
-    with ``S[:, M:M+N]``. Plain modules without ``generate``, and
-    ``suppress_eos=False`` (generate would stop at EOS), get the same greedy loop,
-    recomputed without a cache. The yardstick
+    with the model's own generation config (``min_length`` bans every EOS id it
+    lists, as in Pythia's call) and the elementwise comparison with ``S[:, M:M+N]``.
+    Plain modules without ``generate``, and ``suppress_eos=False`` (generate would
+    stop at EOS), get the same greedy loop, recomputed without a cache. The yardstick
     that `probe` must equal; slow by design.
     """
     tokens = _check(tokens, prompt_len, cont_len, vocab_size(model))
     M, N = prompt_len, cont_len
     dev = device_of(model)
-    eos = _eos_id(model, True)
     with _Preserved(model):
 
         def run(batch):
             batch = batch.to(dev)
             ctx = batch[:, :M]
             if hasattr(model, "generate") and suppress_eos:
-                from transformers import GenerationConfig
-
-                config = GenerationConfig(do_sample=False, max_length=M + N, min_length=M + N,
-                                          eos_token_id=eos, pad_token_id=eos or 0)
                 out = model.generate(ctx, attention_mask=torch.ones_like(ctx),
-                                     generation_config=config)
+                                     generation_config=_generation_config(model, M, N))
             else:  # generate() would stop at an unbanned EOS; the score compares all N tokens
+                eos = eos_ids(model) if suppress_eos else []
                 out = ctx
                 for _ in range(N):
-                    nxt = _argmax(_logits(model(out))[:, -1], eos if suppress_eos else None)
+                    nxt = _argmax(logits_of(model(out))[:, -1], eos)
                     out = torch.cat([out, nxt[:, None]], dim=1)
             return (out[:, M:M + N] == batch[:, M:M + N]).float().mean(dim=1).cpu()
 

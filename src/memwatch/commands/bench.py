@@ -49,6 +49,7 @@ def run(args) -> int:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model = GPTNeoXForCausalLM(cfg).eval().to(args.device, dtype)
     rows = torch.randint(1, vocab, (args.rows, 64))
+    print(path_line(model, rows[:32]), flush=True)
     for share in args.memorized:
         planted = plant_memorized(model, rows, share)
         secs = compare(model, planted, batch_size=args.batch_size, repeat=args.repeat)
@@ -65,6 +66,30 @@ def run(args) -> int:
         print(format_line(f"tiny trained, {len(reps)} rows, {share:.0%} memorized",
                           compare(tiny, corpus.rows, repeat=args.repeat)), flush=True)
     return 0
+
+
+def path_line(model, rows: torch.Tensor, prompt_len: int = 32, cont_len: int = 32) -> str:
+    """One line naming the versions, the runner, each mode's strategy and its tokens per row."""
+    import transformers
+
+    from memwatch.lm import TokenCounter, runner
+    from memwatch.probe import choose_strategy
+
+    with _Preserved(model):
+        lm = runner(model)
+    dev = next(model.parameters()).device
+    parts = []
+    for label, mode, nll in (("extractable", "extractable", False), ("exact", "exact", False),
+                             ("extractable+nll", "extractable", True)):
+        with TokenCounter(model) as count:
+            probe(model, rows, prompt_len, cont_len, mode=mode, with_nll=nll)
+        parts.append(f"{label} {choose_strategy(dev, nll)} {count.tokens / len(rows):.1f}")
+    with TokenCounter(model) as count:
+        reference_probe(model, rows, prompt_len, cont_len)
+    return (f"transformers {transformers.__version__}, torch {torch.__version__}, {dev}: "
+            f"runner {lm.name}{' (projection by position chunks)' if lm.split else ''}; "
+            f"tokens/row on {len(rows)} unmemorized rows: {' | '.join(parts)} | "
+            f"reference {count.tokens / len(rows):.1f}")
 
 
 def _plain_forward(model, rows: torch.Tensor) -> None:
