@@ -28,6 +28,7 @@ import torch
 
 from memwatch import distributed
 from memwatch.events import Decision, ProbeRecord, RowReport
+from memwatch.forecast import forecast
 from memwatch.history import History
 from memwatch.lm import vocab_size
 from memwatch.policy import AbortPolicy, Verdict, evaluate
@@ -246,10 +247,6 @@ class MemWatch:
         probe on 1000 rows, without them milliseconds (`memwatch analyze` draws the bands).
         """
         if self.total_steps is None:
-            return None
-        try:
-            from memwatch.forecast import forecast
-        except ImportError:
             return None
         try:
             return forecast(self.history, self.total_steps, n_boot=0, with_risk=False,

@@ -379,10 +379,6 @@ class Watchlist:
             [self.ids[i] for i in idx], [self.tags[i] for i in idx],
             pick(self._previews), pick(self.spans), pick(self.texts))
 
-    def shard(self, rank: int, world_size: int) -> Watchlist:
-        """Rows ``rank::world_size``: the slice one distributed rank probes."""
-        return self.select(np.arange(rank, len(self), world_size))
-
     def sample(self, k: int, by_tag: str | Sequence[str] | None = None, seed: int = 0) -> Watchlist:
         """Up to `k` random rows (all if fewer), kept in watchlist order; deterministic in `seed`.
 

@@ -31,7 +31,6 @@ VERSION = 1
 DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64,
           6: np.float32, 7: np.float64, 8: np.uint16}
 _HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, n sequences, n doc_idx
-PYTHIA_SEQ_LEN = 2049
 PYTHIA_SEQS_PER_STEP = 1024
 
 
