@@ -18,10 +18,11 @@ import json
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from fnmatch import fnmatchcase
 
 import numpy as np
 import torch
+
+from memwatch.watchlist.tags import tag_mask
 
 FORMAT = "memwatch.watchlist"
 FORMAT_VERSION = 1
@@ -356,8 +357,9 @@ class Watchlist:
                     f"has {vocab_size} ids")
 
     def tag_mask(self, pattern: str) -> np.ndarray:
-        """bool [n]: rows with a tag matching `pattern` (fnmatch, e.g. ``pii:*``)."""
-        return np.array([any(fnmatchcase(t, pattern) for t in row) for row in self.tags], bool)
+        """bool [n]: the rows `pattern` names (see `memwatch.watchlist.tags`: ``"*"`` is
+        every row, ``pii:*`` every row with a tag starting ``pii:``)."""
+        return tag_mask(self.tags, pattern)
 
     def redacted_preview(self, i: int) -> str:
         """A preview of row `i` safe to show in logs and dashboards (no raw PII)."""
