@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from memwatch import distributed
-from memwatch.events import Decision, ProbeRecord, RowReport
+from memwatch.events import Decision, ProbeRecord, newly_memorized, probe_metrics, row_reports
 from memwatch.forecast import forecast
 from memwatch.history import History
 from memwatch.lm import vocab_size
@@ -189,16 +189,18 @@ class MemWatch:
             unwrap(model), self.watchlist.tokens, self.prompt_len, self.cont_len, mode,
             self.with_nll, self.batch_size)
         probe_seconds = time.perf_counter() - t0
-        before = self.history.memorized.any(axis=0) if len(self.history) else None
         self.history.update(step, result, mode)
-        new = self.history.memorized[-1] if before is None else self.history.memorized[-1] & ~before
-        forecast = self._forecast()
-        verdict = evaluate(self.policy, self.history, self._sent, self._streak, forecast,
+        new = newly_memorized(self.history)
+        predicted = self._forecast()
+        verdict = evaluate(self.policy, self.history, self._sent, self._streak, predicted,
                            self.watchlist.redacted_preview)
         self._sent, self._streak = verdict.sent, verdict.streak
-        seconds = time.perf_counter() - t0
-        record = ProbeRecord(step, mode, self._metrics(probe_seconds, seconds, forecast),
-                             self.history.scores[-1].copy(), self._reports(new, step))
+        metrics = probe_metrics(
+            self.history, self._tags, predicted, probe_seconds=probe_seconds,
+            monitor_seconds=self.schedule.monitor_seconds + time.perf_counter() - t0,
+            train_seconds=self.schedule.train_seconds)
+        record = ProbeRecord(step, mode, metrics, self.history.scores[-1].copy(),
+                             row_reports(self.history, new, self.watchlist.redacted_preview))
         self._emit("on_probe", record)
         for alert in verdict.alerts:
             self._emit("on_alert", alert)
@@ -210,35 +212,6 @@ class MemWatch:
     def _decision(self, step, new, verdict: Verdict, abort: bool, record) -> Decision:
         ids = tuple(self.history.ids[i] for i in np.flatnonzero(new))
         return Decision(step, True, ids, verdict.alerts, abort, verdict.reason, record)
-
-    def _reports(self, new: np.ndarray, step: int) -> tuple[RowReport, ...]:
-        h = self.history
-        return tuple(
-            RowReport(h.ids[i], h.tags[i], step, float(h.scores[-1, i]),
-                      int(h.match_prefix[-1, i]), self.watchlist.redacted_preview(int(i)))
-            for i in np.flatnonzero(new))
-
-    def _metrics(self, probe_seconds: float, seconds: float, forecast) -> dict[str, float]:
-        h, sched = self.history, self.schedule
-        mem = h.memorized[-1]
-        train = sched.train_seconds
-        metrics = {
-            "memorized_count": float(mem.sum()),
-            "memorized_fraction": float(mem.mean()),
-            "mean_score": float(h.scores[-1].mean()),
-            "mean_match_prefix": float(h.match_prefix[-1].mean()),
-            "probe_seconds": probe_seconds,
-            "overhead": (sched.monitor_seconds + seconds) / train if train else float("nan"),
-        }
-        for tag in self._tags:
-            rows = h.tag_mask(tag)
-            metrics[f"memorized_count/{tag}"] = float(mem[rows].sum())
-            metrics[f"memorized_fraction/{tag}"] = float(mem[rows].mean())
-        overall = None if forecast is None else forecast.tags.get("*")
-        if overall is not None:
-            for name in ("expected_final_memorized", "recall_now", "precision_now"):
-                metrics[f"forecast/{name}"] = float(getattr(overall, name))
-        return metrics
 
     def _forecast(self):
         """The point forecast of the final memorized counts, when the run length is known.
