@@ -142,22 +142,17 @@ class Watchlist:
         after the last full window is dropped. `tokenizer` is any fast Hugging Face
         tokenizer (offset mapping needed); no special tokens are added.
         """
+        from memwatch.watchlist.text import windows
+
         tags = (tags,) if isinstance(tags, str) else tuple(tags)
         L = prompt_len + cont_len
         rows, ids, spans, kept = [], [], [], []
-        for t, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text {t} is a {type(text).__name__}, not a str")
-            token_ids, offsets = _encode(tokenizer, text)
-            for w in range(len(token_ids) // L):
-                s = w * L
-                start, end = offsets[s][0], offsets[s + L - 1][1]
-                rows.append(token_ids[s : s + L])
-                ids.append(f"{id_prefix}:{t}:{w}")
-                spans.append((t, start, end))
-                kept.append(text[start:end] if keep_text else None)
-                if max_rows is not None and len(rows) >= max_rows:
-                    break
+        for win in windows(texts, tokenizer, L):
+            t = win.text_index
+            rows.append(win.tokens)
+            ids.append(f"{id_prefix}:{t}:{win.index}")
+            spans.append((t, win.start, win.end))
+            kept.append(win.text if keep_text else None)
             if max_rows is not None and len(rows) >= max_rows:
                 break
         if not rows:
@@ -254,6 +249,7 @@ class Watchlist:
         ``spans`` holds the hit's characters; previews are redacted.
         """
         from memwatch.watchlist.pii import find_pii, redact
+        from memwatch.watchlist.text import encode
 
         M, L = prompt_len, prompt_len + cont_len
         rows, ids, tags, spans, previews, kept = [], [], [], [], [], []
@@ -263,7 +259,7 @@ class Watchlist:
             hits = find_pii(text, entities, score_threshold, backend)
             if not hits:
                 continue
-            token_ids, offsets = _encode(tokenizer, text)
+            token_ids, offsets = encode(tokenizer, text)
             for h in hits:
                 first = next((k for k, (_, e) in enumerate(offsets) if e > h.start), None)
                 if first is None or first < M or first - M + L > len(token_ids):
@@ -460,16 +456,6 @@ class Watchlist:
         tokens = load_file(tok_path)["tokens"]
         return cls(tokens.long(), meta["ids"], meta["tags"], meta.get("previews"),
                    meta.get("spans"), meta.get("texts"))
-
-
-def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids and character offsets of `text`, without special tokens."""
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    except NotImplementedError:
-        raise ValueError("the tokenizer gives no offset mapping: use a fast tokenizer "
-                         "(AutoTokenizer.from_pretrained(..., use_fast=True))") from None
-    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
 def _digest(entity: str, row: Sequence[int]) -> str:

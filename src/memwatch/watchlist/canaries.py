@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from memwatch.watchlist.text import encode
+
 DEFAULT_TEMPLATE = "My secret is {secret}"
 # Filler words for the context before the template: neutral, so a canary is not PII-like.
 _WORDS = ("the river morning window garden quiet paper stone light table music green "
@@ -55,11 +57,6 @@ def make_canaries(n: int, template: str = DEFAULT_TEMPLATE, tokenizer=None, seed
     return [_text_canary(template, tokenizer, rng, prompt_len, cont_len) for _ in range(n)]
 
 
-def _encode(tokenizer, text: str):
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return enc["input_ids"], enc["offset_mapping"]
-
-
 def _text_canary(template, tokenizer, rng, M, N, attempts: int = 50) -> Canary:
     head, _, tail = template.partition("{secret}")
     for _ in range(attempts):
@@ -67,7 +64,7 @@ def _text_canary(template, tokenizer, rng, M, N, attempts: int = 50) -> Canary:
         secret = " ".join(f"{x:04d}" for x in rng.integers(0, 10_000, 2 * N))
         text = words + head + secret + tail
         s0 = len(words) + len(head)
-        ids, offsets = _encode(tokenizer, text)
+        ids, offsets = encode(tokenizer, text)
         first = next(t for t, (_, e) in enumerate(offsets) if e > s0)
         # Byte-level BPEs glue the space before the secret to its first token: a token that
         # starts with whitespace before the secret counts as the secret's first token.
@@ -77,7 +74,7 @@ def _text_canary(template, tokenizer, rng, M, N, attempts: int = 50) -> Canary:
         # Cut the text so that its tokens are exactly the row: M tokens of context, N of secret.
         start, end = offsets[first - M][0], offsets[first + N - 1][1]
         cut = text[start:end]
-        cut_ids, _ = _encode(tokenizer, cut)
+        cut_ids, _ = encode(tokenizer, cut)
         if cut_ids != ids[first - M : first + N]:
             continue
         secret_end = min(end, len(words) + len(head) + len(secret)) - start
@@ -107,7 +104,7 @@ def canary_candidates(canary: Canary, k: int, tokenizer=None, vocab_size: int | 
     rows, seen = [], {tuple(canary.tokens.tolist())}
     for _ in range(20 * k):
         fake = re.sub(r"\d", lambda _m: str(rng.integers(10)), secret)
-        ids, _ = _encode(tokenizer, canary.text[:s] + fake + canary.text[e:])
+        ids, _ = encode(tokenizer, canary.text[:s] + fake + canary.text[e:])
         ids = tuple(ids[:L])
         if len(ids) == L and list(ids[:prompt_len]) == canary.tokens[:prompt_len].tolist() \
                 and ids not in seen:
