@@ -36,15 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-# Pythia: 1024 sequences of 2048 tokens per optimizer step.
-PYTHIA_TOKENS_PER_STEP = 1024 * 2048
-PYTHIA_FINAL_STEP = 143000
-# Total parameters of the Pythia models (the Pythia README), embeddings included.
-PYTHIA_PARAMS = {
-    "14m": 14_067_712, "31m": 30_494_720, "70m": 70_426_624, "160m": 162_322_944,
-    "410m": 405_334_016, "1b": 1_011_781_632, "1.4b": 1_414_647_808,
-    "2.8b": 2_775_208_960, "6.9b": 6_857_302_016, "12b": 11_846_072_320,
-}
+from memwatch.watchlist.pythia import PYTHIA_FINAL_STEP, PYTHIA_PARAMS, PYTHIA_TOKENS_PER_STEP
+
 _PYTHIA_NAME = re.compile(r"pythia-(\d+(?:\.\d+)?[mb])(-deduped)?(?:-v0)?$", re.I)
 _SPLIT = re.compile(r"^(duped|deduped)\.(\d+(?:\.\d+)?[mb])(?:\.(\d+))?(?:-\d+-of-\d+)?$")
 _EVAL_DIR = re.compile(r"^memorization_(.+)_(\d+)$")

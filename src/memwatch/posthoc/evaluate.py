@@ -34,13 +34,13 @@ import torch
 
 from memwatch.probe import MODES, probe
 from memwatch.watchlist import Watchlist
+from memwatch.watchlist.pythia import PYTHIA_ID
 
 FORMAT_VERSION = 1
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Rows per resumable batch when the probe picks its own batch size (--batch-size auto).
 AUTO_WRITE_ROWS = 1024
 _STEP = re.compile(r"^step(\d+)$")
-_PYTHIA_ID = re.compile(r"pythia:(\d+)")
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def check_inputs(checkpoints: Sequence[Checkpoint], watchlist: Watchlist,
 
 def default_index(watchlist: Watchlist) -> np.ndarray:
     """int64 [n]: the Pythia sequence index of ``pythia:<i>`` ids, else the row positions."""
-    found = [_PYTHIA_ID.fullmatch(i) for i in watchlist.ids]
+    found = [PYTHIA_ID.fullmatch(i) for i in watchlist.ids]
     if all(found):
         return np.array([int(m.group(1)) for m in found], np.int64)
     return np.arange(len(watchlist), dtype=np.int64)

@@ -219,7 +219,7 @@ class Watchlist:
         `memwatch.watchlist.pythia.steps_range(a, b)`) or integers. Ids are
         ``pythia:<index>``, as Pythia's memorization eval numbers sequences.
         """
-        from memwatch.watchlist.pythia import IndexedDataset, parse_index_range
+        from memwatch.watchlist.pythia import IndexedDataset, parse_index_range, pythia_id
 
         idx = parse_index_range(indices) if isinstance(indices, str) else \
             np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -232,7 +232,7 @@ class Watchlist:
                              f"{data.prefix} has {len(data)} sequences")
         tokens = data.read(idx, prompt_len + cont_len)
         tags = (tags,) if isinstance(tags, str) else tuple(tags)
-        return cls(torch.from_numpy(tokens), [f"pythia:{int(i)}" for i in idx],
+        return cls(torch.from_numpy(tokens), [pythia_id(i) for i in idx],
                    [tags] * len(idx))
 
     @classmethod
