@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from memwatch.probe import CONT_LEN
 from memwatch.watchlist.tags import tag_mask
 
 _NO_NLL = np.float16(np.nan)
@@ -20,7 +21,7 @@ _NO_NLL = np.float16(np.nan)
 class History:
     """Accumulates `ProbeResult`s step by step (``update``); answers are derived."""
 
-    def __init__(self, ids: Sequence[str], tags: Sequence[Sequence[str]], cont_len: int = 32):
+    def __init__(self, ids: Sequence[str], tags: Sequence[Sequence[str]], cont_len: int = CONT_LEN):
         if cont_len > 255:
             raise ValueError(f"History stores counts as uint8; cont_len={cont_len} exceeds 255")
         self.ids = list(ids)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from memwatch.probe import CONT_LEN
 from memwatch.watchlist.pythia import PYTHIA_FINAL_STEP, PYTHIA_PARAMS, PYTHIA_TOKENS_PER_STEP
 
 _PYTHIA_NAME = re.compile(r"pythia-(\d+(?:\.\d+)?[mb])(-deduped)?(?:-v0)?$", re.I)
@@ -381,7 +382,7 @@ def compute_of(run: Run, tokens_per_step: int = PYTHIA_TOKENS_PER_STEP) -> float
     return 6.0 * run.params * run.step * tokens_per_step
 
 
-def score_histogram(scores: np.ndarray, cont_len: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def score_histogram(scores: np.ndarray, cont_len: int = CONT_LEN) -> tuple[np.ndarray, np.ndarray]:
     """(edges [cont_len + 2], counts [cont_len + 1]): one bin per attainable score k / cont_len."""
     edges = (np.arange(cont_len + 2) - 0.5) / cont_len
     counts, _ = np.histogram(np.asarray(scores, np.float64), bins=edges)
@@ -403,7 +404,7 @@ def _predictor(name: str, pairs: Sequence[PairStats], target_compute: float) -> 
 
 
 def analyze(runs: Sequence[Run], target: str, tokens_per_step: int = PYTHIA_TOKENS_PER_STEP,
-            cont_len: int = 32) -> Analysis:
+            cont_len: int = CONT_LEN) -> Analysis:
     """The `Analysis` of every run against the run named `target` (``MODEL@REVISION``).
 
     Smaller-model predictors: the last checkpoint of every model with fewer

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memwatch.probe import MODES, probe
+from memwatch.probe import CONT_LEN, MODES, PROMPT_LEN, probe
 from memwatch.watchlist import Watchlist
 from memwatch.watchlist.pythia import PYTHIA_ID
 
@@ -66,8 +66,8 @@ class Checkpoint:
 class EvalConfig:
     """How to probe: lengths and mode as in `probe`, model dtype, batch rows, NLL, cache."""
 
-    prompt_len: int = 32
-    cont_len: int = 32
+    prompt_len: int = PROMPT_LEN
+    cont_len: int = CONT_LEN
     mode: str = "exact"
     dtype: str = "fp32"
     batch_size: int | None = None  # None: the probe picks (OOM-safe); batches of 1024 rows

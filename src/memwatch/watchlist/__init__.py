@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from memwatch.probe import CONT_LEN, PROMPT_LEN
 from memwatch.watchlist.tags import tag_mask
 
 FORMAT = "memwatch.watchlist"
@@ -133,7 +134,7 @@ class Watchlist:
 
     @classmethod
     def from_texts(cls, texts: Iterable[str], tokenizer, tags: Sequence[str] | str = ("text",),
-                   prompt_len: int = 32, cont_len: int = 32, keep_text: bool = False,
+                   prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN, keep_text: bool = False,
                    max_rows: int | None = None, id_prefix: str = "text") -> Watchlist:
         """Rows from texts: each text's consecutive windows of prompt_len + cont_len tokens.
 
@@ -163,8 +164,8 @@ class Watchlist:
 
     @classmethod
     def from_dataset(cls, ds, text_column: str = "text", tokenizer=None,
-                     sample: int | None = None, seed: int = 0, prompt_len: int = 32,
-                     cont_len: int = 32, tags: Sequence[str] | str = ("sample",),
+                     sample: int | None = None, seed: int = 0, prompt_len: int = PROMPT_LEN,
+                     cont_len: int = CONT_LEN, tags: Sequence[str] | str = ("sample",),
                      keep_text: bool = False, id_prefix: str = "ds",
                      shuffle_buffer: int = 10_000) -> Watchlist:
         """`sample` random windows (all, if None) from a `datasets.Dataset` or IterableDataset.
@@ -210,8 +211,8 @@ class Watchlist:
         return _concat(parts)
 
     @classmethod
-    def from_pythia(cls, path_prefix: str | os.PathLike, indices, prompt_len: int = 32,
-                    cont_len: int = 32, tags: Sequence[str] | str = ("sample",)) -> Watchlist:
+    def from_pythia(cls, path_prefix: str | os.PathLike, indices, prompt_len: int = PROMPT_LEN,
+                    cont_len: int = CONT_LEN, tags: Sequence[str] | str = ("sample",)) -> Watchlist:
         """Tokens [0 : prompt_len + cont_len] of the listed sequences of a Megatron .idx/.bin pair.
 
         `indices`: a spec such as ``"0:1000000:97"`` (see
@@ -237,7 +238,7 @@ class Watchlist:
 
     @classmethod
     def scan_pii(cls, texts: Iterable[str], tokenizer, entities: Sequence[str] | None = None,
-                 prompt_len: int = 32, cont_len: int = 32, keep_text: bool = False,
+                 prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN, keep_text: bool = False,
                  score_threshold: float = 0.35, backend: str = "auto") -> Watchlist:
         """One row per PII hit in `texts`, its continuation starting at the PII.
 
@@ -288,7 +289,7 @@ class Watchlist:
 
     @classmethod
     def canaries(cls, n: int, template: str = "My secret is {secret}", tokenizer=None,
-                 seed: int = 0, prompt_len: int = 32, cont_len: int = 32,
+                 seed: int = 0, prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
                  vocab_size: int | None = None) -> Watchlist:
         """`n` synthetic canaries (tag ``canary``, ids ``canary#<k>``), secrets at prompt_len.
 
@@ -329,7 +330,7 @@ class Watchlist:
                 counts[t] = counts.get(t, 0) + 1
         return counts
 
-    def validate(self, prompt_len: int = 32, cont_len: int = 32,
+    def validate(self, prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
                  vocab_size: int | None = None, model=None) -> None:
         """Raise ValueError naming the first row unusable with these lengths or this vocab.
 
@@ -403,7 +404,8 @@ class Watchlist:
             return NotImplemented
         return _concat([self, other])
 
-    def duplicate_counts(self, stream, prompt_len: int = 32, cont_len: int = 32) -> np.ndarray:
+    def duplicate_counts(self, stream, prompt_len: int = PROMPT_LEN,
+                         cont_len: int = CONT_LEN) -> np.ndarray:
         """int64 [n]: how often each row's continuation occurs in `stream` (see `dedup`)."""
         from memwatch.watchlist.dedup import duplicate_counts
 

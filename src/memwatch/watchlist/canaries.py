@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from memwatch.probe import CONT_LEN, PROMPT_LEN
 from memwatch.watchlist.text import encode
 
 DEFAULT_TEMPLATE = "My secret is {secret}"
@@ -39,7 +40,7 @@ class Canary:
 
 
 def make_canaries(n: int, template: str = DEFAULT_TEMPLATE, tokenizer=None, seed: int = 0,
-                  prompt_len: int = 32, cont_len: int = 32,
+                  prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
                   vocab_size: int | None = None) -> list[Canary]:
     """`n` canaries, deterministic in `seed`; text ones if `tokenizer` is given, else token ones."""
     if n <= 0:
@@ -84,7 +85,7 @@ def _text_canary(template, tokenizer, rng, M, N, attempts: int = 50) -> Canary:
 
 
 def canary_candidates(canary: Canary, k: int, tokenizer=None, vocab_size: int | None = None,
-                      prompt_len: int = 32, seed: int = 0) -> torch.Tensor:
+                      prompt_len: int = PROMPT_LEN, seed: int = 0) -> torch.Tensor:
     """int64 [k, len]: `k` other secrets of the canary's form after the same prompt.
 
     Text canaries: each digit of the secret redrawn at random, re-tokenized (draws
