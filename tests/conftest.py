@@ -99,14 +99,15 @@ class SinkEvents:
 def sink_events(trained) -> SinkEvents:
     """Probes at steps 10 (an untrained model), 20 and 30 (the `trained` fixture, extractable
     then exact with NLL) of the planted rows: 0-5 tagged pii:EMAIL_ADDRESS, 6-11 canary,
-    the rest sample. The secrets include each row decoded by a byte-level BPE."""
-    import numpy as np
+    the rest sample; records and alerts as the monitor derives them (`memwatch.events`,
+    the default `AbortPolicy`). The secrets include each row decoded by a byte-level BPE."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from memwatch.demos.data import fake_pii_records
     from memwatch.demos.model import tiny_model
-    from memwatch.events import Alert, ProbeRecord, RowReport
+    from memwatch.events import ProbeRecord, newly_memorized, probe_metrics, row_reports
     from memwatch.history import History
+    from memwatch.policy import AbortPolicy, evaluate
     from memwatch.probe import probe
     from memwatch.watchlist import Watchlist
 
@@ -131,30 +132,18 @@ def sink_events(trained) -> SinkEvents:
         secrets.add(" ".join(map(str, row[32:40])))
 
     history = History(wl.ids, wl.tags)
+    policy, sent, streak = AbortPolicy(), frozenset(), 0
     events: list = []
     probes = [(10, tiny_model(seed=1, hidden_size=64), "extractable"),
               (20, trained.model, "extractable"), (30, trained.model, "exact")]
     for step, model, mode in probes:
-        before = history.memorized.any(0) if len(history) else np.zeros(n, bool)
         history.update(step, probe(model, wl.tokens, mode=mode, with_nll=True), mode)
-        mem = history.memorized[-1]
-        new = np.flatnonzero(mem & ~before)
-        metrics = {"memorized_count": float(mem.sum()), "memorized_fraction": float(mem.mean()),
-                   "mean_score": float(history.scores[-1].mean()),
-                   "mean_match_prefix": float(history.match_prefix[-1].mean())}
-        for tag in ("pii:EMAIL_ADDRESS", "canary", "sample"):
-            metrics[f"memorized_fraction/{tag}"] = float(mem[wl.tag_mask(tag)].mean())
-        rows = tuple(RowReport(wl.ids[i], wl.tags[i], step, float(history.scores[-1, i]),
-                               int(history.match_prefix[-1, i]), wl.redacted_preview(i))
-                     for i in new)
-        events.append(("probe", ProbeRecord(step, mode, metrics, history.scores[-1].copy(), rows)))
-        for r in rows:
-            events.append(("alert", Alert("memorized", "WARN", f"memwatch: watched row {r.id} "
-                                          "memorized", f"{r.id} ({','.join(r.tags)}) "
-                                          f"memorized at step {step}: {r.preview}", step, (r.id,))))
-        if len(new):
-            events.append(("alert", Alert("abort", "ERROR", "memwatch stops the run",
-                                          f"step {step}: {len(new)} rows memorized", step)))
+        verdict = evaluate(policy, history, sent, streak, preview=wl.redacted_preview)
+        sent, streak = verdict.sent, verdict.streak
+        rows = row_reports(history, newly_memorized(history), wl.redacted_preview)
+        events.append(("probe", ProbeRecord(step, mode, probe_metrics(history, wl.tag_counts()),
+                                            history.scores[-1].copy(), rows)))
+        events += [("alert", alert) for alert in verdict.alerts]
     return SinkEvents(wl, history, tuple(events), emails, tuple(sorted(secrets)))
 
 

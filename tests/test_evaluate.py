@@ -193,6 +193,12 @@ def test_unreadable_data_fails_before_scoring(suite, tmp_path, capsys, no_scorin
     assert "sequence index 128 is out of range" in err
 
 
+def test_bad_probe_settings_fail_before_scoring(suite, tmp_path, capsys, no_scoring):
+    err = _bad(capsys, tmp_path, "--model", str(suite.root / "small"), "--pythia-data",
+               suite.prefix, "--indices", "0:8", "--cont-len", "0")
+    assert "cont_len must be an integer >= 1; got 0" in err
+
+
 def test_empty_index_range_fails_before_scoring(suite, tmp_path, capsys, no_scoring):
     err = _bad(capsys, tmp_path, "--model", str(suite.root / "small"), "--pythia-data",
                suite.prefix, "--indices", "5:5")

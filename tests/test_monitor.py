@@ -281,8 +281,10 @@ def test_token_outside_the_vocab_fails_before_training():
 
 
 def test_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(ValueError, match="mode must be one of"):
         monitor(mode="greedy")
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        monitor(batch_size=0)  # the probe's settings are one ProbeSpec, checked up front
     with pytest.raises(ValueError, match="exact_every"):
         monitor(exact_every=0)
     with pytest.raises(TypeError, match="AbortPolicy"):

@@ -9,6 +9,7 @@ import pytest
 
 from memwatch.watchlist import Watchlist
 from memwatch.watchlist.pythia import (
+    PYTHIA_ID,
     IndexedDataset,
     parse_index_range,
     steps_range,
@@ -59,6 +60,8 @@ def test_from_pythia_takes_the_first_prompt_plus_continuation_tokens(tmp_path):
     wl = Watchlist.from_pythia(tmp_path / "pile.idx", steps_range(1, 3, seqs_per_step=2),
                                prompt_len=16, cont_len=8)
     assert wl.ids == [f"pythia:{i}" for i in (2, 3, 4, 5)] and wl.tokens.shape == (4, 24)
+    # `memwatch eval` reads the sequence index back from the id
+    assert [int(PYTHIA_ID.fullmatch(i).group(1)) for i in wl.ids] == [2, 3, 4, 5]
 
 
 def test_index_specs_and_steps():

@@ -126,7 +126,7 @@ def test_from_dataset_samples_rows_of_the_dataset(tiny_tokenizer, streaming):
 # ------------------------------------------------------------------------------------------
 
 
-def test_sample_select_add_shard():
+def test_sample_select_add():
     wl = _tagged()
     s = wl.sample(3, seed=1)
     assert len(s) == 3 and s.ids == sorted(s.ids, key=wl.ids.index)
@@ -141,7 +141,30 @@ def test_sample_select_add_shard():
     assert torch.equal(both.tokens[4], wl.tokens[0])
     with pytest.raises(ValueError, match="'r0' is used by rows"):
         wl + wl.select([0])
-    assert sum(len(wl.shard(r, 5)) for r in range(5)) == len(wl)
+
+
+def test_tag_patterns_mean_the_same_everywhere():
+    """One meaning of a tag pattern for the watchlist, the history and the policy: fnmatch on
+    each tag, and "*" names every row, the untagged one included."""
+    from memwatch.history import History
+    from memwatch.policy import AbortPolicy, evaluate
+    from memwatch.probe import ProbeResult
+
+    tags = [("pii:EMAIL_ADDRESS",), (), ("canary", "canary:x4"), ("sample",)]
+    wl = Watchlist.from_tokens(torch.arange(4 * 64).reshape(4, 64), tags=tags)
+    history = History(wl.ids, wl.tags)
+    expected = {"*": [1, 1, 1, 1], "pii:*": [1, 0, 0, 0], "canary": [0, 0, 1, 0],
+                "canary:x*": [0, 0, 1, 0], "*a*": [0, 0, 1, 1], "PII:*": [0, 0, 0, 0]}
+    for pattern, rows in expected.items():
+        assert wl.tag_mask(pattern).tolist() == [bool(r) for r in rows], pattern
+        assert history.tag_mask(pattern).tolist() == [bool(r) for r in rows], pattern
+    assert wl.sample(4, by_tag="*").ids == wl.ids
+    # Only the untagged row is memorized: "*" counts it, as the forecast's "*" key does.
+    memorized = torch.tensor([False, True, False, False])
+    history.update(1, ProbeResult(memorized.float(), memorized, memorized.to(torch.int16) * 32),
+                   "extractable")
+    verdict = evaluate(AbortPolicy(tags=(), max_fraction={"*": 0.2}), history)
+    assert verdict.abort and "'*' is 0.250 > 0.2" in verdict.reason
 
 
 # ------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 # and are imported eagerly, or the submodule would shadow the function.)
 _LAZY = {
     "Watchlist": "memwatch.watchlist",
-    "insert_canaries": "memwatch.watchlist.canaries",
+    "insert_canaries": "memwatch.watchlist.planting",
     "exposure": "memwatch.watchlist.canaries",
     "History": "memwatch.history",
     "Alert": "memwatch.events",

@@ -10,20 +10,12 @@ from importlib import import_module
 COMMANDS = ["demo", "eval", "analyze", "watchlist", "bench"]
 
 
-def _available():
-    for name in COMMANDS:
-        try:
-            yield name, import_module(f"memwatch.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"memwatch.commands.{name}":
-                raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memwatch", description="Watch a language model memorize its training data.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in _available():
+    for name in COMMANDS:
+        module = import_module(f"memwatch.commands.{name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

@@ -122,7 +122,3 @@ def barrier() -> None:
         return
     _collective(torch.distributed.all_reduce, torch.zeros(1, device=_device()))
 
-
-def broadcast_flag(flag: bool) -> bool:
-    """Rank 0's `flag` on every rank."""
-    return bool(broadcast_floats([float(flag)])[0])

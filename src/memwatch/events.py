@@ -1,14 +1,18 @@
 """What the monitor tells the outside world: per-probe records, alerts, decisions.
 
 Everything here is safe to hand to a sink: rows are named by id, tags and a
-redacted preview, never by their raw text.
+redacted preview, never by their raw text. The functions at the end derive a
+probe's record from the `History` (pure: the monitor only calls them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from memwatch.watchlist.tags import ALL_ROWS
 
 
 @dataclass(frozen=True)
@@ -63,3 +67,51 @@ class Decision:
     abort: bool = False
     reason: str = ""
     record: ProbeRecord | None = field(default=None, repr=False)
+
+
+# ---- a probe's record, derived from the history ---------------------------------------------
+def newly_memorized(history) -> np.ndarray:
+    """bool [n]: rows memorized at the latest probe and at no earlier one."""
+    mem = history.memorized
+    return mem[-1] & ~mem[:-1].any(axis=0)
+
+
+def probe_metrics(history, tags: Sequence[str], forecast=None, *,
+                  probe_seconds: float | None = None, monitor_seconds: float = 0.0,
+                  train_seconds: float = 0.0) -> dict[str, float]:
+    """The `ProbeRecord.metrics` of the latest probe in `history`.
+
+    tags: the tags to count rows of (``memorized_count/<tag>``, ``memorized_fraction/<tag>``).
+    forecast: a `memwatch.forecast.Forecast` (its all-rows ``forecast/*`` numbers), or None.
+    probe_seconds: the probe's own time; with it come ``probe_seconds`` and ``overhead``,
+        the monitor's seconds (this probe's included) over training's (NaN before any).
+    """
+    mem = history.memorized[-1]
+    metrics = {
+        "memorized_count": float(mem.sum()),
+        "memorized_fraction": float(mem.mean()),
+        "mean_score": float(history.scores[-1].mean()),
+        "mean_match_prefix": float(history.match_prefix[-1].mean()),
+    }
+    if probe_seconds is not None:
+        metrics["probe_seconds"] = probe_seconds
+        metrics["overhead"] = monitor_seconds / train_seconds if train_seconds else float("nan")
+    for tag in tags:
+        rows = history.tag_mask(tag)
+        metrics[f"memorized_count/{tag}"] = float(mem[rows].sum())
+        metrics[f"memorized_fraction/{tag}"] = float(mem[rows].mean())
+    overall = None if forecast is None else forecast.tags.get(ALL_ROWS)
+    if overall is not None:
+        for name in ("expected_final_memorized", "recall_now", "precision_now"):
+            metrics[f"forecast/{name}"] = float(getattr(overall, name))
+    return metrics
+
+
+def row_reports(history, rows: np.ndarray,
+                preview: Callable[[int], str]) -> tuple[RowReport, ...]:
+    """`RowReport`s of the latest probe for the rows picked by the bool mask `rows`."""
+    step = int(history.steps[-1])
+    return tuple(
+        RowReport(history.ids[i], history.tags[i], step, float(history.scores[-1, i]),
+                  int(history.match_prefix[-1, i]), preview(int(i)))
+        for i in np.flatnonzero(rows))

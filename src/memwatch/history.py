@@ -12,13 +12,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from memwatch.probe import CONT_LEN
+from memwatch.watchlist.tags import tag_mask
+
 _NO_NLL = np.float16(np.nan)
 
 
 class History:
     """Accumulates `ProbeResult`s step by step (``update``); answers are derived."""
 
-    def __init__(self, ids: Sequence[str], tags: Sequence[Sequence[str]], cont_len: int = 32):
+    def __init__(self, ids: Sequence[str], tags: Sequence[Sequence[str]], cont_len: int = CONT_LEN):
         if cont_len > 255:
             raise ValueError(f"History stores counts as uint8; cont_len={cont_len} exceeds 255")
         self.ids = list(ids)
@@ -129,15 +132,13 @@ class History:
         return self.nll_first
 
     def tag_mask(self, pattern: str) -> np.ndarray:
-        """bool [n]: rows with a tag matching `pattern` (fnmatch, e.g. ``pii:*``)."""
+        """bool [n]: the rows `pattern` names (see `memwatch.watchlist.tags`: ``"*"`` is
+        every row, ``pii:*`` every row with a tag starting ``pii:``)."""
         # The monitor and the policy ask for the same patterns at every probe; rows and tags
         # never change, so each pattern is matched against every row once.
         mask = self._tag_masks.get(pattern)
         if mask is None:
-            from fnmatch import fnmatchcase
-
-            mask = np.array([any(fnmatchcase(t, pattern) for t in tags) for tags in self.tags],
-                            bool)
+            mask = tag_mask(self.tags, pattern)
             mask.setflags(write=False)
             self._tag_masks[pattern] = mask
         return mask

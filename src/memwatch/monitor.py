@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from memwatch import distributed
-from memwatch.events import Decision, ProbeRecord, RowReport
+from memwatch.events import Decision, ProbeRecord, newly_memorized, probe_metrics, row_reports
+from memwatch.forecast import forecast
 from memwatch.history import History
 from memwatch.lm import vocab_size
 from memwatch.policy import AbortPolicy, Verdict, evaluate
-from memwatch.probe import MODES
+from memwatch.probe import CONT_LEN, PROMPT_LEN, ProbeSpec
 from memwatch.schedule import Schedule
 
 STATE_FORMAT = 1
@@ -63,7 +64,8 @@ class MemWatch:
     exact_every: make every k-th scheduled probe exact.
     abort: the `AbortPolicy`.
     sinks: `Sink`s that receive records, alerts and the final history (rank 0 only).
-    prompt_len, cont_len, with_nll, batch_size: passed to `probe`. The forecast's
+    prompt_len, cont_len, with_nll, batch_size: passed to `probe`; with `mode` they
+        make the monitor's `spec`, one `ProbeSpec` validated here. The forecast's
         per-row ``trajectory`` estimate (the most accurate one in
         `benchmarks/backtest_forecast.py`) follows each row's NLL: by default the first
         continuation token's, which every probe measures almost free; ``with_nll=True``
@@ -85,28 +87,26 @@ class MemWatch:
         exact_every: int | None = None,
         abort: AbortPolicy | None = None,
         sinks: Sequence = (),
-        prompt_len: int = 32,
-        cont_len: int = 32,
+        prompt_len: int = PROMPT_LEN,
+        cont_len: int = CONT_LEN,
         with_nll: bool = False,
         batch_size: int | None = None,
         compute=None,
     ):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+        spec = ProbeSpec(prompt_len, cont_len, mode, bool(with_nll), batch_size)
         if exact_every is not None and (not isinstance(exact_every, int) or exact_every < 1):
             raise ValueError(f"exact_every counts probes: an int >= 1 or None; got {exact_every!r}")
         abort = AbortPolicy() if abort is None else abort
         if not isinstance(abort, AbortPolicy):
             raise TypeError(f"abort must be an AbortPolicy; got {type(abort).__name__}")
-        watchlist.validate(prompt_len, cont_len)
+        watchlist.validate(spec.prompt_len, spec.cont_len)
         self.watchlist = watchlist
+        self.spec = spec
         self.schedule = Schedule(total_steps, every_n_steps, max_overhead)
-        self.mode, self.exact_every, self.policy = mode, exact_every, abort
+        self.exact_every, self.policy = exact_every, abort
         self.sinks = list(sinks)
-        self.prompt_len, self.cont_len = int(prompt_len), int(cont_len)
-        self.with_nll, self.batch_size = bool(with_nll), batch_size
         self.compute = compute
-        self.history = History(watchlist.ids, watchlist.tags, cont_len=self.cont_len)
+        self.history = History(watchlist.ids, watchlist.tags, cont_len=spec.cont_len)
         self._tags = sorted({t for row in watchlist.tags for t in row})
         self._sent: frozenset[str] = frozenset()
         self._streak = 0
@@ -131,7 +131,7 @@ class MemWatch:
         """Raise before training if a watchlist row has a token id outside the model's vocab."""
         vocab = vocab_size(unwrap(model))
         if vocab != self._checked_vocab:
-            self.watchlist.validate(self.prompt_len, self.cont_len, vocab)
+            self.watchlist.validate(self.spec.prompt_len, self.spec.cont_len, vocab)
             if self._checked_vocab is None:
                 self._emit("on_start")  # e.g. wandb.init: a one-off, not a probe's cost
             self._checked_vocab = vocab
@@ -153,7 +153,7 @@ class MemWatch:
         last = self.total_steps is not None and step >= self.total_steps
         nth = self.exact_every is not None and (self.schedule.probes + 1) % self.exact_every == 0
         exact = last or nth
-        decision = self._probe(model, step, "exact" if exact else self.mode)
+        decision = self._probe(model, step, "exact" if exact else self.spec.mode)
         self._last_time = time.perf_counter()
         return decision
 
@@ -184,20 +184,23 @@ class MemWatch:
     # ---- one probe ---------------------------------------------------------------------------
     def _probe(self, model: torch.nn.Module, step: int, mode: str) -> Decision:
         t0 = time.perf_counter()
+        spec = self.spec
         result = distributed.probe_sharded(
-            unwrap(model), self.watchlist.tokens, self.prompt_len, self.cont_len, mode,
-            self.with_nll, self.batch_size)
+            unwrap(model), self.watchlist.tokens, spec.prompt_len, spec.cont_len, mode,
+            spec.with_nll, spec.batch_size)
         probe_seconds = time.perf_counter() - t0
-        before = self.history.memorized.any(axis=0) if len(self.history) else None
         self.history.update(step, result, mode)
-        new = self.history.memorized[-1] if before is None else self.history.memorized[-1] & ~before
-        forecast = self._forecast()
-        verdict = evaluate(self.policy, self.history, self._sent, self._streak, forecast,
+        new = newly_memorized(self.history)
+        predicted = self._forecast()
+        verdict = evaluate(self.policy, self.history, self._sent, self._streak, predicted,
                            self.watchlist.redacted_preview)
         self._sent, self._streak = verdict.sent, verdict.streak
-        seconds = time.perf_counter() - t0
-        record = ProbeRecord(step, mode, self._metrics(probe_seconds, seconds, forecast),
-                             self.history.scores[-1].copy(), self._reports(new, step))
+        metrics = probe_metrics(
+            self.history, self._tags, predicted, probe_seconds=probe_seconds,
+            monitor_seconds=self.schedule.monitor_seconds + time.perf_counter() - t0,
+            train_seconds=self.schedule.train_seconds)
+        record = ProbeRecord(step, mode, metrics, self.history.scores[-1].copy(),
+                             row_reports(self.history, new, self.watchlist.redacted_preview))
         self._emit("on_probe", record)
         for alert in verdict.alerts:
             self._emit("on_alert", alert)
@@ -210,35 +213,6 @@ class MemWatch:
         ids = tuple(self.history.ids[i] for i in np.flatnonzero(new))
         return Decision(step, True, ids, verdict.alerts, abort, verdict.reason, record)
 
-    def _reports(self, new: np.ndarray, step: int) -> tuple[RowReport, ...]:
-        h = self.history
-        return tuple(
-            RowReport(h.ids[i], h.tags[i], step, float(h.scores[-1, i]),
-                      int(h.match_prefix[-1, i]), self.watchlist.redacted_preview(int(i)))
-            for i in np.flatnonzero(new))
-
-    def _metrics(self, probe_seconds: float, seconds: float, forecast) -> dict[str, float]:
-        h, sched = self.history, self.schedule
-        mem = h.memorized[-1]
-        train = sched.train_seconds
-        metrics = {
-            "memorized_count": float(mem.sum()),
-            "memorized_fraction": float(mem.mean()),
-            "mean_score": float(h.scores[-1].mean()),
-            "mean_match_prefix": float(h.match_prefix[-1].mean()),
-            "probe_seconds": probe_seconds,
-            "overhead": (sched.monitor_seconds + seconds) / train if train else float("nan"),
-        }
-        for tag in self._tags:
-            rows = h.tag_mask(tag)
-            metrics[f"memorized_count/{tag}"] = float(mem[rows].sum())
-            metrics[f"memorized_fraction/{tag}"] = float(mem[rows].mean())
-        overall = None if forecast is None else forecast.tags.get("*")
-        if overall is not None:
-            for name in ("expected_final_memorized", "recall_now", "precision_now"):
-                metrics[f"forecast/{name}"] = float(getattr(overall, name))
-        return metrics
-
     def _forecast(self):
         """The point forecast of the final memorized counts, when the run length is known.
 
@@ -246,10 +220,6 @@ class MemWatch:
         probe on 1000 rows, without them milliseconds (`memwatch analyze` draws the bands).
         """
         if self.total_steps is None:
-            return None
-        try:
-            from memwatch.forecast import forecast
-        except ImportError:
             return None
         try:
             return forecast(self.history, self.total_steps, n_boot=0, with_risk=False,

@@ -16,16 +16,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from memwatch.events import Alert
+from memwatch.watchlist.tags import ALL_ROWS
 
 ACTIONS = ("stop", "alert")
-ALL_ROWS = "*"  # the pattern (and forecast key) for every row, tagged or not
 
 
 @dataclass(frozen=True)
 class AbortPolicy:
     """What makes the monitor alert and stop.
 
-    tags: tag patterns (fnmatch) whose rows must never be memorized: each such row
+    Tag patterns are fnmatch patterns; ``"*"`` names every row (`memwatch.watchlist.tags`).
+
+    tags: tag patterns whose rows must never be memorized: each such row
         alerts once, and any of them memorized is an abort trigger. ``()`` disables.
     max_fraction: tag pattern -> highest tolerated memorized fraction of its rows
         (``"*"`` = all rows); passing it alerts and is an abort trigger.
@@ -75,13 +77,6 @@ class Verdict:
     streak: int = 0  # consecutive probes, up to this one, at which a trigger held
 
 
-def rows_matching(history, pattern: str) -> np.ndarray:
-    """bool [n]: the rows `pattern` names (``"*"`` is every row, tagged or not)."""
-    if pattern == ALL_ROWS:
-        return np.ones(history.num_rows, dtype=bool)
-    return history.tag_mask(pattern)
-
-
 def evaluate(
     policy: AbortPolicy,
     history,
@@ -122,7 +117,7 @@ def evaluate(
                             f"({ids})")
 
     for pattern, limit in policy.max_fraction.items():
-        rows = rows_matching(history, pattern)
+        rows = history.tag_mask(pattern)
         if not rows.any():
             continue
         share = float(memorized[rows].mean())

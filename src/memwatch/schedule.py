@@ -50,11 +50,6 @@ class Schedule:
         # The first probe waits for the second step so that one training step has been timed.
         self.next_step = every_n_steps or 2
 
-    @property
-    def overhead(self) -> float:
-        """Monitor seconds as a share of training seconds so far (NaN before any training)."""
-        return self.monitor_seconds / self.train_seconds if self.train_seconds else math.nan
-
     def due(self, step: int) -> bool:
         """True when the monitor should probe at training `step`."""
         if self.every_n_steps:

@@ -168,7 +168,7 @@ def test_tables_of_new_and_summary_rows(own_run, sink_events):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_alerts_follow_alert_on_and_are_kept_locally(own_run, sink_events):
+def test_alerts_follow_the_policy_and_are_kept_locally(own_run, sink_events):
     root, run = own_run
     ev = sink_events
     sent = run.of("alert")
@@ -206,6 +206,25 @@ def test_raw_text_only_when_asked(tmp_path, sink_events):
     redacted_run, raw_run = (only_run(tmp_path / m).dir for m in ("redacted", "raw"))
     assert leaks(redacted_run, ev.emails) == []
     assert {s for _, s in leaks(raw_run, ev.emails)} == set(ev.emails)
+
+
+def test_the_policy_alone_decides_which_rows_alert(tmp_path, sink_events):
+    """A policy watching the sample rows gets their alerts to W&B: the sink filters nothing."""
+    from memwatch.policy import AbortPolicy, evaluate
+
+    ev = sink_events
+    verdict = evaluate(AbortPolicy(tags=("sample",), action="alert"), ev.history.head(2),
+                       preview=ev.watchlist.redacted_preview)
+    rows = [a.row_ids[0] for a in verdict.alerts if a.kind == "memorized"]
+    assert len(rows) >= 12
+    assert all(ev.watchlist.tags[ev.watchlist.ids.index(i)] == ("sample",) for i in rows)
+    sink = WandbSink(project="memwatch-test", local_dir=tmp_path / "local",
+                     init_kwargs={"dir": str(tmp_path)})
+    sink.on_probe(probes(ev)[1])  # the sink sees the rows' tags before their alerts
+    for alert in verdict.alerts:
+        sink.on_alert(alert)
+    sink.close()
+    assert [a.title for a in only_run(tmp_path).of("alert")] == [a.title for a in verdict.alerts]
 
 
 # ---- someone else's run --------------------------------------------------------------------
@@ -264,6 +283,8 @@ def test_bad_arguments_fail_at_construction():
         WandbSink(log_text="all")
     with pytest.raises(TypeError, match="wandb Run or a Lightning WandbLogger; got str"):
         WandbSink(run="my-run")
+    with pytest.raises(TypeError, match=r"AbortPolicy alone decides .* abort=AbortPolicy\(tags="):
+        WandbSink(alert_on=("pii:*",))
     with pytest.raises(TypeError, match="unexpected keyword argument 'alert_tags'"):
         WandbSink(alert_tags=("pii:*",))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from memwatch.probe import CONT_LEN
+
 HELP = ("Compare every (model, checkpoint) in result folders (memwatch's or EleutherAI's) "
         "with a target; write a Markdown report with plots.")
 
@@ -15,8 +17,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--tokens-per-step", type=int, default=None,
                    help="tokens per optimizer step for compute (default Pythia's 2,097,152)")
-    p.add_argument("--cont-len", type=int, default=32,
-                   help="continuation length, for the histogram bins (default 32)")
+    p.add_argument("--cont-len", type=int, default=CONT_LEN,
+                   help=f"continuation length, for the histogram bins (default {CONT_LEN})")
 
 
 def run(args) -> int:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from memwatch.probe import _Preserved, probe, reference_probe
+from memwatch.probe import CONT_LEN, PROMPT_LEN, _Preserved, probe, reference_probe
 
 HELP = "Time probe(exact|extractable) against reference_probe (generate) and print ratios."
 
@@ -97,8 +97,8 @@ def _plain_forward(model, rows: torch.Tensor) -> None:
         model(input_ids=rows)
 
 
-def plant_memorized(model, rows: torch.Tensor, share: float, prompt_len: int = 32,
-                    cont_len: int = 32) -> torch.Tensor:
+def plant_memorized(model, rows: torch.Tensor, share: float, prompt_len: int = PROMPT_LEN,
+                    cont_len: int = CONT_LEN) -> torch.Tensor:
     """Rows where a `share` of them carry the model's own greedy continuation (memorized)."""
     k = round(share * len(rows))
     if k == 0:
@@ -109,7 +109,7 @@ def plant_memorized(model, rows: torch.Tensor, share: float, prompt_len: int = 3
     return out
 
 
-def compare(model, rows: torch.Tensor, prompt_len: int = 32, cont_len: int = 32,
+def compare(model, rows: torch.Tensor, prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
             batch_size: int | None = None, repeat: int = 2) -> dict[str, float]:
     """Best-of-`repeat` seconds for reference_probe, probe(exact), probe(extractable), the
     latter with_nll=True, and one forward pass over M+N tokens; rounds interleave the

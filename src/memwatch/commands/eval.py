@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from memwatch.probe import CONT_LEN, PROMPT_LEN, ProbeSpec
+
 HELP = ("Probe every (model, revision) over a watchlist or Pythia's training data; one "
         "resumable parquet per checkpoint (run under torchrun to split the rows over ranks).")
 
@@ -28,8 +30,8 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--batch-size", default="auto",
                    help="rows per probe batch, also the unit a crash can lose (default auto)")
-    p.add_argument("--prompt-len", type=int, default=32)
-    p.add_argument("--cont-len", type=int, default=32)
+    p.add_argument("--prompt-len", type=int, default=PROMPT_LEN)
+    p.add_argument("--cont-len", type=int, default=CONT_LEN)
     p.add_argument("--no-nll", action="store_true", help="skip the NLL column (written as NaN)")
     p.add_argument("--cache-dir", help="transformers cache for hub checkpoints")
     p.add_argument("--device", help="default: this rank's GPU if any, else cpu")
@@ -87,9 +89,10 @@ def run(args) -> int:
 
     started = False
     try:
-        config = EvalConfig(args.prompt_len, args.cont_len, args.mode, args.dtype,
-                            _batch_size(args.batch_size), not args.no_nll, args.cache_dir,
-                            args.device)
+        spec = ProbeSpec(args.prompt_len, args.cont_len, args.mode, not args.no_nll,
+                         _batch_size(args.batch_size))
+        config = EvalConfig(spec.prompt_len, spec.cont_len, spec.mode, args.dtype,
+                            spec.batch_size, spec.with_nll, args.cache_dir, args.device)
         checkpoints = [c for m in args.model for c in resolve_checkpoints(m, args.revision)]
         watchlist, index = _watchlist(args)
         started = _init_distributed()

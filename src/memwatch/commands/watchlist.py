@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from memwatch.probe import CONT_LEN, PROMPT_LEN
+
 HELP = "Build a watchlist (text windows, PII, canaries, Pythia sequences) or show one."
 
 
@@ -25,8 +27,8 @@ def add_arguments(p) -> None:
     b.add_argument("--indices", help="sequence indices of --pythia, e.g. 0:1000000:97")
     b.add_argument("--steps", metavar="A:B",
                    help="the sequences of --pythia seen in steps [A, B) (1024 per step)")
-    b.add_argument("--prompt-len", type=int, default=32)
-    b.add_argument("--cont-len", type=int, default=32)
+    b.add_argument("--prompt-len", type=int, default=PROMPT_LEN)
+    b.add_argument("--cont-len", type=int, default=CONT_LEN)
     b.add_argument("--keep-text", action="store_true",
                    help="store raw text with the rows (off by default: text may hold PII)")
     b.add_argument("--seed", type=int, default=0)

@@ -36,15 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-# Pythia: 1024 sequences of 2048 tokens per optimizer step.
-PYTHIA_TOKENS_PER_STEP = 1024 * 2048
-PYTHIA_FINAL_STEP = 143000
-# Total parameters of the Pythia models (the Pythia README), embeddings included.
-PYTHIA_PARAMS = {
-    "14m": 14_067_712, "31m": 30_494_720, "70m": 70_426_624, "160m": 162_322_944,
-    "410m": 405_334_016, "1b": 1_011_781_632, "1.4b": 1_414_647_808,
-    "2.8b": 2_775_208_960, "6.9b": 6_857_302_016, "12b": 11_846_072_320,
-}
+from memwatch.probe import CONT_LEN
+from memwatch.watchlist.pythia import PYTHIA_FINAL_STEP, PYTHIA_PARAMS, PYTHIA_TOKENS_PER_STEP
+
 _PYTHIA_NAME = re.compile(r"pythia-(\d+(?:\.\d+)?[mb])(-deduped)?(?:-v0)?$", re.I)
 _SPLIT = re.compile(r"^(duped|deduped)\.(\d+(?:\.\d+)?[mb])(?:\.(\d+))?(?:-\d+-of-\d+)?$")
 _EVAL_DIR = re.compile(r"^memorization_(.+)_(\d+)$")
@@ -388,7 +382,7 @@ def compute_of(run: Run, tokens_per_step: int = PYTHIA_TOKENS_PER_STEP) -> float
     return 6.0 * run.params * run.step * tokens_per_step
 
 
-def score_histogram(scores: np.ndarray, cont_len: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def score_histogram(scores: np.ndarray, cont_len: int = CONT_LEN) -> tuple[np.ndarray, np.ndarray]:
     """(edges [cont_len + 2], counts [cont_len + 1]): one bin per attainable score k / cont_len."""
     edges = (np.arange(cont_len + 2) - 0.5) / cont_len
     counts, _ = np.histogram(np.asarray(scores, np.float64), bins=edges)
@@ -410,7 +404,7 @@ def _predictor(name: str, pairs: Sequence[PairStats], target_compute: float) -> 
 
 
 def analyze(runs: Sequence[Run], target: str, tokens_per_step: int = PYTHIA_TOKENS_PER_STEP,
-            cont_len: int = 32) -> Analysis:
+            cont_len: int = CONT_LEN) -> Analysis:
     """The `Analysis` of every run against the run named `target` (``MODEL@REVISION``).
 
     Smaller-model predictors: the last checkpoint of every model with fewer

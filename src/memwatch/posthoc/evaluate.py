@@ -32,15 +32,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memwatch.probe import MODES, probe
+from memwatch.probe import CONT_LEN, MODES, PROMPT_LEN, probe
 from memwatch.watchlist import Watchlist
+from memwatch.watchlist.pythia import PYTHIA_ID
 
 FORMAT_VERSION = 1
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Rows per resumable batch when the probe picks its own batch size (--batch-size auto).
 AUTO_WRITE_ROWS = 1024
 _STEP = re.compile(r"^step(\d+)$")
-_PYTHIA_ID = re.compile(r"pythia:(\d+)")
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,8 @@ class Checkpoint:
 class EvalConfig:
     """How to probe: lengths and mode as in `probe`, model dtype, batch rows, NLL, cache."""
 
-    prompt_len: int = 32
-    cont_len: int = 32
+    prompt_len: int = PROMPT_LEN
+    cont_len: int = CONT_LEN
     mode: str = "exact"
     dtype: str = "fp32"
     batch_size: int | None = None  # None: the probe picks (OOM-safe); batches of 1024 rows
@@ -172,7 +172,7 @@ def check_inputs(checkpoints: Sequence[Checkpoint], watchlist: Watchlist,
 
 def default_index(watchlist: Watchlist) -> np.ndarray:
     """int64 [n]: the Pythia sequence index of ``pythia:<i>`` ids, else the row positions."""
-    found = [_PYTHIA_ID.fullmatch(i) for i in watchlist.ids]
+    found = [PYTHIA_ID.fullmatch(i) for i in watchlist.ids]
     if all(found):
         return np.array([int(m.group(1)) for m in found], np.int64)
     return np.arange(len(watchlist), dtype=np.int64)

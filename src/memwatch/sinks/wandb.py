@@ -18,7 +18,6 @@ import os
 import re
 import time
 import warnings
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +39,11 @@ class WandbSink(Sink):
     `WandbLogger`), or a run it starts itself at the first event (``wandb.init(project=project,
     **init_kwargs)``, at most once).
 
-    alert_on: tag patterns (fnmatch) whose rows raise a W&B alert when first memorized.
-    alert_level: level of those alerts; an abort always alerts at ERROR.
+    Every alert the monitor sends goes to W&B: which rows alert is the `AbortPolicy`'s
+    choice alone (``AbortPolicy(tags=...)``).
+
+    alert_on: removed; passing it is an error that points to ``AbortPolicy(tags=...)``.
+    alert_level: level of the alerts on memorized rows; an abort always alerts at ERROR.
     log_text: "redacted" (previews the monitor made), "none" (ids and tags only) or "raw"
         (the end-of-run table shows the watchlist's kept raw text; opt-in).
     local_dir: where the local copy goes; default ``./memwatch-logs/<run name>``.
@@ -52,7 +54,7 @@ class WandbSink(Sink):
         self,
         run=None,
         project: str | None = None,
-        alert_on: tuple[str, ...] | str = ("pii:*", "canary"),
+        alert_on: None = None,
         alert_level: str = "WARN",
         log_text: str = "redacted",
         local_dir: str | Path | None = None,
@@ -65,9 +67,12 @@ class WandbSink(Sink):
         if run is not None and not (hasattr(run, "log") or hasattr(run, "experiment")):
             raise TypeError(f"run must be a wandb Run or a Lightning WandbLogger; got "
                             f"{type(run).__name__}")
+        if alert_on is not None:
+            raise TypeError(f"WandbSink(alert_on={alert_on!r}): the AbortPolicy alone decides "
+                            "which rows alert; pass MemWatch(..., abort=AbortPolicy(tags="
+                            f"{alert_on!r})) instead")
         if alert_level not in LEVELS:
             raise ValueError(f"alert_level={alert_level!r} is not one of {LEVELS}")
-        self.alert_on = (alert_on,) if isinstance(alert_on, str) else tuple(alert_on)
         self.alert_level = alert_level
         self.log_text = check_text_mode(log_text)
         self.project = project
@@ -84,7 +89,6 @@ class WandbSink(Sink):
         self._local: LocalSink | None = None
         self._partial_step: int | None = None
         self._new_rows = None
-        self._tags: dict[str, tuple[str, ...]] = {}
         self._alerted: set[str] = set()
 
     # ---- the Sink interface -------------------------------------------------------------------
@@ -92,7 +96,6 @@ class WandbSink(Sink):
         self._start()
 
     def on_probe(self, record: ProbeRecord) -> None:
-        self._tags.update((r.id, r.tags) for r in record.new_rows)
         run = self._start()
         self.local.on_probe(record)
         if run is not None:
@@ -205,15 +208,11 @@ class WandbSink(Sink):
         return table
 
     def _alert_level(self, alert: Alert) -> str | None:
-        """The W&B level for `alert`, or None if it is not sent (tags outside `alert_on`,
-        or every row already alerted on)."""
+        """The W&B level for `alert`, or None if it is not sent (every row already alerted on)."""
         if alert.kind == "abort":
             return "ERROR"
         if alert.kind != "memorized":
             return alert.level if alert.level in LEVELS else "WARN"
-        tags = {t for i in alert.row_ids for t in self._tags.get(i, ())}
-        if tags and not any(fnmatchcase(t, p) for t in tags for p in self.alert_on):
-            return None
         fresh = set(alert.row_ids) - self._alerted
         if alert.row_ids and not fresh:
             return None

@@ -18,10 +18,12 @@ import json
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from fnmatch import fnmatchcase
 
 import numpy as np
 import torch
+
+from memwatch.probe import CONT_LEN, PROMPT_LEN
+from memwatch.watchlist.tags import tag_mask
 
 FORMAT = "memwatch.watchlist"
 FORMAT_VERSION = 1
@@ -132,7 +134,7 @@ class Watchlist:
 
     @classmethod
     def from_texts(cls, texts: Iterable[str], tokenizer, tags: Sequence[str] | str = ("text",),
-                   prompt_len: int = 32, cont_len: int = 32, keep_text: bool = False,
+                   prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN, keep_text: bool = False,
                    max_rows: int | None = None, id_prefix: str = "text") -> Watchlist:
         """Rows from texts: each text's consecutive windows of prompt_len + cont_len tokens.
 
@@ -141,22 +143,17 @@ class Watchlist:
         after the last full window is dropped. `tokenizer` is any fast Hugging Face
         tokenizer (offset mapping needed); no special tokens are added.
         """
+        from memwatch.watchlist.text import windows
+
         tags = (tags,) if isinstance(tags, str) else tuple(tags)
         L = prompt_len + cont_len
         rows, ids, spans, kept = [], [], [], []
-        for t, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text {t} is a {type(text).__name__}, not a str")
-            token_ids, offsets = _encode(tokenizer, text)
-            for w in range(len(token_ids) // L):
-                s = w * L
-                start, end = offsets[s][0], offsets[s + L - 1][1]
-                rows.append(token_ids[s : s + L])
-                ids.append(f"{id_prefix}:{t}:{w}")
-                spans.append((t, start, end))
-                kept.append(text[start:end] if keep_text else None)
-                if max_rows is not None and len(rows) >= max_rows:
-                    break
+        for win in windows(texts, tokenizer, L):
+            t = win.text_index
+            rows.append(win.tokens)
+            ids.append(f"{id_prefix}:{t}:{win.index}")
+            spans.append((t, win.start, win.end))
+            kept.append(win.text if keep_text else None)
             if max_rows is not None and len(rows) >= max_rows:
                 break
         if not rows:
@@ -167,8 +164,8 @@ class Watchlist:
 
     @classmethod
     def from_dataset(cls, ds, text_column: str = "text", tokenizer=None,
-                     sample: int | None = None, seed: int = 0, prompt_len: int = 32,
-                     cont_len: int = 32, tags: Sequence[str] | str = ("sample",),
+                     sample: int | None = None, seed: int = 0, prompt_len: int = PROMPT_LEN,
+                     cont_len: int = CONT_LEN, tags: Sequence[str] | str = ("sample",),
                      keep_text: bool = False, id_prefix: str = "ds",
                      shuffle_buffer: int = 10_000) -> Watchlist:
         """`sample` random windows (all, if None) from a `datasets.Dataset` or IterableDataset.
@@ -214,8 +211,8 @@ class Watchlist:
         return _concat(parts)
 
     @classmethod
-    def from_pythia(cls, path_prefix: str | os.PathLike, indices, prompt_len: int = 32,
-                    cont_len: int = 32, tags: Sequence[str] | str = ("sample",)) -> Watchlist:
+    def from_pythia(cls, path_prefix: str | os.PathLike, indices, prompt_len: int = PROMPT_LEN,
+                    cont_len: int = CONT_LEN, tags: Sequence[str] | str = ("sample",)) -> Watchlist:
         """Tokens [0 : prompt_len + cont_len] of the listed sequences of a Megatron .idx/.bin pair.
 
         `indices`: a spec such as ``"0:1000000:97"`` (see
@@ -223,7 +220,7 @@ class Watchlist:
         `memwatch.watchlist.pythia.steps_range(a, b)`) or integers. Ids are
         ``pythia:<index>``, as Pythia's memorization eval numbers sequences.
         """
-        from memwatch.watchlist.pythia import IndexedDataset, parse_index_range
+        from memwatch.watchlist.pythia import IndexedDataset, parse_index_range, pythia_id
 
         idx = parse_index_range(indices) if isinstance(indices, str) else \
             np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -236,12 +233,12 @@ class Watchlist:
                              f"{data.prefix} has {len(data)} sequences")
         tokens = data.read(idx, prompt_len + cont_len)
         tags = (tags,) if isinstance(tags, str) else tuple(tags)
-        return cls(torch.from_numpy(tokens), [f"pythia:{int(i)}" for i in idx],
+        return cls(torch.from_numpy(tokens), [pythia_id(i) for i in idx],
                    [tags] * len(idx))
 
     @classmethod
     def scan_pii(cls, texts: Iterable[str], tokenizer, entities: Sequence[str] | None = None,
-                 prompt_len: int = 32, cont_len: int = 32, keep_text: bool = False,
+                 prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN, keep_text: bool = False,
                  score_threshold: float = 0.35, backend: str = "auto") -> Watchlist:
         """One row per PII hit in `texts`, its continuation starting at the PII.
 
@@ -253,6 +250,7 @@ class Watchlist:
         ``spans`` holds the hit's characters; previews are redacted.
         """
         from memwatch.watchlist.pii import find_pii, redact
+        from memwatch.watchlist.text import encode
 
         M, L = prompt_len, prompt_len + cont_len
         rows, ids, tags, spans, previews, kept = [], [], [], [], [], []
@@ -262,7 +260,7 @@ class Watchlist:
             hits = find_pii(text, entities, score_threshold, backend)
             if not hits:
                 continue
-            token_ids, offsets = _encode(tokenizer, text)
+            token_ids, offsets = encode(tokenizer, text)
             for h in hits:
                 first = next((k for k, (_, e) in enumerate(offsets) if e > h.start), None)
                 if first is None or first < M or first - M + L > len(token_ids):
@@ -291,7 +289,7 @@ class Watchlist:
 
     @classmethod
     def canaries(cls, n: int, template: str = "My secret is {secret}", tokenizer=None,
-                 seed: int = 0, prompt_len: int = 32, cont_len: int = 32,
+                 seed: int = 0, prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
                  vocab_size: int | None = None) -> Watchlist:
         """`n` synthetic canaries (tag ``canary``, ids ``canary#<k>``), secrets at prompt_len.
 
@@ -332,7 +330,7 @@ class Watchlist:
                 counts[t] = counts.get(t, 0) + 1
         return counts
 
-    def validate(self, prompt_len: int = 32, cont_len: int = 32,
+    def validate(self, prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
                  vocab_size: int | None = None, model=None) -> None:
         """Raise ValueError naming the first row unusable with these lengths or this vocab.
 
@@ -356,8 +354,9 @@ class Watchlist:
                     f"has {vocab_size} ids")
 
     def tag_mask(self, pattern: str) -> np.ndarray:
-        """bool [n]: rows with a tag matching `pattern` (fnmatch, e.g. ``pii:*``)."""
-        return np.array([any(fnmatchcase(t, pattern) for t in row) for row in self.tags], bool)
+        """bool [n]: the rows `pattern` names (see `memwatch.watchlist.tags`: ``"*"`` is
+        every row, ``pii:*`` every row with a tag starting ``pii:``)."""
+        return tag_mask(self.tags, pattern)
 
     def redacted_preview(self, i: int) -> str:
         """A preview of row `i` safe to show in logs and dashboards (no raw PII)."""
@@ -378,10 +377,6 @@ class Watchlist:
             self.tokens[torch.as_tensor(idx, dtype=torch.long)],
             [self.ids[i] for i in idx], [self.tags[i] for i in idx],
             pick(self._previews), pick(self.spans), pick(self.texts))
-
-    def shard(self, rank: int, world_size: int) -> Watchlist:
-        """Rows ``rank::world_size``: the slice one distributed rank probes."""
-        return self.select(np.arange(rank, len(self), world_size))
 
     def sample(self, k: int, by_tag: str | Sequence[str] | None = None, seed: int = 0) -> Watchlist:
         """Up to `k` random rows (all if fewer), kept in watchlist order; deterministic in `seed`.
@@ -409,7 +404,8 @@ class Watchlist:
             return NotImplemented
         return _concat([self, other])
 
-    def duplicate_counts(self, stream, prompt_len: int = 32, cont_len: int = 32) -> np.ndarray:
+    def duplicate_counts(self, stream, prompt_len: int = PROMPT_LEN,
+                         cont_len: int = CONT_LEN) -> np.ndarray:
         """int64 [n]: how often each row's continuation occurs in `stream` (see `dedup`)."""
         from memwatch.watchlist.dedup import duplicate_counts
 
@@ -462,16 +458,6 @@ class Watchlist:
         tokens = load_file(tok_path)["tokens"]
         return cls(tokens.long(), meta["ids"], meta["tags"], meta.get("previews"),
                    meta.get("spans"), meta.get("texts"))
-
-
-def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids and character offsets of `text`, without special tokens."""
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    except NotImplementedError:
-        raise ValueError("the tokenizer gives no offset mapping: use a fast tokenizer "
-                         "(AutoTokenizer.from_pretrained(..., use_fast=True))") from None
-    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
 def _digest(entity: str, row: Sequence[int]) -> str:

@@ -1,24 +1,25 @@
-"""Canaries (Carlini et al. 2019, "The Secret Sharer"): make them, plant them, measure exposure.
+"""Canaries (Carlini et al. 2019, "The Secret Sharer"): make them and measure exposure.
 
 A canary is a synthetic row whose continuation is a random secret: ``prompt_len``
 tokens of context ending in the template's text (``... My secret is``), then a
 secret of ``cont_len`` tokens. With a tokenizer the secret is random digits; without
-one, canary rows are random token ids (``vocab_size`` given). `insert_canaries`
-plants each canary a chosen number of times in a training stream, and `exposure`
-ranks a canary's loss among other secrets of the same form.
+one, canary rows are random token ids (``vocab_size`` given). `exposure` ranks a
+canary's loss among other secrets of the same form; `memwatch.watchlist.planting`
+plants canaries in a training stream.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from memwatch.probe import CONT_LEN, PROMPT_LEN
+from memwatch.watchlist.text import encode
+
 DEFAULT_TEMPLATE = "My secret is {secret}"
-DEFAULT_REPEATS = (1, 4, 16, 64)
 # Filler words for the context before the template: neutral, so a canary is not PII-like.
 _WORDS = ("the river morning window garden quiet paper stone light table music green "
           "north small letter yellow train market forest simple bright summer winter "
@@ -39,7 +40,7 @@ class Canary:
 
 
 def make_canaries(n: int, template: str = DEFAULT_TEMPLATE, tokenizer=None, seed: int = 0,
-                  prompt_len: int = 32, cont_len: int = 32,
+                  prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
                   vocab_size: int | None = None) -> list[Canary]:
     """`n` canaries, deterministic in `seed`; text ones if `tokenizer` is given, else token ones."""
     if n <= 0:
@@ -57,11 +58,6 @@ def make_canaries(n: int, template: str = DEFAULT_TEMPLATE, tokenizer=None, seed
     return [_text_canary(template, tokenizer, rng, prompt_len, cont_len) for _ in range(n)]
 
 
-def _encode(tokenizer, text: str):
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return enc["input_ids"], enc["offset_mapping"]
-
-
 def _text_canary(template, tokenizer, rng, M, N, attempts: int = 50) -> Canary:
     head, _, tail = template.partition("{secret}")
     for _ in range(attempts):
@@ -69,7 +65,7 @@ def _text_canary(template, tokenizer, rng, M, N, attempts: int = 50) -> Canary:
         secret = " ".join(f"{x:04d}" for x in rng.integers(0, 10_000, 2 * N))
         text = words + head + secret + tail
         s0 = len(words) + len(head)
-        ids, offsets = _encode(tokenizer, text)
+        ids, offsets = encode(tokenizer, text)
         first = next(t for t, (_, e) in enumerate(offsets) if e > s0)
         # Byte-level BPEs glue the space before the secret to its first token: a token that
         # starts with whitespace before the secret counts as the secret's first token.
@@ -79,7 +75,7 @@ def _text_canary(template, tokenizer, rng, M, N, attempts: int = 50) -> Canary:
         # Cut the text so that its tokens are exactly the row: M tokens of context, N of secret.
         start, end = offsets[first - M][0], offsets[first + N - 1][1]
         cut = text[start:end]
-        cut_ids, _ = _encode(tokenizer, cut)
+        cut_ids, _ = encode(tokenizer, cut)
         if cut_ids != ids[first - M : first + N]:
             continue
         secret_end = min(end, len(words) + len(head) + len(secret)) - start
@@ -89,7 +85,7 @@ def _text_canary(template, tokenizer, rng, M, N, attempts: int = 50) -> Canary:
 
 
 def canary_candidates(canary: Canary, k: int, tokenizer=None, vocab_size: int | None = None,
-                      prompt_len: int = 32, seed: int = 0) -> torch.Tensor:
+                      prompt_len: int = PROMPT_LEN, seed: int = 0) -> torch.Tensor:
     """int64 [k, len]: `k` other secrets of the canary's form after the same prompt.
 
     Text canaries: each digit of the secret redrawn at random, re-tokenized (draws
@@ -109,7 +105,7 @@ def canary_candidates(canary: Canary, k: int, tokenizer=None, vocab_size: int | 
     rows, seen = [], {tuple(canary.tokens.tolist())}
     for _ in range(20 * k):
         fake = re.sub(r"\d", lambda _m: str(rng.integers(10)), secret)
-        ids, _ = _encode(tokenizer, canary.text[:s] + fake + canary.text[e:])
+        ids, _ = encode(tokenizer, canary.text[:s] + fake + canary.text[e:])
         ids = tuple(ids[:L])
         if len(ids) == L and list(ids[:prompt_len]) == canary.tokens[:prompt_len].tolist() \
                 and ids not in seen:
@@ -154,109 +150,3 @@ def exposure(model, canary: torch.Tensor, candidates: torch.Tensor, prompt_len: 
     loss = torch.cat(losses)
     rank = 1 + int((loss[1:] < loss[0]).sum())
     return float(np.log2(len(rows)) - np.log2(rank))
-
-
-@dataclass(frozen=True)
-class CanaryInsertion:
-    """`data` with the canaries planted; `repeats[id]` copies of each; `watchlist` retagged.
-
-    The watchlist is the canaries with an extra tag ``canary:x<repeats>`` per row,
-    so history and reports can split memorization by frequency.
-    """
-
-    data: object
-    repeats: dict[str, int]
-    watchlist: object
-
-
-def insert_canaries(data, canaries, repeats: Sequence[int] = DEFAULT_REPEATS, seed: int = 0,
-                    text_column: str = "text") -> CanaryInsertion:
-    """Plant canary `k` ``repeats[k % len(repeats)]`` times at random places in `data`.
-
-    `data` is a 1-D token stream (canary tokens spliced in between tokens), a 2-D
-    [sequences, tokens] array (each copy a new sequence: the canary, then the tail
-    of a random existing sequence), a list of strings, or a `datasets.Dataset`
-    (texts added in `text_column`; the canaries need their text). Tensors stay
-    tensors, arrays stay arrays. The original items keep their order.
-    """
-    from memwatch.watchlist import Watchlist
-
-    if not isinstance(canaries, Watchlist):
-        raise TypeError("canaries must be a Watchlist (Watchlist.canaries(...))")
-    reps = [int(r) for r in repeats]
-    if not reps or any(r < 0 for r in reps):
-        raise ValueError(f"repeats {list(repeats)} must be non-negative counts")
-    per_row = [reps[k % len(reps)] for k in range(len(canaries))]
-    order = np.repeat(np.arange(len(canaries)), per_row)
-    rng = np.random.default_rng(seed)
-    if isinstance(data, (torch.Tensor, np.ndarray)):
-        planted = _insert_tokens(data, canaries.tokens.numpy(), order, rng)
-    else:
-        texts = canaries.texts
-        if texts is None:
-            raise ValueError("text data needs canaries with their text: build them with a "
-                             "tokenizer (Watchlist.canaries(n, tokenizer=...))")
-        new = [texts[k] for k in order]
-        if isinstance(data, (list, tuple)):
-            planted = _interleave(list(data), new, rng)
-        else:
-            planted = _insert_dataset(data, new, rng, text_column)
-    tags = [(*canaries.tags[k], f"canary:x{per_row[k]}") for k in range(len(canaries))]
-    previews = [canaries.redacted_preview(i) for i in range(len(canaries))]
-    wl = Watchlist(canaries.tokens, canaries.ids, tags, previews, spans=canaries.spans,
-                   texts=canaries.texts)
-    return CanaryInsertion(planted, dict(zip(canaries.ids, per_row, strict=True)), wl)
-
-
-def _slots(n_old: int, n_new: int, rng) -> np.ndarray:
-    """Positions in the merged sequence that hold new items (sorted), uniformly at random."""
-    return np.sort(rng.choice(n_old + n_new, n_new, replace=False))
-
-
-def _interleave(old: list, new: list, rng) -> list:
-    new = [new[i] for i in rng.permutation(len(new))]
-    is_new = np.zeros(len(old) + len(new), bool)
-    is_new[_slots(len(old), len(new), rng)] = True
-    it_old, it_new = iter(old), iter(new)
-    return [next(it_new) if flag else next(it_old) for flag in is_new]
-
-
-def _insert_tokens(data, rows: np.ndarray, order: np.ndarray, rng):
-    as_tensor = isinstance(data, torch.Tensor)
-    arr = data.numpy() if as_tensor else np.asarray(data)
-    L = rows.shape[1]
-    if arr.ndim == 1:
-        pieces = [rows[k].astype(arr.dtype) for k in order]
-        cuts = np.sort(rng.integers(0, len(arr) + 1, len(pieces)))
-        out, last = [], 0
-        for piece, cut in zip([pieces[i] for i in rng.permutation(len(pieces))], cuts, strict=True):
-            out += [arr[last:cut], piece]
-            last = cut
-        merged = np.concatenate(out + [arr[last:]])
-    elif arr.ndim == 2:
-        if arr.shape[1] < L:
-            raise ValueError(f"stream sequences have {arr.shape[1]} tokens; canaries need {L}")
-        new = np.empty((len(order), arr.shape[1]), arr.dtype)
-        new[:, :L] = rows[order]
-        if len(arr):
-            new[:, L:] = arr[rng.integers(0, len(arr), len(order)), L:]
-        merged = np.stack(_interleave(list(arr), list(new), rng)) if len(arr) + len(new) \
-            else arr
-    else:
-        raise ValueError(f"token stream has shape {arr.shape}; give 1-D or 2-D tokens")
-    return torch.from_numpy(merged) if as_tensor else merged
-
-
-def _insert_dataset(ds, texts: list[str], rng, text_column: str):
-    from datasets import Dataset, concatenate_datasets
-
-    if not isinstance(ds, Dataset):
-        raise TypeError(f"cannot insert canaries into {type(ds).__name__}; give a token "
-                        "tensor/array, a list of strings or a datasets.Dataset")
-    if text_column not in ds.column_names:
-        raise ValueError(f"dataset has no column {text_column!r}; it has {ds.column_names}")
-    extra = {c: [texts[i] if c == text_column else None for i in range(len(texts))]
-             for c in ds.column_names}
-    merged = concatenate_datasets([ds, Dataset.from_dict(extra, features=ds.features)])
-    positions = _interleave(list(range(len(ds))), list(range(len(ds), len(merged))), rng)
-    return merged.select(positions)

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from memwatch.probe import CONT_LEN, PROMPT_LEN
+
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant: a full-period multiplier mod 2**64
 
 
@@ -58,7 +60,8 @@ def _chunks(stream) -> Iterable[np.ndarray]:
         yield np.asarray(item)
 
 
-def duplicate_counts(targets, stream, prompt_len: int = 32, cont_len: int = 32) -> np.ndarray:
+def duplicate_counts(targets, stream, prompt_len: int = PROMPT_LEN,
+                     cont_len: int = CONT_LEN) -> np.ndarray:
     """int64 [n]: occurrences in `stream` of each target row's tokens [prompt_len:+cont_len].
 
     `targets` is a LongTensor/array [n, >= prompt_len + cont_len]; `stream` a 1-D

@@ -1,4 +1,5 @@
-"""Megatron / GPT-NeoX `MMapIndexedDataset` files (.idx + .bin), read with numpy memmaps.
+"""Megatron / GPT-NeoX `MMapIndexedDataset` files (.idx + .bin), read with numpy memmaps,
+and the facts about the Pythia suite that memwatch relies on (the ``PYTHIA_*`` constants).
 
 This is the layout Pythia's preshuffled Pile ships in (uint16 tokens, one item per
 2049-token training sequence, 1024 sequences per optimizer step). The ``.idx``
@@ -19,6 +20,7 @@ and the ``.bin`` file is the concatenated token arrays. No torch, no pickle.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections.abc import Iterable, Sequence
 
@@ -31,8 +33,25 @@ VERSION = 1
 DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64,
           6: np.float32, 7: np.float64, 8: np.uint16}
 _HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, n sequences, n doc_idx
-PYTHIA_SEQ_LEN = 2049
+
+# ---- the Pythia suite (Biderman et al. 2023; the Pythia README) -----------------------------
+# 1024 sequences of 2049 tokens per optimizer step: 2048 predicted tokens each.
 PYTHIA_SEQS_PER_STEP = 1024
+PYTHIA_TOKENS_PER_STEP = PYTHIA_SEQS_PER_STEP * 2048
+PYTHIA_FINAL_STEP = 143000
+# Total parameters of the Pythia models, embeddings included.
+PYTHIA_PARAMS = {
+    "14m": 14_067_712, "31m": 30_494_720, "70m": 70_426_624, "160m": 162_322_944,
+    "410m": 405_334_016, "1b": 1_011_781_632, "1.4b": 1_414_647_808,
+    "2.8b": 2_775_208_960, "6.9b": 6_857_302_016, "12b": 11_846_072_320,
+}
+# Watchlist ids of rows read from Pythia's data, as its memorization eval numbers them.
+PYTHIA_ID = re.compile(r"pythia:(\d+)")
+
+
+def pythia_id(index: int) -> str:
+    """The watchlist id of sequence `index` of Pythia's training data (``pythia:<index>``)."""
+    return f"pythia:{int(index)}"
 
 
 def _code_of(dtype) -> int:

@@ -1,0 +1,56 @@
+"""The pure functions that derive a probe's record from the history (`memwatch.events`)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from memwatch.events import RowReport, newly_memorized, probe_metrics, row_reports
+from memwatch.history import History
+from memwatch.probe import ProbeResult
+
+TAGS = [("pii:EMAIL_ADDRESS",), ("canary",), ("canary",), ()]
+
+
+def _probe(history: History, step: int, prefix: list[int]) -> None:
+    p = torch.tensor(prefix, dtype=torch.int16)
+    history.update(step, ProbeResult(p.float() / 4, p == 4, p), "extractable")
+
+
+def _history() -> History:
+    h = History([f"r{i}" for i in range(4)], TAGS, cont_len=4)
+    _probe(h, 10, [4, 0, 1, 0])
+    _probe(h, 20, [4, 4, 2, 4])
+    return h
+
+
+def test_newly_memorized_is_memorized_now_and_never_before():
+    h = History(["a", "b"], [(), ()], cont_len=4)
+    _probe(h, 1, [4, 0])
+    assert newly_memorized(h).tolist() == [True, False]  # the first probe: all it found
+    _probe(h, 2, [0, 4])
+    assert newly_memorized(h).tolist() == [False, True]
+    _probe(h, 3, [4, 4])
+    assert newly_memorized(h).tolist() == [False, False]  # row a forgot, then relearned
+
+
+def test_probe_metrics_of_the_latest_probe():
+    m = probe_metrics(_history(), ["canary", "pii:*"])
+    assert m == {"memorized_count": 3.0, "memorized_fraction": 0.75, "mean_score": 0.875,
+                 "mean_match_prefix": 3.5, "memorized_count/canary": 1.0,
+                 "memorized_fraction/canary": 0.5, "memorized_count/pii:*": 1.0,
+                 "memorized_fraction/pii:*": 1.0}
+    timed = probe_metrics(_history(), [], probe_seconds=0.5, monitor_seconds=2.0,
+                          train_seconds=100.0)
+    assert timed["probe_seconds"] == 0.5 and timed["overhead"] == pytest.approx(0.02)
+    untrained = probe_metrics(_history(), [], probe_seconds=0.5, monitor_seconds=2.0)
+    assert math.isnan(untrained["overhead"])
+
+
+def test_row_reports_name_rows_by_id_tags_and_preview():
+    h = _history()
+    reports = row_reports(h, newly_memorized(h), lambda i: f"<row {i}>")
+    assert reports == (RowReport("r1", ("canary",), 20, 1.0, 4, "<row 1>"),
+                       RowReport("r3", (), 20, 1.0, 4, "<row 3>"))
