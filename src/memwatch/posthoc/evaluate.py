@@ -32,14 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from memwatch.distributed import barrier, rank_world
+from memwatch.posthoc.results import FORMAT_VERSION, read_meta, results_table, step_of
 from memwatch.probe import MODES, probe
 from memwatch.watchlist import Watchlist
 
-FORMAT_VERSION = 1
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Rows per resumable batch when the probe picks its own batch size (--batch-size auto).
 AUTO_WRITE_ROWS = 1024
-_STEP = re.compile(r"^step(\d+)$")
 _PYTHIA_ID = re.compile(r"pythia:(\d+)")
 
 
@@ -82,12 +82,6 @@ class EvalConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None (auto); got {self.batch_size}")
-
-
-def step_of(revision: str) -> int | None:
-    """The training step named by a revision like ``step143000``, else None."""
-    m = _STEP.match(revision)
-    return int(m.group(1)) if m else None
 
 
 def _revision_order(revision: str):
@@ -196,17 +190,6 @@ def _slice(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, start + per + (rank < extra)
 
 
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 def _device(config: EvalConfig) -> torch.device:
     if config.device is not None:
         return torch.device(config.device)
@@ -221,20 +204,6 @@ def _device(config: EvalConfig) -> torch.device:
 # --------------------------------------------------------------------------------------------
 
 
-def _table(index, ids, tags, scores, match_prefix, nll, meta: dict):
-    import pyarrow as pa
-
-    table = pa.table({
-        "index": pa.array(np.asarray(index, np.int64)),
-        "id": pa.array(list(ids), pa.string()),
-        "score": pa.array(np.asarray(scores, np.float32)),
-        "match_prefix": pa.array(np.asarray(match_prefix, np.int16)),
-        "nll": pa.array(np.asarray(nll, np.float32)),
-        "tags": pa.array([list(t) for t in tags], pa.list_(pa.string())),
-    })
-    return table.replace_schema_metadata({"memwatch": json.dumps(meta)})
-
-
 def _write_atomic(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
@@ -242,14 +211,6 @@ def _write_atomic(table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
-
-
-def read_meta(path: str | os.PathLike) -> dict:
-    """The ``memwatch`` metadata of a results parquet written by `evaluate` ({} if none)."""
-    import pyarrow.parquet as pq
-
-    raw = (pq.read_schema(path).metadata or {}).get(b"memwatch")
-    return json.loads(raw) if raw else {}
 
 
 def _check_same_run(path: Path, meta: dict) -> None:
@@ -317,7 +278,7 @@ def _score_slice(model, watchlist, index, start, end, rank_dir, meta, config, ba
         res = probe(model, watchlist.tokens[done:hi], config.prompt_len, config.cont_len,
                     config.mode, with_nll=config.with_nll, batch_size=config.batch_size)
         nll = res.nll if res.nll is not None else torch.full((hi - done,), float("nan"))
-        table = _table(index[done:hi], watchlist.ids[done:hi], watchlist.tags[done:hi],
+        table = results_table(index[done:hi], watchlist.ids[done:hi], watchlist.tags[done:hi],
                        res.scores.numpy(), res.match_prefix.numpy(), nll.float().numpy(), meta)
         _write_atomic(table, rank_dir / f"{done:012d}-{hi:012d}.parquet")
         bar.update(hi - done)
@@ -353,7 +314,7 @@ def evaluate(
     if index.shape != (n,):
         raise ValueError(f"index has shape {index.shape}; the watchlist has {n} rows")
     check_inputs(checkpoints, watchlist, config)
-    rank, world_size = _dist()
+    rank, world_size = rank_world()
     device = _device(config)
     digest = fingerprint(watchlist, index, config)
     load_model = load_model or _load_model
@@ -384,12 +345,12 @@ def evaluate(
                 torch.cuda.empty_cache()
             _write_atomic(_concat([p for _, _, p in _batch_files(rank_dir)], meta), rank_file)
             _remove_tree(rank_dir)
-        _barrier()
+        barrier()
         if rank == 0:
             shards = [parts / f"rank{r:05d}-of-{world_size:05d}.parquet" for r in range(world_size)]
             shards = [p for p in shards if p.exists()]
             meta["params"] = read_meta(shards[0]).get("params")
             _write_atomic(_concat(shards, meta), final)
             _remove_tree(parts)
-        _barrier()
+        barrier()
     return paths
