@@ -153,8 +153,7 @@ def check_inputs(checkpoints: Sequence[Checkpoint], watchlist: Watchlist,
         try:
             cfg = AutoConfig.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as err:
-            raise ValueError(f"cannot load the config of {ckpt.key} ({ckpt.model}, revision "
-                             f"{ckpt.revision!r}): {err}") from err
+            raise ValueError(_unloadable(ckpt, config, err)) from err
         vocab = getattr(cfg, "vocab_size", None)
         if vocab is not None and top >= vocab:
             row, col = (int(x) for x in (watchlist.tokens[:, :need] == top).nonzero()[0])
@@ -162,6 +161,34 @@ def check_inputs(checkpoints: Sequence[Checkpoint], watchlist: Watchlist,
                 f"{ckpt.key} has a vocabulary of {vocab} ids but watchlist sequence "
                 f"{watchlist.ids[row]!r} has token id {top} at position {col}: the data was "
                 f"tokenized for another model")
+
+
+def cached_revisions(model_id: str, cache_dir: str | None = None) -> list[str]:
+    """The revisions of hub model `model_id` in the local Hugging Face cache, in step order.
+
+    The hub client keeps ``models--<org>--<name>/refs/<revision>`` (a file holding the
+    commit) beside ``snapshots/<commit>/``; a revision counts if its snapshot exists.
+    """
+    from huggingface_hub import constants
+
+    repo = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{model_id.replace('/', '--')}"
+    found = []
+    for ref in (repo / "refs").glob("*") if (repo / "refs").is_dir() else ():
+        commit = ref.read_text().strip() if ref.is_file() else ""
+        if commit and (repo / "snapshots" / commit).is_dir():
+            found.append(ref.name)
+    return sorted(found, key=_revision_order)
+
+
+def _unloadable(ckpt: Checkpoint, config: EvalConfig, err: Exception) -> str:
+    """One line saying why `ckpt` cannot be loaded, and what is there instead."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), repr(err))
+    if ckpt.path is not None:
+        return f"cannot load the config of {ckpt.key} from {ckpt.path}: {first}"
+    cached = cached_revisions(ckpt.model, config.cache_dir)
+    return (f"cannot load {ckpt.model} at revision {ckpt.revision!r}: not in the local Hugging "
+            f"Face cache (revisions cached: {', '.join(cached) or 'none'}) and not reachable "
+            f"on the hub ({first})")
 
 
 def default_index(watchlist: Watchlist) -> np.ndarray:
