@@ -194,10 +194,26 @@ def test_unreadable_data_fails_before_scoring(suite, tmp_path, capsys, no_scorin
     assert "sequence index 128 is out of range" in err
 
 
-def test_empty_index_range_fails_before_scoring(suite, tmp_path, capsys, no_scoring):
-    err = _bad(capsys, tmp_path, "--model", str(suite.root / "small"), "--pythia-data",
-               suite.prefix, "--indices", "5:5")
-    assert "--indices '5:5' selects no sequence" in err
+def _bad_argument(capsys, tmp_path, *args) -> str:
+    """A malformed argument: argparse's exit status 2 before anything is loaded."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", *args, "--out", str(tmp_path / "out"), "--no-progress"])
+    assert exit_.value.code == 2 and not (tmp_path / "out").exists()
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--indices", "5:5", "argument --indices: '5:5' selects no sequence"),
+    ("--indices", "0:x", "argument --indices: index range '0:x' is not 'i' or"),
+    ("--batch-size", "0", "argument --batch-size: expected 'auto' or a positive integer; got '0'"),
+    ("--prompt-len", "-3", "argument --prompt-len: expected a positive integer; got '-3'"),
+])
+def test_malformed_arguments_fail_before_loading(suite, tmp_path, capsys, no_scoring, flag,
+                                                  value, expected):
+    args = {"--model": str(suite.root / "small"), "--pythia-data": suite.prefix,
+            "--indices": "0:8", flag: value}
+    err = _bad_argument(capsys, tmp_path, *[x for kv in args.items() for x in kv])
+    assert err.startswith("memwatch eval: error: ") and expected in err, err
 
 
 def test_model_with_another_vocab_fails_before_scoring(suite, tmp_path, capsys, no_scoring):
@@ -210,10 +226,7 @@ def test_model_with_another_vocab_fails_before_scoring(suite, tmp_path, capsys, 
     assert "tokenized for another model" in err
 
 
-def test_batch_size_and_mode_are_checked(suite, tmp_path, capsys, no_scoring):
-    err = _bad(capsys, tmp_path, "--model", str(suite.root / "small"), "--pythia-data",
-               suite.prefix, "--indices", "0:8", "--batch-size", "0")
-    assert "--batch-size must be 'auto' or a positive integer" in err
+def test_mode_and_index_are_checked(suite, tmp_path, no_scoring):
     with pytest.raises(ValueError, match="mode must be one of"):
         ev.EvalConfig(mode="greedy")
     with pytest.raises(ValueError, match="index has shape"):

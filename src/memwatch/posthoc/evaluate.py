@@ -34,13 +34,15 @@ import torch
 
 from memwatch.distributed import barrier, rank_world
 from memwatch.posthoc.results import FORMAT_VERSION, read_meta, results_table, step_of
+from memwatch.posthoc.rows import PythiaRows, WatchlistRows
 from memwatch.probe import MODES, probe
 from memwatch.watchlist import Watchlist
+
+RowSource = WatchlistRows | PythiaRows
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Rows per resumable batch when the probe picks its own batch size (--batch-size auto).
 AUTO_WRITE_ROWS = 1024
-_PYTHIA_ID = re.compile(r"pythia:(\d+)")
 
 
 @dataclass(frozen=True)
@@ -134,20 +136,18 @@ def _load_args(ckpt: Checkpoint, config: EvalConfig) -> tuple[str, dict]:
     return ckpt.model, {"revision": ckpt.revision, "cache_dir": config.cache_dir}
 
 
-def check_inputs(checkpoints: Sequence[Checkpoint], watchlist: Watchlist,
+def check_inputs(checkpoints: Sequence[Checkpoint], rows: RowSource,
                  config: EvalConfig) -> None:
-    """Raise ValueError before any scoring if a checkpoint cannot score this watchlist.
+    """Raise ValueError before any scoring if a checkpoint cannot score these rows.
 
     Loads each checkpoint's config only (cheap): an unreachable revision or a
-    vocabulary smaller than the watchlist's largest token id fails here.
+    vocabulary smaller than the rows' largest token id fails here.
     """
     from transformers import AutoConfig
 
     if not checkpoints:
         raise ValueError("no checkpoints to evaluate")
-    watchlist.validate(config.prompt_len, config.cont_len)
-    need = config.prompt_len + config.cont_len
-    top = int(watchlist.tokens[:, :need].max())
+    top, where = rows.check(config.prompt_len + config.cont_len)
     for ckpt in checkpoints:
         path, kwargs = _load_args(ckpt, config)
         try:
@@ -156,11 +156,8 @@ def check_inputs(checkpoints: Sequence[Checkpoint], watchlist: Watchlist,
             raise ValueError(_unloadable(ckpt, config, err)) from err
         vocab = getattr(cfg, "vocab_size", None)
         if vocab is not None and top >= vocab:
-            row, col = (int(x) for x in (watchlist.tokens[:, :need] == top).nonzero()[0])
-            raise ValueError(
-                f"{ckpt.key} has a vocabulary of {vocab} ids but watchlist sequence "
-                f"{watchlist.ids[row]!r} has token id {top} at position {col}: the data was "
-                f"tokenized for another model")
+            raise ValueError(f"{ckpt.key} has a vocabulary of {vocab} ids but {where}: the "
+                             "data was tokenized for another model")
 
 
 def cached_revisions(model_id: str, cache_dir: str | None = None) -> list[str]:
@@ -191,23 +188,12 @@ def _unloadable(ckpt: Checkpoint, config: EvalConfig, err: Exception) -> str:
             f"on the hub ({first})")
 
 
-def default_index(watchlist: Watchlist) -> np.ndarray:
-    """int64 [n]: the Pythia sequence index of ``pythia:<i>`` ids, else the row positions."""
-    found = [_PYTHIA_ID.fullmatch(i) for i in watchlist.ids]
-    if all(found):
-        return np.array([int(m.group(1)) for m in found], np.int64)
-    return np.arange(len(watchlist), dtype=np.int64)
-
-
-def fingerprint(watchlist: Watchlist, index: np.ndarray, config: EvalConfig) -> str:
-    """sha256 of what decides the scores: rows, ids, indices, lengths, mode, dtype."""
+def fingerprint(rows: RowSource, config: EvalConfig) -> str:
+    """sha256 of what decides the scores: the rows (see the row source), lengths, mode, dtype."""
     h = hashlib.sha256()
-    need = config.prompt_len + config.cont_len
     h.update(json.dumps([config.prompt_len, config.cont_len, config.mode, config.dtype,
                          config.with_nll]).encode())
-    h.update(np.ascontiguousarray(index, np.int64).tobytes())
-    h.update("\0".join(watchlist.ids).encode())
-    h.update(watchlist.tokens[:, :need].contiguous().numpy().astype(np.int64).tobytes())
+    rows.update_fingerprint(h, config.prompt_len + config.cont_len)
     return h.hexdigest()
 
 
@@ -248,12 +234,21 @@ def _check_same_run(path: Path, meta: dict) -> None:
             f"or dtype); delete it or choose another --out")
 
 
-def _concat(paths: Sequence[Path], meta: dict):
-    import pyarrow as pa
+def _merge(paths: Sequence[Path], meta: dict, dest: Path) -> None:
+    """Write the rows of `paths` to `dest` (atomically) one row group at a time, so memory
+    stays at one file's row group however many rows the result holds."""
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(p) for p in paths]
-    return pa.concat_tables(tables).replace_schema_metadata({"memwatch": json.dumps(meta)})
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    schema = results_table([], [], [], [], [], [], meta).schema
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for path in paths:
+            source = pq.ParquetFile(path)
+            for i in range(source.num_row_groups):
+                writer.write_table(source.read_row_group(i).replace_schema_metadata(
+                    schema.metadata))
+    os.replace(tmp, dest)
 
 
 def _batch_files(rank_dir: Path) -> list[tuple[int, int, Path]]:
@@ -289,8 +284,10 @@ def _load_model(ckpt: Checkpoint, config: EvalConfig, device: torch.device):
     return model.to(device).eval()
 
 
-def _score_slice(model, watchlist, index, start, end, rank_dir, meta, config, bar) -> None:
+def _score_slice(model, rows: RowSource, start, end, rank_dir, meta, config, bar) -> None:
     """Probe rows [start, end) batch by batch, writing each batch before the next."""
+    from memwatch.lm import vocab_size
+
     done = start
     for lo, hi, path in _batch_files(rank_dir):
         if lo != done or hi > end:
@@ -300,13 +297,19 @@ def _score_slice(model, watchlist, index, start, end, rank_dir, meta, config, ba
         done = hi
     bar.update(done - start)
     step = config.batch_size or AUTO_WRITE_ROWS
+    vocab = vocab_size(model)
     while done < end:
         hi = min(done + step, end)
-        res = probe(model, watchlist.tokens[done:hi], config.prompt_len, config.cont_len,
-                    config.mode, with_nll=config.with_nll, batch_size=config.batch_size)
+        index, ids, tags, tokens = rows.batch(done, hi)
+        if vocab is not None and int(tokens.max()) >= vocab:
+            row = int((tokens >= vocab).any(1).nonzero()[0, 0])
+            raise ValueError(f"watchlist sequence {ids[row]!r} has a token id >= {vocab}, the "
+                             f"vocabulary of {meta['name']}@{meta['revision']}")
+        res = probe(model, tokens, config.prompt_len, config.cont_len, config.mode,
+                    with_nll=config.with_nll, batch_size=config.batch_size)
         nll = res.nll if res.nll is not None else torch.full((hi - done,), float("nan"))
-        table = results_table(index[done:hi], watchlist.ids[done:hi], watchlist.tags[done:hi],
-                       res.scores.numpy(), res.match_prefix.numpy(), nll.float().numpy(), meta)
+        table = results_table(index, ids, tags, res.scores.numpy(), res.match_prefix.numpy(),
+                              nll.float().numpy(), meta)
         _write_atomic(table, rank_dir / f"{done:012d}-{hi:012d}.parquet")
         bar.update(hi - done)
         done = hi
@@ -322,7 +325,7 @@ def _progress(ckpt, total, rank, world_size, enabled):
 
 def evaluate(
     checkpoints: Sequence[Checkpoint],
-    watchlist: Watchlist,
+    watchlist: Watchlist | RowSource,
     out: str | os.PathLike,
     index: np.ndarray | None = None,
     config: EvalConfig = EvalConfig(),  # noqa: B008 (frozen, so a shared default is safe)
@@ -331,19 +334,24 @@ def evaluate(
 ) -> list[Path]:
     """Return the results parquet of every checkpoint, probing those not finished yet.
 
-    `index` (int64 [n]) is written as the ``index`` column (default: `default_index`).
-    Under ``torch.distributed`` each rank scores a contiguous slice and every rank
-    must call this with the same arguments. `load_model(ckpt, config, device)`
-    replaces ``from_pretrained`` (tests).
+    `watchlist`: a `Watchlist`, or a row source from `memwatch.posthoc.rows` such as
+    `PythiaRows`, which streams Pythia's data batch by batch. `index` (int64 [n], a
+    watchlist only) is written as the ``index`` column (default:
+    `memwatch.posthoc.rows.default_index`). Under ``torch.distributed`` each rank
+    scores a contiguous slice and every rank must call this with the same arguments.
+    `load_model(ckpt, config, device)` replaces ``from_pretrained`` (tests).
     """
-    n = len(watchlist)
-    index = default_index(watchlist) if index is None else np.asarray(index, np.int64)
-    if index.shape != (n,):
-        raise ValueError(f"index has shape {index.shape}; the watchlist has {n} rows")
-    check_inputs(checkpoints, watchlist, config)
+    if isinstance(watchlist, Watchlist):
+        rows = WatchlistRows(watchlist, index)
+    elif index is not None:
+        raise ValueError("index applies to a Watchlist; a row source carries its own")
+    else:
+        rows = watchlist
+    n = len(rows)
+    check_inputs(checkpoints, rows, config)
     rank, world_size = rank_world()
     device = _device(config)
-    digest = fingerprint(watchlist, index, config)
+    digest = fingerprint(rows, config)
     load_model = load_model or _load_model
     paths = []
     for ckpt in checkpoints:
@@ -365,19 +373,19 @@ def evaluate(
             model = load_model(ckpt, config, device)
             meta["params"] = sum(p.numel() for p in model.parameters())
             with _progress(ckpt, end - start, rank, world_size, progress) as bar:
-                _score_slice(model, watchlist, index, start, end, rank_dir, meta, config, bar)
+                _score_slice(model, rows, start, end, rank_dir, meta, config, bar)
             del model
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            _write_atomic(_concat([p for _, _, p in _batch_files(rank_dir)], meta), rank_file)
+            _merge([p for _, _, p in _batch_files(rank_dir)], meta, rank_file)
             _remove_tree(rank_dir)
         barrier()
         if rank == 0:
             shards = [parts / f"rank{r:05d}-of-{world_size:05d}.parquet" for r in range(world_size)]
             shards = [p for p in shards if p.exists()]
             meta["params"] = read_meta(shards[0]).get("params")
-            _write_atomic(_concat(shards, meta), final)
+            _merge(shards, meta, final)
             _remove_tree(parts)
         barrier()
     return paths
