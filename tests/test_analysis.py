@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from memwatch.cli import main
-from memwatch.posthoc.analysis import analyze, compute_of, find_run, load_results, pythia_params
+from memwatch.posthoc.analysis import analyze, compute_of
+from memwatch.posthoc.results import find_run, load_results, pythia_params
 
 TOKENS_PER_STEP = 16 * 64  # the suite trains on 16 rows of 64 tokens per step
 PLOTS = ["correlation.png", "memorized_fraction.png", "precision.png", "recall.png",
@@ -42,18 +43,23 @@ def test_precision_recall_equal_direct_set_computation(results):
     result = analyze(runs, "large@step48", tokens_per_step=TOKENS_PER_STEP)
     target, target_scores = _direct(results / "large" / "step48.parquet")
     assert target, "the target memorized nothing: precision/recall below would be trivial"
-    nontrivial = 0
+    nontrivial = empty = 0
     for pair in result.pairs:
         pred, scores = _direct(results / pair.model / f"{pair.revision}.parquet")
         both = len(pred & target)
         assert pair.memorized == len(pred)
         assert pair.fraction == pytest.approx(len(pred) / 64)
-        assert pair.precision == pytest.approx(both / len(pred) if pred else 1.0)
+        if pred:
+            assert pair.precision == pytest.approx(both / len(pred))
+        else:  # a predictor that claims nothing has no precision, not a perfect one
+            assert np.isnan(pair.precision)
+            empty += 1
         assert pair.recall == pytest.approx(both / len(target))
         if scores.std() > 0:
             assert pair.correlation == pytest.approx(np.corrcoef(scores, target_scores)[0, 1])
         nontrivial += 0 < pair.recall < 1
     assert nontrivial > 0
+    assert empty > 0, "no run memorized nothing: the undefined precision above went untested"
 
 
 def test_recall_vs_compute_uses_both_predictor_families(results):
@@ -86,7 +92,9 @@ def test_report_renders_every_plot(results, tmp_path):
         data = (tmp_path / "plots" / name).read_bytes()
         assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"](plots/{name})" in report
-    assert "| large | step24 |" in report and "Equi-compute" in report
+    assert "| large | step24 | memwatch |" in report and "Equi-compute" in report
+    small12 = next(line for line in report.splitlines() if line.startswith("| small | step12 |"))
+    assert small12.split(" | ")[8] == "n/a"  # precision of a run that memorized nothing
     numbers = json.loads((tmp_path / "analysis.json").read_text())
     assert numbers["target"] == "large@step48" and len(numbers["pairs"]) == 6
 
@@ -147,5 +155,7 @@ def test_bad_results_are_reported(results, tmp_path, capsys):
         find_run(load_results([results]), "large")
     (tmp_path / "notes.csv").write_text("a,b\n1,2\n")
     assert main(["analyze", str(tmp_path), "--target", "x@y", "--out",
-                 str(tmp_path / "r")]) == 2
-    assert "cannot tell model and step from the name" in capsys.readouterr().err
+                 str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "warning: skipped" in err and "cannot tell model and step from the name" in err
+    assert "error: no results" in err

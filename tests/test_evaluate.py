@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -193,16 +194,26 @@ def test_unreadable_data_fails_before_scoring(suite, tmp_path, capsys, no_scorin
     assert "sequence index 128 is out of range" in err
 
 
-def test_bad_probe_settings_fail_before_scoring(suite, tmp_path, capsys, no_scoring):
-    err = _bad(capsys, tmp_path, "--model", str(suite.root / "small"), "--pythia-data",
-               suite.prefix, "--indices", "0:8", "--cont-len", "0")
-    assert "cont_len must be an integer >= 1; got 0" in err
+def _bad_argument(capsys, tmp_path, *args) -> str:
+    """A malformed argument: argparse's exit status 2 before anything is loaded."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", *args, "--out", str(tmp_path / "out"), "--no-progress"])
+    assert exit_.value.code == 2 and not (tmp_path / "out").exists()
+    return capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_empty_index_range_fails_before_scoring(suite, tmp_path, capsys, no_scoring):
-    err = _bad(capsys, tmp_path, "--model", str(suite.root / "small"), "--pythia-data",
-               suite.prefix, "--indices", "5:5")
-    assert "--indices '5:5' selects no sequence" in err
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--indices", "5:5", "argument --indices: '5:5' selects no sequence"),
+    ("--indices", "0:x", "argument --indices: index range '0:x' is not 'i' or"),
+    ("--batch-size", "0", "argument --batch-size: expected 'auto' or a positive integer; got '0'"),
+    ("--prompt-len", "-3", "argument --prompt-len: expected a positive integer; got '-3'"),
+])
+def test_malformed_arguments_fail_before_loading(suite, tmp_path, capsys, no_scoring, flag,
+                                                  value, expected):
+    args = {"--model": str(suite.root / "small"), "--pythia-data": suite.prefix,
+            "--indices": "0:8", flag: value}
+    err = _bad_argument(capsys, tmp_path, *[x for kv in args.items() for x in kv])
+    assert err.startswith("memwatch eval: error: ") and expected in err, err
 
 
 def test_model_with_another_vocab_fails_before_scoring(suite, tmp_path, capsys, no_scoring):
@@ -215,10 +226,7 @@ def test_model_with_another_vocab_fails_before_scoring(suite, tmp_path, capsys, 
     assert "tokenized for another model" in err
 
 
-def test_batch_size_and_mode_are_checked(suite, tmp_path, capsys, no_scoring):
-    err = _bad(capsys, tmp_path, "--model", str(suite.root / "small"), "--pythia-data",
-               suite.prefix, "--indices", "0:8", "--batch-size", "0")
-    assert "--batch-size must be 'auto' or a positive integer" in err
+def test_mode_and_index_are_checked(suite, tmp_path, no_scoring):
     with pytest.raises(ValueError, match="mode must be one of"):
         ev.EvalConfig(mode="greedy")
     with pytest.raises(ValueError, match="index has shape"):
@@ -235,3 +243,62 @@ def test_pythia_example_script_parses():
     script = Path(__file__).parents[1] / "examples" / "pythia_posthoc.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     assert "memwatch.cli eval" in script.read_text()
+
+
+def _hub_cache(cache, repo_id: str, revisions: dict[str, object]) -> None:
+    """Lay `save_pretrained` folders out as the hub client caches them: content-addressed
+    blobs, ``snapshots/<commit>/<file>`` symlinks to them, ``refs/<revision>`` -> commit."""
+    import hashlib
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    for revision, folder in revisions.items():
+        commit = hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+        snapshot = repo / "snapshots" / commit
+        snapshot.mkdir(parents=True)
+        for f in sorted(folder.iterdir()):
+            data = f.read_bytes()
+            blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(data)
+            (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / revision).write_text(commit)
+
+
+_OFFLINE_EVAL = """
+import contextlib, io, sys
+from memwatch.cli import main
+args = sys.argv[1:]
+assert main(args) == 0
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    code = main([a if a != "step24" else "step999" for a in args])
+print("CODE", code)
+print("STDERR", repr(err.getvalue()))
+"""
+
+
+def test_hub_checkpoints_load_offline_from_the_cache(suite, evaluated, tmp_path):
+    cache = tmp_path / "hf" / "hub"
+    for repo_id, name in (("EleutherAI/pythia-70m", "small"), ("EleutherAI/pythia-160m", "large")):
+        _hub_cache(cache, repo_id, {f"step{s}": suite.root / name / f"step{s}" for s in (12, 24)})
+    assert ev.cached_revisions("EleutherAI/pythia-70m", str(cache)) == ["step12", "step24"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf")}
+    cmd = [sys.executable, "-c", _OFFLINE_EVAL, "eval", "--model", "EleutherAI/pythia-70m",
+           "--model", "EleutherAI/pythia-160m", "--revision", "step12", "step24",
+           "--pythia-data", suite.prefix, "--indices", INDICES, "--out", str(tmp_path / "out"),
+           "--batch-size", "16", "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for hub, local in (("pythia-70m", "small"), ("pythia-160m", "large")):
+        for step in (12, 24):  # each revision loaded its own snapshot: the scores say so
+            assert _columns(tmp_path / "out" / hub / f"step{step}.parquet") == \
+                _columns(evaluated / local / f"step{step}.parquet"), (hub, step)
+    out = dict(line.split(" ", 1) for line in proc.stdout.splitlines()
+               if line.startswith(("CODE", "STDERR")))
+    assert out["CODE"] == "2"
+    err = ast.literal_eval(out["STDERR"])
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "cannot load EleutherAI/pythia-70m at revision 'step999'" in err
+    assert "revisions cached: step12, step24" in err

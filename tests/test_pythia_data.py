@@ -124,3 +124,43 @@ def test_short_sequence_and_bad_index_named(tmp_path):
         Watchlist.from_pythia(tmp_path / "d", [0, 5])
     with pytest.raises(FileNotFoundError, match="missing.idx"):
         Watchlist.from_pythia(tmp_path / "missing", [0])
+
+
+def test_index_ranges_take_any_slice_without_materialising():
+    from memwatch.watchlist.pythia import IndexRanges
+
+    spec = "3:20:4,100,7:9"
+    ranges = IndexRanges.parse(spec)
+    full = parse_index_range(spec)
+    assert len(ranges) == len(full) == 8 and full.tolist() == [3, 7, 11, 15, 19, 100, 7, 8]
+    for lo in range(9):
+        for hi in range(lo, 9):
+            assert ranges.take(lo, hi).tolist() == full[lo:hi].tolist()
+    paper = IndexRanges.parse("0:146432000")  # the paper's rows, held as one range
+    assert len(paper) == 146_432_000 and paper.take(146_431_998, 146_432_000).tolist() == \
+        [146_431_998, 146_431_999]
+
+
+def test_streamed_rows_equal_the_memmap_rows(tmp_path):
+    from memwatch.posthoc.rows import PythiaRows
+
+    seqs = _sequences(300, seq_len=80)
+    write_indexed_dataset(tmp_path / "d", seqs)
+    data = IndexedDataset(tmp_path / "d")
+    for idx in ([5, 6, 7], [299, 0, 150], list(range(0, 300, 97))):  # dense, sparse, strided
+        np.testing.assert_array_equal(data.read_rows(idx, 64), data.read(idx, 64))
+        assert data.read_rows(idx, 64).dtype == np.uint16  # converted per batch, not on disk
+    rows = PythiaRows(tmp_path / "d", "10:300:7")
+    assert rows.check(64)[0] == int(max(s[:64].max() for s in seqs[10:300:7][:1024]))
+    wl = Watchlist.from_pythia(tmp_path / "d", "10:300:7")
+    index, ids, tags, tokens = rows.batch(3, 20)
+    assert ids == wl.ids[3:20] and tags == wl.tags[3:20]
+    assert index.tolist() == [int(i[7:]) for i in wl.ids[3:20]]
+    assert tokens.dtype == wl.tokens.dtype and bool((tokens == wl.tokens[3:20]).all())
+    with pytest.raises(IndexError, match="sequence index 300 is out of range"):
+        PythiaRows(tmp_path / "d", "290:310").check(64)
+    write_indexed_dataset(tmp_path / "s", [np.arange(100), np.arange(40), np.arange(100)])
+    with pytest.raises(ValueError, match="'pythia:1' has 40 tokens"):
+        PythiaRows(tmp_path / "s", "0:3").check(64)
+    with pytest.raises(ValueError, match="'pythia:1' has 40 tokens"):
+        IndexedDataset(tmp_path / "s").read_rows([0, 1], 64)

@@ -2,13 +2,48 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
-from memwatch.probe import CONT_LEN, PROMPT_LEN, ProbeSpec
+from memwatch.probe import CONT_LEN, PROMPT_LEN
 
 HELP = ("Probe every (model, revision) over a watchlist or Pythia's training data; one "
         "resumable parquet per checkpoint (run under torchrun to split the rows over ranks).")
+
+
+def _batch_size(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer; got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def _indices(text: str):
+    from memwatch.watchlist.pythia import IndexRanges
+
+    try:
+        ranges = IndexRanges.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if not len(ranges):
+        raise argparse.ArgumentTypeError(f"{text!r} selects no sequence")
+    return ranges
 
 
 def add_arguments(p) -> None:
@@ -22,64 +57,46 @@ def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--watchlist", metavar="WL", help="a watchlist saved with Watchlist.save")
     src.add_argument("--pythia-data", metavar="PREFIX",
-                     help="Megatron .bin/.idx prefix (Pythia's preshuffled Pile)")
-    p.add_argument("--indices", metavar="RANGE",
+                     help="Megatron .bin/.idx prefix (Pythia's preshuffled Pile), streamed "
+                          "batch by batch: memory does not grow with the rows")
+    p.add_argument("--indices", metavar="RANGE", type=_indices,
                    help="sequence indices of --pythia-data: start:stop[:step][,...]")
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--mode", choices=["exact", "extractable"], default="exact")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--batch-size", default="auto",
+    p.add_argument("--batch-size", default=None, type=_batch_size, metavar="N|auto",
                    help="rows per probe batch, also the unit a crash can lose (default auto)")
-    p.add_argument("--prompt-len", type=int, default=PROMPT_LEN)
-    p.add_argument("--cont-len", type=int, default=CONT_LEN)
+    p.add_argument("--prompt-len", type=_positive, default=PROMPT_LEN)
+    p.add_argument("--cont-len", type=_positive, default=CONT_LEN)
     p.add_argument("--no-nll", action="store_true", help="skip the NLL column (written as NaN)")
     p.add_argument("--cache-dir", help="transformers cache for hub checkpoints")
     p.add_argument("--device", help="default: this rank's GPU if any, else cpu")
     p.add_argument("--no-progress", action="store_true")
 
 
-def _batch_size(text: str) -> int | None:
-    if text == "auto":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"--batch-size must be 'auto' or a positive integer; got {text!r}") \
-            from None
-    if value < 1:
-        raise ValueError(f"--batch-size must be 'auto' or a positive integer; got {text!r}")
-    return value
-
-
-def _watchlist(args):
-    """(watchlist, index column) from --watchlist or --pythia-data/--indices."""
-    from memwatch.posthoc.evaluate import default_index
+def _rows(args):
+    """The row source of --watchlist or --pythia-data/--indices."""
+    from memwatch.posthoc.rows import PythiaRows, WatchlistRows
     from memwatch.watchlist import Watchlist
 
     if args.watchlist:
         if args.indices:
             raise ValueError("--indices selects rows of --pythia-data; it does not apply to "
                              "--watchlist")
-        wl = Watchlist.load(args.watchlist)
-        return wl, default_index(wl)
-    from memwatch.watchlist.pythia import parse_index_range
-
+        return WatchlistRows(Watchlist.load(args.watchlist))
     if not args.indices:
         raise ValueError("--pythia-data needs --indices, e.g. --indices 0:5000000")
-    index = parse_index_range(args.indices)
-    if len(index) == 0:
-        raise ValueError(f"--indices {args.indices!r} selects no sequence")
-    wl = Watchlist.from_pythia(args.pythia_data, index, args.prompt_len, args.cont_len)
-    return wl, index
+    return PythiaRows(args.pythia_data, args.indices)
 
 
 def _init_distributed() -> bool:
+    import torch
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return False
-    import torch
-
+    if torch.cuda.is_available():  # NCCL collectives run on the current device: this rank's
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return True
 
@@ -89,14 +106,12 @@ def run(args) -> int:
 
     started = False
     try:
-        spec = ProbeSpec(args.prompt_len, args.cont_len, args.mode, not args.no_nll,
-                         _batch_size(args.batch_size))
-        config = EvalConfig(spec.prompt_len, spec.cont_len, spec.mode, args.dtype,
-                            spec.batch_size, spec.with_nll, args.cache_dir, args.device)
+        config = EvalConfig(args.prompt_len, args.cont_len, args.mode, args.dtype,
+                            args.batch_size, not args.no_nll, args.cache_dir, args.device)
         checkpoints = [c for m in args.model for c in resolve_checkpoints(m, args.revision)]
-        watchlist, index = _watchlist(args)
+        rows = _rows(args)
         started = _init_distributed()
-        paths = evaluate(checkpoints, watchlist, args.out, index, config,
+        paths = evaluate(checkpoints, rows, args.out, config=config,
                          progress=not args.no_progress)
     except (ValueError, FileNotFoundError, IndexError) as err:
         print(f"memwatch eval: error: {err}", file=sys.stderr)

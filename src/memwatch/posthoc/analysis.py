@@ -1,265 +1,31 @@
 """Post-hoc analysis of a checkpoint suite's memorization results.
 
-Reads memwatch's own parquet files (`memwatch.posthoc.evaluate`) and EleutherAI's
-published layouts, then compares every (model, checkpoint) with a target:
-memorized fraction, score distribution, precision/recall/correlation of the
-memorized sets, and recall as a function of compute (``6 · params · tokens``)
-for the two predictors of Biderman et al. 2023: smaller models trained to the
-end, and intermediate checkpoints of the target model, fitted with
-`memwatch.forecast.fits.fit_recall_curve`, plus their equi-compute comparison.
-
-EleutherAI layouts understood:
-
-- ``memorization_<MODEL>_<STEP>/rank-<R>.csv`` (and ``memorization_<MODEL>_<STEP>.csv``):
-  what ``predictable-memorization/eval_memorization.py`` writes, headerless
-  ``index,accuracy`` lines; ``MODEL`` as in ``EleutherAI/pythia-<MODEL>``.
-- Any CSV with a header naming an index column (``index``/``idx``) and a score
-  column (``score``/``accuracy``/``acc``); model and step come from the file name
-  (``memorization_evals_<MODEL>_<ctx>_<ctx+cont>_<STEP>.csv`` or the names above).
-- The ``EleutherAI/pythia-memorized-evals`` dataset: parquet files with ``index``
-  and ``tokens`` columns listing the *memorized* sequences only, one split per model
-  (``duped.70m``, ``deduped.12b``, ``deduped.12b.103000``) as a folder
-  (``deduped.12b/0000.parquet``) or a file prefix (``deduped.12b-00000-of-00002.parquet``).
-  Such a run knows no scores: it counts in precision/recall, not in fractions,
-  histograms or correlations.
+Compares every run (one model at one checkpoint, from `memwatch.posthoc.results`)
+with a target: memorized fraction, score distribution, precision/recall/correlation
+of the memorized sets, and recall as a function of compute (``6 · params · tokens``)
+for the two predictors of Biderman et al. 2023: smaller models trained to the end,
+and intermediate checkpoints of the target model, fitted with
+`memwatch.forecast.fits.fit_recall_curve`, plus their equi-compute comparison. Runs
+of the same (model, checkpoint) from different sources (a memwatch re-run and
+EleutherAI's published set) are compared with each other in an agreement table.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from memwatch.posthoc.results import (
+    PYTHIA_TOKENS_PER_STEP,
+    SOURCES,
+    Run,
+    find_run,
+    step_of,
+)
 from memwatch.probe import CONT_LEN
-from memwatch.watchlist.pythia import PYTHIA_FINAL_STEP, PYTHIA_PARAMS, PYTHIA_TOKENS_PER_STEP
-
-_PYTHIA_NAME = re.compile(r"pythia-(\d+(?:\.\d+)?[mb])(-deduped)?(?:-v0)?$", re.I)
-_SPLIT = re.compile(r"^(duped|deduped)\.(\d+(?:\.\d+)?[mb])(?:\.(\d+))?(?:-\d+-of-\d+)?$")
-_EVAL_DIR = re.compile(r"^memorization_(.+)_(\d+)$")
-_EVALS_FILE = re.compile(r"^memorization_evals_(.+)_\d+_\d+_(\d+)$")
-_INDEX_COLS, _SCORE_COLS = ("index", "idx"), ("score", "accuracy", "acc")
-
-
-@dataclass(frozen=True)
-class Run:
-    """One (model, checkpoint)'s results.
-
-    index: int64 [n] sorted sequence indices; memorized: bool [n]; scores: float32 [n]
-    or None when the source lists memorized sequences only (then every listed row is
-    memorized and `complete` is False).
-    """
-
-    model: str
-    revision: str
-    step: int | None
-    params: int | None
-    index: np.ndarray
-    memorized: np.ndarray
-    scores: np.ndarray | None
-    source: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.model}@{self.revision}"
-
-    @property
-    def complete(self) -> bool:
-        return self.scores is not None
-
-
-def pythia_params(model: str) -> int | None:
-    """Total parameters of a Pythia model named like ``pythia-1.4b-deduped``, else None."""
-    m = _PYTHIA_NAME.search(model)
-    return PYTHIA_PARAMS.get(m.group(1).lower()) if m else None
-
-
-def _step(revision: str) -> int | None:
-    m = re.fullmatch(r"step(\d+)", revision)
-    return int(m.group(1)) if m else None
-
-
-def _make_run(model, revision, params, index, memorized, scores, source) -> Run:
-    index = np.asarray(index, np.int64)
-    order = np.argsort(index, kind="stable")
-    index = index[order]
-    if len(index) > 1 and (np.diff(index) == 0).any():
-        dup = int(index[np.flatnonzero(np.diff(index) == 0)[0]])
-        raise ValueError(f"{source}: sequence index {dup} appears more than once for "
-                         f"{model}@{revision}")
-    return Run(model, revision, _step(revision), params if params else pythia_params(model),
-               index, np.asarray(memorized, bool)[order],
-               None if scores is None else np.asarray(scores, np.float32)[order], source)
-
-
-# --------------------------------------------------------------------------------------------
-# Readers.
-# --------------------------------------------------------------------------------------------
-
-
-def _read_memwatch(paths: Sequence[Path], meta: dict) -> Run:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.concat_tables([pq.read_table(p, columns=["index", "score", "match_prefix"])
-                              for p in paths])
-    prefix = table["match_prefix"].to_numpy()
-    return _make_run(meta.get("name") or Path(meta["model"]).name, meta["revision"],
-                     meta.get("params"), table["index"].to_numpy(),
-                     prefix >= int(meta["cont_len"]), table["score"].to_numpy(), str(paths[0]))
-
-
-def _split_name(path: Path) -> re.Match | None:
-    return _SPLIT.match(path.stem) or _SPLIT.match(path.parent.name)
-
-
-def _read_memorized_list(paths: Sequence[Path], split: re.Match) -> Run:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    variant, size, step = split.groups()
-    model = f"pythia-{size}" + ("-deduped" if variant == "deduped" else "")
-    index = pa.concat_tables([pq.read_table(p, columns=["index"]) for p in paths])["index"]
-    index = index.to_numpy()
-    return _make_run(model, f"step{step or PYTHIA_FINAL_STEP}", None, index,
-                     np.ones(len(index), bool), None, str(paths[0]))
-
-
-def _read_csv_rows(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r]
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    head = [c.strip().lower() for c in rows[0]]
-    try:
-        float(head[-1])
-        has_header = False
-    except ValueError:
-        has_header = True
-    if has_header:
-        icol = next((head.index(c) for c in _INDEX_COLS if c in head), None)
-        scol = next((head.index(c) for c in _SCORE_COLS if c in head), None)
-        if icol is None or scol is None:
-            raise ValueError(f"{path}: need an index column {_INDEX_COLS} and a score column "
-                             f"{_SCORE_COLS}; the header has {rows[0]}")
-        rows = rows[1:]
-    elif len(head) == 2:
-        icol, scol = 0, 1
-    else:
-        raise ValueError(f"{path}: a CSV without header must have 2 columns (index, score); "
-                         f"the first row has {len(head)}")
-    try:
-        index = np.array([int(float(r[icol])) for r in rows], np.int64)
-        scores = np.array([float(r[scol]) for r in rows], np.float32)
-    except (ValueError, IndexError) as err:
-        raise ValueError(f"{path}: unreadable row ({err})") from None
-    return index, scores
-
-
-def _csv_identity(path: Path) -> tuple[str, str] | None:
-    for name in (path.stem, path.parent.name):
-        for pattern in (_EVALS_FILE, _EVAL_DIR):
-            m = pattern.match(name)
-            if m:
-                return _pythia_model_name(m.group(1)), f"step{m.group(2)}"
-    return None
-
-
-def _pythia_model_name(name: str) -> str:
-    return name if name.lower().startswith("pythia") else f"pythia-{name}"
-
-
-def _read_csvs(paths: Sequence[Path], model: str, revision: str) -> Run:
-    parts = [_read_csv_rows(p) for p in paths]
-    index = np.concatenate([i for i, _ in parts])
-    scores = np.concatenate([s for _, s in parts])
-    return _make_run(model, revision, None, index, scores >= 1.0, scores, str(paths[0]))
-
-
-def load_results(paths: Iterable[str | os.PathLike]) -> list[Run]:
-    """Every run found under `paths` (files or folders, searched recursively).
-
-    Files of one run (ranks, parquet shards) are merged. Raises ValueError if a
-    file's layout is not recognised or nothing is found.
-    """
-    from memwatch.posthoc.evaluate import read_meta
-
-    files: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if not p.exists():
-            raise ValueError(f"{p} does not exist")
-        files += [p] if p.is_file() else sorted(
-            q for q in p.rglob("*") if q.suffix in (".parquet", ".csv")
-            and ".parts" not in q.parent.name and not q.name.startswith("."))
-    groups: dict[tuple, list[Path]] = {}
-    kinds: dict[tuple, tuple] = {}
-    for f in files:
-        if f.suffix == ".parquet":
-            meta = read_meta(f)
-            if meta:
-                key = ("memwatch", meta.get("name") or meta["model"], meta["revision"])
-                kinds[key] = ("memwatch", meta)
-            elif (split := _split_name(f)) is not None:
-                key = ("memorized", split.group(1), split.group(2), split.group(3))
-                kinds[key] = ("memorized", split)
-            else:
-                raise ValueError(f"{f}: not a memwatch results file (no 'memwatch' metadata) and "
-                                 "not a pythia-memorized-evals split like deduped.12b/0000.parquet")
-        else:
-            ident = _csv_identity(f)
-            if ident is None:
-                raise ValueError(f"{f}: cannot tell model and step from the name; expected "
-                                 "memorization_<MODEL>_<STEP>/rank-<R>.csv, "
-                                 "memorization_<MODEL>_<STEP>.csv or "
-                                 "memorization_evals_<MODEL>_<ctx>_<ctx+cont>_<STEP>.csv")
-            key = ("csv", *ident)
-            kinds[key] = ("csv", ident)
-        groups.setdefault(key, []).append(f)
-    runs = []
-    for key, group in groups.items():
-        kind, info = kinds[key]
-        if kind == "memwatch":
-            runs.append(_read_memwatch(group, info))
-        elif kind == "memorized":
-            runs.append(_read_memorized_list(group, info))
-        else:
-            runs.append(_read_csvs(group, *info))
-    if not runs:
-        raise ValueError(f"no results (.parquet or .csv) under {[str(p) for p in paths]}")
-    keys = [r.key for r in runs]
-    dup = next((k for k in keys if keys.count(k) > 1), None)
-    if dup:
-        raise ValueError(f"{dup} is found twice (in {[r.source for r in runs if r.key == dup]}); "
-                         "analyze one copy")
-    return sorted(runs, key=_run_order)
-
-
-def _run_order(run: Run):
-    return (run.params if run.params is not None else float("inf"), run.model,
-            run.step if run.step is not None else float("inf"), run.revision)
-
-
-def find_run(runs: Sequence[Run], target: str) -> Run:
-    """The run named ``MODEL@REVISION`` (MODEL: its name or the full id it was loaded from)."""
-    if "@" not in target:
-        raise ValueError(f"target {target!r} must be MODEL@REVISION, e.g. pythia-12b@step143000")
-    model, revision = target.rsplit("@", 1)
-    for run in runs:
-        if run.revision == revision and run.model in (model, Path(model).name):
-            return run
-    raise ValueError(f"target {target!r} is not among the results; found: "
-                     f"{', '.join(r.key for r in runs)}")
-
-
-# --------------------------------------------------------------------------------------------
-# Comparison with the target.
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -274,13 +40,36 @@ class PairStats:
     rows: int  # rows scored (memorized rows listed, for memorized-only sources)
     memorized: int
     fraction: float  # memorized / rows (NaN for memorized-only sources)
-    precision: float
-    recall: float
+    precision: float  # NaN when the run memorized none of the compared rows
+    recall: float  # NaN when the target memorized none of them
     correlation: float  # Pearson r of the scores on the shared rows
+    source: str = "memwatch"  # one of memwatch.posthoc.results.SOURCES
+    label: str = ""  # the run's label: key, plus the source when not memwatch
 
     @property
     def key(self) -> str:
         return f"{self.model}@{self.revision}"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Two runs of the same (model, checkpoint) from different sources, one against the other.
+
+    precision: the share of `other`'s memorized rows that `reference` memorized too;
+    recall: the share of `reference`'s memorized rows that `other` found; both on
+    the rows compared (NaN where a set is empty).
+    """
+
+    key: str
+    other: str  # label of the run checked (e.g. a memwatch re-run)
+    reference: str  # label of the run taken as truth (e.g. EleutherAI's published set)
+    rows: int
+    other_memorized: int
+    reference_memorized: int
+    both: int
+    precision: float
+    recall: float
+    correlation: float
 
 
 @dataclass(frozen=True)
@@ -330,16 +119,36 @@ class Analysis:
     smaller_models: Predictor | None = None
     checkpoints: Predictor | None = None
     equi_compute: tuple[EquiCompute, ...] = ()
+    agreement: tuple[Agreement, ...] = ()
 
     def matrix(self, attr: str) -> tuple[list[str], list[str], np.ndarray]:
-        """(models, revisions, float [models, revisions]) of a PairStats field, NaN if absent."""
-        models = list(dict.fromkeys(p.model for p in self.pairs))
+        """(rows, revisions, float [rows, revisions]) of a PairStats field, NaN if absent.
+
+        One row per model and source: ``pythia-1b``, ``pythia-1b [memorized-evals]``.
+        """
+        rows = list(dict.fromkeys(_row_name(p) for p in self.pairs))
         revisions = sorted(dict.fromkeys(p.revision for p in self.pairs),
-                           key=lambda r: (_step(r) is None, _step(r) or 0, r))
-        out = np.full((len(models), len(revisions)), np.nan)
+                           key=lambda r: (step_of(r) is None, step_of(r) or 0, r))
+        out = np.full((len(rows), len(revisions)), np.nan)
         for p in self.pairs:
-            out[models.index(p.model), revisions.index(p.revision)] = getattr(p, attr)
-        return models, revisions, out
+            out[rows.index(_row_name(p)), revisions.index(p.revision)] = getattr(p, attr)
+        return rows, revisions, out
+
+
+def _row_name(p: PairStats) -> str:
+    return p.model + (p.label[len(p.key):] if p.label else "")
+
+
+def set_precision_recall(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """(precision, recall) of boolean masks `pred` against `target` [n]; NaN where undefined.
+
+    A predictor that claims nothing has no precision (0/0), and recall of an empty
+    target is undefined too: neither is reported as a perfect 1.
+    """
+    both = float(np.count_nonzero(pred & target))
+    npred, ntarget = np.count_nonzero(pred), np.count_nonzero(target)
+    return (both / npred if npred else float("nan"),
+            both / ntarget if ntarget else float("nan"))
 
 
 def _universe(a: Run, b: Run) -> np.ndarray:
@@ -355,24 +164,56 @@ def _memorized_mask(run: Run, universe: np.ndarray) -> np.ndarray:
     return np.isin(universe, run.index[run.memorized], assume_unique=True)
 
 
+def _correlation(a: Run, b: Run, universe: np.ndarray) -> float:
+    if not (a.complete and b.complete) or len(universe) < 2:
+        return float("nan")
+    x = a.scores[np.searchsorted(a.index, universe)].astype(np.float64)
+    y = b.scores[np.searchsorted(b.index, universe)].astype(np.float64)
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
 def compare(pred: Run, target: Run, tokens_per_step: int = PYTHIA_TOKENS_PER_STEP) -> PairStats:
     """`PairStats` of `pred` against `target` on the rows they share."""
-    from memwatch.forecast.fits import precision_recall
-
     universe = _universe(pred, target)
-    p, t = _memorized_mask(pred, universe), _memorized_mask(target, universe)
-    precision, recall = (float(x) for x in precision_recall(p, t))
-    corr = float("nan")
-    if pred.complete and target.complete and len(universe) > 1:
-        a = pred.scores[np.searchsorted(pred.index, universe)].astype(np.float64)
-        b = target.scores[np.searchsorted(target.index, universe)].astype(np.float64)
-        if a.std() > 0 and b.std() > 0:
-            corr = float(np.corrcoef(a, b)[0, 1])
+    precision, recall = set_precision_recall(_memorized_mask(pred, universe),
+                                             _memorized_mask(target, universe))
     rows, memorized = len(pred.index), int(pred.memorized.sum())
     return PairStats(pred.model, pred.revision, pred.step, pred.params,
                      compute_of(pred, tokens_per_step), rows, memorized,
                      memorized / rows if pred.complete and rows else float("nan"),
-                     precision, recall, corr)
+                     precision, recall, _correlation(pred, target, universe), pred.source,
+                     pred.label)
+
+
+def agree(other: Run, reference: Run) -> Agreement:
+    """`Agreement` of `other` against `reference` (same model and checkpoint) on shared rows."""
+    universe = _universe(other, reference)
+    o, r = _memorized_mask(other, universe), _memorized_mask(reference, universe)
+    precision, recall = set_precision_recall(o, r)
+    return Agreement(other.key, other.label, reference.label, len(universe),
+                     int(o.sum()), int(r.sum()), int((o & r).sum()), precision, recall,
+                     _correlation(other, reference, universe))
+
+
+def agreements(runs: Sequence[Run]) -> tuple[Agreement, ...]:
+    """Every pair of runs of one (model, checkpoint) from different sources, one vs the other.
+
+    The run of the later source in `SOURCES` order (the published one) is the reference.
+    """
+    by_key: dict[str, list[Run]] = {}
+    for run in runs:
+        by_key.setdefault(run.key, []).append(run)
+    out = []
+    for group in by_key.values():
+        group = sorted(group, key=_preference)
+        out += [agree(a, b) for i, a in enumerate(group) for b in group[i + 1:]]
+    return tuple(out)
+
+
+def _preference(run: Run):
+    return SOURCES.index(run.source), run.variant
 
 
 def compute_of(run: Run, tokens_per_step: int = PYTHIA_TOKENS_PER_STEP) -> float:
@@ -392,8 +233,8 @@ def score_histogram(scores: np.ndarray, cont_len: int = CONT_LEN) -> tuple[np.nd
 def _predictor(name: str, pairs: Sequence[PairStats], target_compute: float) -> Predictor | None:
     from memwatch.forecast.fits import fit_recall_curve
 
-    pairs = sorted((p for p in pairs if np.isfinite(p.compute) and p.compute > 0),
-                   key=lambda p: p.compute)
+    pairs = sorted((p for p in pairs if np.isfinite(p.compute) and p.compute > 0
+                    and np.isfinite(p.recall)), key=lambda p: p.compute)
     if not pairs:
         return None
     compute = np.array([p.compute for p in pairs])
@@ -405,33 +246,39 @@ def _predictor(name: str, pairs: Sequence[PairStats], target_compute: float) -> 
 
 def analyze(runs: Sequence[Run], target: str, tokens_per_step: int = PYTHIA_TOKENS_PER_STEP,
             cont_len: int = CONT_LEN) -> Analysis:
-    """The `Analysis` of every run against the run named `target` (``MODEL@REVISION``).
+    """The `Analysis` of every run against the run named `target` (``MODEL@REVISION[:SOURCE]``).
 
     Smaller-model predictors: the last checkpoint of every model with fewer
     parameters than the target's. Checkpoint predictors: the target model's
-    checkpoints before the target's step.
+    checkpoints before the target's step. Where a (model, checkpoint) comes from
+    several sources, the predictors and histograms use one run of it (memwatch's,
+    else pythia-csv's, else memorized-evals'); every run is in `pairs`.
     """
     tgt = find_run(runs, target)
     pairs = tuple(compare(r, tgt, tokens_per_step) for r in runs)
     target_compute = compute_of(tgt, tokens_per_step)
+    preferred: dict[str, Run] = {}
+    for run in sorted(runs, key=_preference, reverse=True):
+        preferred[run.key] = run
+    chosen = [r for r in runs if preferred[r.key] is r]
     histograms = {}
-    for run in runs:
+    for run in chosen:
         if run.complete:
             last = histograms.get(run.model)
-            if last is None or (run.step or -1) >= (_step(last[0]) or -1):
+            if last is None or (run.step or -1) >= (step_of(last[0]) or -1):
                 histograms[run.model] = (run.revision, *score_histogram(run.scores, cont_len))
-    by_key = {p.key: p for p in pairs}
+    by_label = {p.label: p for p in pairs}
     smaller, earlier = [], []
     if tgt.params is not None:
         last: dict[str, Run] = {}
-        for run in runs:
+        for run in chosen:
             if run.params is not None and run.params < tgt.params and run.step is not None:
                 if run.model not in last or run.step > last[run.model].step:
                     last[run.model] = run
-        smaller = [by_key[r.key] for r in last.values()]
+        smaller = [by_label[r.label] for r in last.values()]
     if tgt.step is not None:
-        earlier = [by_key[r.key] for r in runs if r.model == tgt.model and r.step is not None
-                   and r.step < tgt.step]
+        earlier = [by_label[r.label] for r in chosen if r.model == tgt.model
+                   and r.step is not None and r.step < tgt.step]
     ok = np.isfinite(target_compute) and target_compute > 0
     small_pred = _predictor("smaller models", smaller, target_compute) if ok else None
     ckpt_pred = _predictor("intermediate checkpoints", earlier, target_compute) if ok else None
@@ -439,8 +286,8 @@ def analyze(runs: Sequence[Run], target: str, tokens_per_step: int = PYTHIA_TOKE
     if small_pred is not None and ckpt_pred is not None:
         equi = tuple(_equi(small_pred, ckpt_pred, i, target_compute)
                      for i in range(len(small_pred.keys)))
-    return Analysis(target, target_compute, tokens_per_step, pairs, histograms,
-                    small_pred, ckpt_pred, equi)
+    return Analysis(tgt.label, target_compute, tokens_per_step, pairs, histograms,
+                    small_pred, ckpt_pred, equi, agreements(runs))
 
 
 def _equi(small: Predictor, ckpts: Predictor, i: int, target_compute: float) -> EquiCompute:
@@ -463,8 +310,9 @@ def to_json(analysis: Analysis) -> str:
             return None
         fit = None if p.fit is None else {"kind": p.fit.kind, "a": p.fit.a, "b": p.fit.b,
                                           "r2": p.fit.r2, "x": "compute / target compute"}
-        return {"keys": list(p.keys), "compute": p.compute.tolist(),
-                "recall": p.recall.tolist(), "precision": p.precision.tolist(), "fit": fit}
+        return {"keys": list(p.keys), "compute": [clean(x) for x in p.compute.tolist()],
+                "recall": [clean(x) for x in p.recall.tolist()],
+                "precision": [clean(x) for x in p.precision.tolist()], "fit": fit}
 
     data = {
         "target": analysis.target, "target_compute": clean(analysis.target_compute),
@@ -474,5 +322,6 @@ def to_json(analysis: Analysis) -> str:
         "checkpoints": predictor(analysis.checkpoints),
         "equi_compute": [{k: clean(v) for k, v in vars(e).items()}
                          for e in analysis.equi_compute],
+        "agreement": [{k: clean(v) for k, v in vars(a).items()} for a in analysis.agreement],
     }
     return json.dumps(data, indent=2, allow_nan=False, default=clean)

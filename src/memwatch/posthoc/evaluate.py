@@ -32,15 +32,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from memwatch.distributed import barrier, rank_world
+from memwatch.posthoc.results import FORMAT_VERSION, read_meta, results_table, step_of
+from memwatch.posthoc.rows import PythiaRows, WatchlistRows
 from memwatch.probe import CONT_LEN, MODES, PROMPT_LEN, probe
 from memwatch.watchlist import Watchlist
-from memwatch.watchlist.pythia import PYTHIA_ID
 
-FORMAT_VERSION = 1
+RowSource = WatchlistRows | PythiaRows
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Rows per resumable batch when the probe picks its own batch size (--batch-size auto).
 AUTO_WRITE_ROWS = 1024
-_STEP = re.compile(r"^step(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -82,12 +84,6 @@ class EvalConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None (auto); got {self.batch_size}")
-
-
-def step_of(revision: str) -> int | None:
-    """The training step named by a revision like ``step143000``, else None."""
-    m = _STEP.match(revision)
-    return int(m.group(1)) if m else None
 
 
 def _revision_order(revision: str):
@@ -140,53 +136,64 @@ def _load_args(ckpt: Checkpoint, config: EvalConfig) -> tuple[str, dict]:
     return ckpt.model, {"revision": ckpt.revision, "cache_dir": config.cache_dir}
 
 
-def check_inputs(checkpoints: Sequence[Checkpoint], watchlist: Watchlist,
+def check_inputs(checkpoints: Sequence[Checkpoint], rows: RowSource,
                  config: EvalConfig) -> None:
-    """Raise ValueError before any scoring if a checkpoint cannot score this watchlist.
+    """Raise ValueError before any scoring if a checkpoint cannot score these rows.
 
     Loads each checkpoint's config only (cheap): an unreachable revision or a
-    vocabulary smaller than the watchlist's largest token id fails here.
+    vocabulary smaller than the rows' largest token id fails here.
     """
     from transformers import AutoConfig
 
     if not checkpoints:
         raise ValueError("no checkpoints to evaluate")
-    watchlist.validate(config.prompt_len, config.cont_len)
-    need = config.prompt_len + config.cont_len
-    top = int(watchlist.tokens[:, :need].max())
+    top, where = rows.check(config.prompt_len + config.cont_len)
     for ckpt in checkpoints:
         path, kwargs = _load_args(ckpt, config)
         try:
             cfg = AutoConfig.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as err:
-            raise ValueError(f"cannot load the config of {ckpt.key} ({ckpt.model}, revision "
-                             f"{ckpt.revision!r}): {err}") from err
+            raise ValueError(_unloadable(ckpt, config, err)) from err
         vocab = getattr(cfg, "vocab_size", None)
         if vocab is not None and top >= vocab:
-            row, col = (int(x) for x in (watchlist.tokens[:, :need] == top).nonzero()[0])
-            raise ValueError(
-                f"{ckpt.key} has a vocabulary of {vocab} ids but watchlist sequence "
-                f"{watchlist.ids[row]!r} has token id {top} at position {col}: the data was "
-                f"tokenized for another model")
+            raise ValueError(f"{ckpt.key} has a vocabulary of {vocab} ids but {where}: the "
+                             "data was tokenized for another model")
 
 
-def default_index(watchlist: Watchlist) -> np.ndarray:
-    """int64 [n]: the Pythia sequence index of ``pythia:<i>`` ids, else the row positions."""
-    found = [PYTHIA_ID.fullmatch(i) for i in watchlist.ids]
-    if all(found):
-        return np.array([int(m.group(1)) for m in found], np.int64)
-    return np.arange(len(watchlist), dtype=np.int64)
+def cached_revisions(model_id: str, cache_dir: str | None = None) -> list[str]:
+    """The revisions of hub model `model_id` in the local Hugging Face cache, in step order.
+
+    The hub client keeps ``models--<org>--<name>/refs/<revision>`` (a file holding the
+    commit) beside ``snapshots/<commit>/``; a revision counts if its snapshot exists.
+    """
+    from huggingface_hub import constants
+
+    repo = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{model_id.replace('/', '--')}"
+    found = []
+    for ref in (repo / "refs").glob("*") if (repo / "refs").is_dir() else ():
+        commit = ref.read_text().strip() if ref.is_file() else ""
+        if commit and (repo / "snapshots" / commit).is_dir():
+            found.append(ref.name)
+    return sorted(found, key=_revision_order)
 
 
-def fingerprint(watchlist: Watchlist, index: np.ndarray, config: EvalConfig) -> str:
-    """sha256 of what decides the scores: rows, ids, indices, lengths, mode, dtype."""
+def _unloadable(ckpt: Checkpoint, config: EvalConfig, err: Exception) -> str:
+    """One line saying why `ckpt` cannot be loaded, and what is there instead."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), repr(err))
+    if ckpt.path is not None:
+        return f"cannot load the config of {ckpt.key} from {ckpt.path}: {first}"
+    cached = cached_revisions(ckpt.model, config.cache_dir)
+    return (f"cannot load {ckpt.model} at revision {ckpt.revision!r}: not in the local Hugging "
+            f"Face cache (revisions cached: {', '.join(cached) or 'none'}) and not reachable "
+            f"on the hub ({first})")
+
+
+def fingerprint(rows: RowSource, config: EvalConfig) -> str:
+    """sha256 of what decides the scores: the rows (see the row source), lengths, mode, dtype."""
     h = hashlib.sha256()
-    need = config.prompt_len + config.cont_len
     h.update(json.dumps([config.prompt_len, config.cont_len, config.mode, config.dtype,
                          config.with_nll]).encode())
-    h.update(np.ascontiguousarray(index, np.int64).tobytes())
-    h.update("\0".join(watchlist.ids).encode())
-    h.update(watchlist.tokens[:, :need].contiguous().numpy().astype(np.int64).tobytes())
+    rows.update_fingerprint(h, config.prompt_len + config.cont_len)
     return h.hexdigest()
 
 
@@ -194,17 +201,6 @@ def _slice(n: int, rank: int, world_size: int) -> tuple[int, int]:
     per, extra = divmod(n, world_size)
     start = rank * per + min(rank, extra)
     return start, start + per + (rank < extra)
-
-
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def _device(config: EvalConfig) -> torch.device:
@@ -221,20 +217,6 @@ def _device(config: EvalConfig) -> torch.device:
 # --------------------------------------------------------------------------------------------
 
 
-def _table(index, ids, tags, scores, match_prefix, nll, meta: dict):
-    import pyarrow as pa
-
-    table = pa.table({
-        "index": pa.array(np.asarray(index, np.int64)),
-        "id": pa.array(list(ids), pa.string()),
-        "score": pa.array(np.asarray(scores, np.float32)),
-        "match_prefix": pa.array(np.asarray(match_prefix, np.int16)),
-        "nll": pa.array(np.asarray(nll, np.float32)),
-        "tags": pa.array([list(t) for t in tags], pa.list_(pa.string())),
-    })
-    return table.replace_schema_metadata({"memwatch": json.dumps(meta)})
-
-
 def _write_atomic(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
@@ -242,14 +224,6 @@ def _write_atomic(table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
-
-
-def read_meta(path: str | os.PathLike) -> dict:
-    """The ``memwatch`` metadata of a results parquet written by `evaluate` ({} if none)."""
-    import pyarrow.parquet as pq
-
-    raw = (pq.read_schema(path).metadata or {}).get(b"memwatch")
-    return json.loads(raw) if raw else {}
 
 
 def _check_same_run(path: Path, meta: dict) -> None:
@@ -260,12 +234,21 @@ def _check_same_run(path: Path, meta: dict) -> None:
             f"or dtype); delete it or choose another --out")
 
 
-def _concat(paths: Sequence[Path], meta: dict):
-    import pyarrow as pa
+def _merge(paths: Sequence[Path], meta: dict, dest: Path) -> None:
+    """Write the rows of `paths` to `dest` (atomically) one row group at a time, so memory
+    stays at one file's row group however many rows the result holds."""
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(p) for p in paths]
-    return pa.concat_tables(tables).replace_schema_metadata({"memwatch": json.dumps(meta)})
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    schema = results_table([], [], [], [], [], [], meta).schema
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for path in paths:
+            source = pq.ParquetFile(path)
+            for i in range(source.num_row_groups):
+                writer.write_table(source.read_row_group(i).replace_schema_metadata(
+                    schema.metadata))
+    os.replace(tmp, dest)
 
 
 def _batch_files(rank_dir: Path) -> list[tuple[int, int, Path]]:
@@ -301,8 +284,10 @@ def _load_model(ckpt: Checkpoint, config: EvalConfig, device: torch.device):
     return model.to(device).eval()
 
 
-def _score_slice(model, watchlist, index, start, end, rank_dir, meta, config, bar) -> None:
+def _score_slice(model, rows: RowSource, start, end, rank_dir, meta, config, bar) -> None:
     """Probe rows [start, end) batch by batch, writing each batch before the next."""
+    from memwatch.lm import vocab_size
+
     done = start
     for lo, hi, path in _batch_files(rank_dir):
         if lo != done or hi > end:
@@ -312,13 +297,19 @@ def _score_slice(model, watchlist, index, start, end, rank_dir, meta, config, ba
         done = hi
     bar.update(done - start)
     step = config.batch_size or AUTO_WRITE_ROWS
+    vocab = vocab_size(model)
     while done < end:
         hi = min(done + step, end)
-        res = probe(model, watchlist.tokens[done:hi], config.prompt_len, config.cont_len,
-                    config.mode, with_nll=config.with_nll, batch_size=config.batch_size)
+        index, ids, tags, tokens = rows.batch(done, hi)
+        if vocab is not None and int(tokens.max()) >= vocab:
+            row = int((tokens >= vocab).any(1).nonzero()[0, 0])
+            raise ValueError(f"watchlist sequence {ids[row]!r} has a token id >= {vocab}, the "
+                             f"vocabulary of {meta['name']}@{meta['revision']}")
+        res = probe(model, tokens, config.prompt_len, config.cont_len, config.mode,
+                    with_nll=config.with_nll, batch_size=config.batch_size)
         nll = res.nll if res.nll is not None else torch.full((hi - done,), float("nan"))
-        table = _table(index[done:hi], watchlist.ids[done:hi], watchlist.tags[done:hi],
-                       res.scores.numpy(), res.match_prefix.numpy(), nll.float().numpy(), meta)
+        table = results_table(index, ids, tags, res.scores.numpy(), res.match_prefix.numpy(),
+                              nll.float().numpy(), meta)
         _write_atomic(table, rank_dir / f"{done:012d}-{hi:012d}.parquet")
         bar.update(hi - done)
         done = hi
@@ -334,7 +325,7 @@ def _progress(ckpt, total, rank, world_size, enabled):
 
 def evaluate(
     checkpoints: Sequence[Checkpoint],
-    watchlist: Watchlist,
+    watchlist: Watchlist | RowSource,
     out: str | os.PathLike,
     index: np.ndarray | None = None,
     config: EvalConfig = EvalConfig(),  # noqa: B008 (frozen, so a shared default is safe)
@@ -343,19 +334,24 @@ def evaluate(
 ) -> list[Path]:
     """Return the results parquet of every checkpoint, probing those not finished yet.
 
-    `index` (int64 [n]) is written as the ``index`` column (default: `default_index`).
-    Under ``torch.distributed`` each rank scores a contiguous slice and every rank
-    must call this with the same arguments. `load_model(ckpt, config, device)`
-    replaces ``from_pretrained`` (tests).
+    `watchlist`: a `Watchlist`, or a row source from `memwatch.posthoc.rows` such as
+    `PythiaRows`, which streams Pythia's data batch by batch. `index` (int64 [n], a
+    watchlist only) is written as the ``index`` column (default:
+    `memwatch.posthoc.rows.default_index`). Under ``torch.distributed`` each rank
+    scores a contiguous slice and every rank must call this with the same arguments.
+    `load_model(ckpt, config, device)` replaces ``from_pretrained`` (tests).
     """
-    n = len(watchlist)
-    index = default_index(watchlist) if index is None else np.asarray(index, np.int64)
-    if index.shape != (n,):
-        raise ValueError(f"index has shape {index.shape}; the watchlist has {n} rows")
-    check_inputs(checkpoints, watchlist, config)
-    rank, world_size = _dist()
+    if isinstance(watchlist, Watchlist):
+        rows = WatchlistRows(watchlist, index)
+    elif index is not None:
+        raise ValueError("index applies to a Watchlist; a row source carries its own")
+    else:
+        rows = watchlist
+    n = len(rows)
+    check_inputs(checkpoints, rows, config)
+    rank, world_size = rank_world()
     device = _device(config)
-    digest = fingerprint(watchlist, index, config)
+    digest = fingerprint(rows, config)
     load_model = load_model or _load_model
     paths = []
     for ckpt in checkpoints:
@@ -377,19 +373,19 @@ def evaluate(
             model = load_model(ckpt, config, device)
             meta["params"] = sum(p.numel() for p in model.parameters())
             with _progress(ckpt, end - start, rank, world_size, progress) as bar:
-                _score_slice(model, watchlist, index, start, end, rank_dir, meta, config, bar)
+                _score_slice(model, rows, start, end, rank_dir, meta, config, bar)
             del model
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            _write_atomic(_concat([p for _, _, p in _batch_files(rank_dir)], meta), rank_file)
+            _merge([p for _, _, p in _batch_files(rank_dir)], meta, rank_file)
             _remove_tree(rank_dir)
-        _barrier()
+        barrier()
         if rank == 0:
             shards = [parts / f"rank{r:05d}-of-{world_size:05d}.parquet" for r in range(world_size)]
             shards = [p for p in shards if p.exists()]
             meta["params"] = read_meta(shards[0]).get("params")
-            _write_atomic(_concat(shards, meta), final)
+            _merge(shards, meta, final)
             _remove_tree(parts)
-        _barrier()
+        barrier()
     return paths

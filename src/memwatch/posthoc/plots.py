@@ -31,13 +31,24 @@ def _save(fig, path: Path) -> Path:
 
 
 def heatmap(analysis: Analysis, attr: str, path: Path, title: str) -> Path:
-    """Write a models × checkpoints heatmap of one `PairStats` field; returns `path`."""
+    """Write a models × checkpoints heatmap of one `PairStats` field; returns `path`.
+
+    A cell whose run exists but whose value is undefined (NaN) is drawn hatched gray and
+    marked n/a; a checkpoint without a run stays blank.
+    """
     models, revisions, values = analysis.matrix(attr)
+    _, _, present = analysis.matrix("rows")
     fig = _figure(max(4.0, 1.0 + 0.7 * len(revisions)), max(2.5, 1.0 + 0.45 * len(models)))
+    from matplotlib.patches import Rectangle
+
     ax = fig.add_subplot()
     vmin = -1.0 if attr == "correlation" else 0.0
     im = ax.imshow(np.ma.masked_invalid(values), vmin=vmin, vmax=1.0, cmap="viridis",
                    aspect="auto")
+    for i, j in zip(*np.nonzero(np.isfinite(present) & ~np.isfinite(values)), strict=True):
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="lightgray", hatch="//",
+                               edgecolor="gray", linewidth=0))
+        ax.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="black")
     ax.set_xticks(range(len(revisions)), revisions, rotation=45, ha="right")
     ax.set_yticks(range(len(models)), models)
     for i, j in zip(*np.nonzero(np.isfinite(values)), strict=True):

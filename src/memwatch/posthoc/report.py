@@ -11,7 +11,7 @@ from memwatch.posthoc.analysis import Analysis, Predictor, to_json
 
 def _num(x, fmt: str = ".3f") -> str:
     if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return "–"
+        return "n/a"
     return format(x, fmt)
 
 
@@ -22,11 +22,20 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _pairs_table(analysis: Analysis) -> str:
-    rows = [[p.model, p.revision, _num(p.params, ",d") if p.params else "–",
+    rows = [[p.model, p.revision, p.source, _num(p.params, ",d") if p.params else "n/a",
              _num(p.compute, ".3g"), str(p.rows), str(p.memorized), _num(p.fraction, ".4f"),
              _num(p.precision), _num(p.recall), _num(p.correlation)] for p in analysis.pairs]
-    return _table(["model", "checkpoint", "params", "compute (FLOPs)", "rows", "memorized",
+    return _table(["model", "checkpoint", "source", "params", "compute (FLOPs)", "rows",
+                   "memorized",
                    "fraction", "precision", "recall", "correlation"], rows)
+
+
+def _agreement_table(analysis: Analysis) -> str:
+    rows = [[a.other, a.reference, str(a.rows), str(a.other_memorized), str(a.reference_memorized),
+             str(a.both), _num(a.precision), _num(a.recall), _num(a.correlation)]
+            for a in analysis.agreement]
+    return _table(["run", "against", "rows compared", "memorized (run)", "memorized (against)",
+                   "both", "precision", "recall", "correlation"], rows)
 
 
 def _predictor_text(pred: Predictor | None) -> str:
@@ -59,7 +68,9 @@ def render_markdown(analysis: Analysis, plots: dict[str, Path], base: Path) -> s
         f"Compute is 6 · params · tokens with {analysis.tokens_per_step:,} tokens per step; "
         f"the target's is {_num(analysis.target_compute, '.3g')} FLOPs. Precision and recall "
         "compare each checkpoint's memorized set (score = 1) with the target's, on the rows "
-        "both were scored on; correlation is Pearson's r of the scores.",
+        "both were scored on; correlation is Pearson's r of the scores. n/a marks an undefined "
+        "value: the precision of a run that memorized none of the rows, the recall of an "
+        "empty target, anything needing scores for a memorized-only list.",
         "## Every checkpoint against the target", _pairs_table(analysis),
         img("precision", "precision heatmap"), img("recall", "recall heatmap"),
         img("correlation", "correlation heatmap"),
@@ -78,6 +89,16 @@ def render_markdown(analysis: Analysis, plots: dict[str, Path], base: Path) -> s
     ]
     if analysis.equi_compute:
         parts.append(_equi_table(analysis))
+    if analysis.agreement:
+        parts += [
+            "## Agreement between sources",
+            "Runs of the same model and checkpoint from different sources, one against the "
+            "other: precision is the share of the run's memorized rows the other source also "
+            "lists, recall the share of the other's it found, on the rows the run scored. "
+            "EleutherAI's published sets (pythia-memorized-evals, the eval_memorization.py "
+            "CSVs) were computed on the -v0 Pythia models in fp16, so a memwatch run of "
+            "today's models agrees closely but not exactly.",
+            _agreement_table(analysis)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 

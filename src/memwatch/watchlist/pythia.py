@@ -15,6 +15,12 @@ file is, little-endian::
     doc_idx[d]                    int64  sequence index where each document starts (+ n)
 
 and the ``.bin`` file is the concatenated token arrays. No torch, no pickle.
+
+Two ways to read: `IndexedDataset.__getitem__` / `read` go through numpy memmaps
+(convenient for a watchlist of thousands of rows); `read_rows` reads only the bytes
+asked for with positioned reads, so scanning the paper's 146 million rows keeps
+memory at one batch (`memwatch eval --pythia-data` streams this way, with
+`IndexRanges` holding the selected indices as ranges, not as an array).
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ PYTHIA_ID = re.compile(r"pythia:(\d+)")
 def pythia_id(index: int) -> str:
     """The watchlist id of sequence `index` of Pythia's training data (``pythia:<index>``)."""
     return f"pythia:{int(index)}"
+
+# Index entries checked per chunk when a file is opened: bounded memory whatever its size.
+_CHECK_CHUNK = 1 << 20
 
 
 def _code_of(dtype) -> int:
@@ -115,20 +124,87 @@ class IndexedDataset:
         off += 8 * n
         self.doc_idx = np.memmap(idx_path, np.int64, "r", offset=off, shape=(d,)) if d else \
             np.zeros(0, np.int64)
+        self._idx_path, self._bin_path, self._n = idx_path, bin_path, n
         bin_size = os.path.getsize(bin_path)
-        if n:
-            if (self.sizes < 0).any() or (self.pointers < 0).any():
+        for lo in range(0, n, _CHECK_CHUNK):
+            hi = min(n, lo + _CHECK_CHUNK)
+            sizes, pointers = self._index_entries(lo, hi)
+            if (sizes < 0).any() or (pointers < 0).any():
                 raise ValueError(f"{idx_path} is corrupt: negative sizes or pointers")
-            ends = self.pointers + self.sizes.astype(np.int64) * self.dtype.itemsize
+            ends = pointers + sizes.astype(np.int64) * self.dtype.itemsize
             last = int(np.argmax(ends))
             if int(ends[last]) > bin_size:
                 raise ValueError(f"{bin_path} is truncated: {bin_size} bytes, but sequence "
-                                 f"{last} of {idx_path} ends at byte {int(ends[last])}")
+                                 f"{lo + last} of {idx_path} ends at byte {int(ends[last])}")
         self._bin = np.memmap(bin_path, self.dtype, "r") if bin_size >= self.dtype.itemsize \
             else np.zeros(0, self.dtype)
 
     def __len__(self) -> int:
         return len(self.sizes)
+
+    def _index_entries(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sizes int32 [hi - lo], pointers int64 [hi - lo]) of sequences [lo, hi), read from
+        the file (no memmap: the pages read do not stay in this process's memory)."""
+        with open(self._idx_path, "rb", buffering=0) as f:
+            sizes = np.frombuffer(os.pread(f.fileno(), 4 * (hi - lo), _HEADER.size + 4 * lo),
+                                  np.int32)
+            pointers = np.frombuffer(os.pread(f.fileno(), 8 * (hi - lo),
+                                              _HEADER.size + 4 * self._n + 8 * lo), np.int64)
+        return sizes, pointers
+
+    def read_rows(self, indices: np.ndarray, length: int) -> np.ndarray:
+        """[k, length] in the file's dtype: the first `length` tokens of each listed sequence.
+
+        Reads only those bytes (positioned reads, no memmap), so memory stays at the
+        rows asked for however large the file. Raises IndexError for an index out of
+        range and ValueError naming a sequence shorter than `length`.
+        """
+        indices = np.asarray(indices, np.int64)
+        out = np.empty((len(indices), length), self.dtype)
+        if not len(indices):
+            return out
+        lo, hi = int(indices.min()), int(indices.max()) + 1
+        if lo < 0 or hi > self._n:
+            bad = lo if lo < 0 else hi - 1
+            raise IndexError(f"sequence index {bad} out of range for {self.prefix} "
+                             f"({self._n} sequences)")
+        if hi - lo <= 64 * len(indices):  # a dense batch: one read of its index entries
+            sizes, pointers = self._index_entries(lo, hi)
+            sizes, pointers = sizes[indices - lo], pointers[indices - lo]
+        else:
+            entries = [self._index_entries(int(i), int(i) + 1) for i in indices]
+            sizes = np.array([s[0] for s, _ in entries], np.int32)
+            pointers = np.array([p[0] for _, p in entries], np.int64)
+        short = np.flatnonzero(sizes < length)
+        if len(short):
+            i = int(indices[short[0]])
+            raise ValueError(f"watchlist sequence 'pythia:{i}' has {int(sizes[short[0]])} tokens "
+                             f"in {self.prefix}.bin; prompt_len + cont_len = {length} needs at "
+                             f"least {length}")
+        nbytes = length * self.dtype.itemsize
+        with open(self._bin_path, "rb", buffering=0) as f:
+            for row, ptr in enumerate(pointers.tolist()):
+                out[row] = np.frombuffer(os.pread(f.fileno(), nbytes, ptr), self.dtype)
+        return out
+
+    def check_lengths(self, ranges: IndexRanges, length: int) -> None:
+        """Raise ValueError naming the first selected sequence shorter than `length` (or
+        IndexError for one out of range), reading the index in bounded chunks."""
+        for r in ranges.ranges:
+            if len(r) and (r[-1] >= self._n):
+                first = r[max(0, -(-(self._n - r.start) // r.step))]
+                raise IndexError(f"sequence index {first} is out of range: {self.prefix} has "
+                                 f"{self._n} sequences")
+            for lo in range(r.start, r.stop, _CHECK_CHUNK * r.step):
+                hi = min(r.stop, lo + _CHECK_CHUNK * r.step)
+                sizes, _ = self._index_entries(lo, min(self._n, hi))
+                sizes = sizes[::r.step]
+                short = np.flatnonzero(sizes < length)
+                if len(short):
+                    i = lo + int(short[0]) * r.step
+                    raise ValueError(f"watchlist sequence 'pythia:{i}' has {int(sizes[short[0]])} "
+                                     f"tokens in {self.prefix}.bin; prompt_len + cont_len = "
+                                     f"{length} needs at least {length}")
 
     def __getitem__(self, i: int) -> np.ndarray:
         """The tokens of sequence `i` (a read-only memmap view)."""
@@ -165,6 +241,8 @@ def write_indexed_dataset(prefix: str | os.PathLike, sequences: Sequence[Sequenc
     prefix = os.fspath(prefix)
     code = _code_of(dtype)
     dtype = np.dtype(DTYPES[code])
+    if isinstance(sequences, np.ndarray) and sequences.ndim == 2:
+        return _write_rows(prefix, sequences, code, doc_idx)
     arrays = []
     for i, seq in enumerate(sequences):
         arr = np.asarray(seq)
@@ -192,12 +270,59 @@ def write_indexed_dataset(prefix: str | os.PathLike, sequences: Sequence[Sequenc
     return prefix
 
 
-def parse_index_range(spec: str) -> np.ndarray:
-    """int64 indices from a spec like ``"0:1000000:97"``, ``"5"`` or ``"0:10,100:110"``.
+def _write_rows(prefix: str, rows: np.ndarray, code: int, doc_idx) -> str:
+    """`write_indexed_dataset` for equal-length rows [n, length], without a per-row loop."""
+    dtype = np.dtype(DTYPES[code])
+    info = np.iinfo(dtype)
+    if rows.size and (rows.min() < info.min or rows.max() > info.max):
+        raise ValueError(f"token ids outside {dtype}'s range [{info.min}, {info.max}]")
+    n, length = rows.shape
+    sizes = np.full(n, length, np.int32)
+    pointers = np.arange(n, dtype=np.int64) * length * dtype.itemsize
+    docs = np.arange(n + 1, dtype=np.int64) if doc_idx is None else np.asarray(doc_idx, np.int64)
+    rows.astype(dtype, copy=False).tofile(prefix + ".bin")
+    with open(prefix + ".idx", "wb") as f:
+        f.write(_HEADER.pack(MAGIC, VERSION, code, n, len(docs)))
+        f.write(sizes.tobytes())
+        f.write(pointers.tobytes())
+        f.write(docs.tobytes())
+    return prefix
 
-    Each comma-separated part is an index or ``start:stop[:step]`` (Python slice
-    semantics, stop exclusive, no negatives).
+
+class IndexRanges:
+    """Selected sequence indices held as ranges: a spec over 146 million rows costs bytes.
+
+    ``len(r)`` counts the indices; ``r.take(lo, hi)`` is int64 indices [lo, hi) of the
+    concatenation, in spec order.
     """
+
+    def __init__(self, ranges: Sequence[range]):
+        self.ranges = tuple(ranges)
+        self._starts = np.cumsum([0] + [len(r) for r in self.ranges])
+
+    @classmethod
+    def parse(cls, spec: str) -> IndexRanges:
+        """The ranges of a spec like ``"0:1000000:97"`` (see `parse_index_range`)."""
+        return cls(_parse_parts(spec))
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def take(self, lo: int, hi: int) -> np.ndarray:
+        """int64 [hi - lo]: indices lo..hi-1 of the concatenated ranges."""
+        parts = []
+        for k, r in enumerate(self.ranges):
+            a, b = max(lo, int(self._starts[k])), min(hi, int(self._starts[k + 1]))
+            if a < b:
+                sub = r[a - int(self._starts[k]): b - int(self._starts[k])]
+                parts.append(np.arange(sub.start, sub.stop, sub.step, dtype=np.int64))
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def __repr__(self) -> str:
+        return ",".join(f"{r.start}:{r.stop}:{r.step}" for r in self.ranges)
+
+
+def _parse_parts(spec: str) -> list[range]:
     parts = []
     for part in str(spec).split(","):
         fields = part.strip().split(":")
@@ -209,9 +334,18 @@ def parse_index_range(spec: str) -> np.ndarray:
         if len(nums) > 3 or any(x < 0 for x in nums) or (len(nums) == 3 and nums[2] == 0):
             raise ValueError(f"index range {part.strip()!r}: use 'i' or 'start:stop[:step]' with "
                              "non-negative integers and a positive step")
-        parts.append(np.array(nums, np.int64) if len(nums) == 1 else np.arange(*nums,
-                                                                               dtype=np.int64))
-    return np.concatenate(parts)
+        parts.append(range(nums[0], nums[0] + 1) if len(nums) == 1 else range(*nums))
+    return parts
+
+
+def parse_index_range(spec: str) -> np.ndarray:
+    """int64 indices from a spec like ``"0:1000000:97"``, ``"5"`` or ``"0:10,100:110"``.
+
+    Each comma-separated part is an index or ``start:stop[:step]`` (Python slice
+    semantics, stop exclusive, no negatives).
+    """
+    ranges = IndexRanges.parse(spec)
+    return ranges.take(0, len(ranges))
 
 
 def steps_range(start_step: int, end_step: int,
