@@ -63,5 +63,6 @@ def test_cli_bench_runs(capsys):
 
     assert main(["bench", "--shape", "tiny", "--rows", "8", "--memorized", "0", "0.5",
                  "--repeat", "1"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    path, *lines = capsys.readouterr().out.strip().splitlines()
+    assert "runner kv-cache" in path and "extractable speculative 32.0" in path  # the fast path
     assert len(lines) == 2 and all("extractable" in line and "x |" in line for line in lines)
