@@ -56,11 +56,15 @@ def test_power_law_recall_is_recovered_and_final_count_forecast():
     assert t.recall_fit.b == pytest.approx(0.7, abs=0.05)
     assert t.recall_fit.a == pytest.approx(1.0, abs=0.05)
     assert t.precision_fit.predict(0.5) == pytest.approx(1.0)
-    # recall at half the compute: 0.5**0.7 = 0.616 from the run, 0.5 from the prior
+    # recall at half the compute: 0.5**0.7 = 0.616 from the run, 0.671 from the prior
+    # (Pythia-12B between 44 % and 58 % of training)
     assert t.prior_weight < 0.25
     assert t.recall_fit.predict(0.5) == pytest.approx(0.5 ** 0.7, abs=0.02)
-    # recall_now blends that (and the prior) with the per-row methods' view; truth 358 / 600
-    assert t.recall_now == pytest.approx(t.memorized_now / final, abs=0.05)
+    # recall_now blends that (and the prior) with the per-row methods' view: between the
+    # truth (358 / 600) and the prior
+    truth, f, _, r = t.memorized_now / final, *np.array(PYTHIA_PRIOR).T
+    prior_r = np.interp(0.5, f, r)
+    assert truth - 0.02 <= t.recall_now <= prior_r
     assert t.expected_final_low <= final <= t.expected_final_high
     assert abs(t.expected_final_memorized - final) / final < 0.15
     assert abs(t.curve_final_memorized - final) / final < 0.15
