@@ -351,3 +351,65 @@ def test_without_a_backtest_the_interval_owns_up_to_not_knowing():
     # 1.645 log units below the estimate, whatever the methods' agreement
     z = 1.6448536
     assert np.log1p(t.expected_final_memorized) - np.log1p(t.expected_final_low) >= z
+
+
+def arriving_history(n=2000, total=1000, last=500, seed=0):
+    """Rows first seen uniformly over the run; 30 % of them are memorized between once and
+    twice their first-seen step (a delay that scales with the clock, so recall depends on
+    the clock ratio alone) and stay so. (history, first_seen, final set)."""
+    rng = np.random.default_rng(seed)
+    first_seen = rng.uniform(0, total, n)
+    tau = np.where(rng.uniform(size=n) < 0.3, first_seen * rng.uniform(1, 2, n), np.inf)
+    h = History([f"r{k}" for k in range(n)], [()] * n, cont_len=N)
+    for t in range(50, last + 1, 50):
+        h.update(t, _result(np.where(tau <= t, N, rng.integers(0, N, n))), "extractable")
+    return h, first_seen, tau <= total
+
+
+def test_first_seen_gives_the_papers_recall_beside_the_watchlists():
+    h, first_seen, final = arriving_history()
+    t = forecast(h, 1000, first_seen=first_seen).tags["*"]
+    now, seen = h.memorized[-1], first_seen <= 500
+    assert t.rows_seen == int(seen.sum())
+    # the ratio method's pairs count, for the earlier probe, only the rows it had seen: its
+    # recall is the paper's, over rows already seen
+    truth_seen = (now & final).sum() / (final & seen).sum()
+    assert t.ratio.recall == pytest.approx(truth_seen, abs=0.05)
+    assert t.ratio.seen_share == pytest.approx(seen.mean())
+    assert t.recall_seen > t.recall_now + 0.1  # half the rows are still to come
+    blind = forecast(h, 1000).tags["*"]
+    assert blind.recall_seen is None and blind.rows_seen is None
+    # knowing that half the rows are still to come, the ratio method scales up more
+    assert blind.final_memorized("ratio") < t.final_memorized("ratio")
+
+
+def test_first_seen_needs_one_step_per_row():
+    h, first_seen, _ = arriving_history(n=50)
+    with pytest.raises(ValueError, match="one step per row"):
+        forecast(h, 1000, first_seen=first_seen[:10])
+    with pytest.raises(ValueError, match="one step per row"):
+        forecast(h, 1000, first_seen=np.full(50, np.nan))
+
+
+def test_end_probability_ranks_and_counts_the_final_set():
+    rng = np.random.default_rng(0)
+    start, rate = rng.uniform(0.3, 1.3, 400), rng.uniform(0.0, 3.0, 400) / 1000
+    h, final_count = nll_trend_history()
+    final = start - rate * 1000 < np.log(0.5)  # nll_trend_history's rows, same seed
+    assert final.sum() == final_count
+    p = forecast(h, 1000).end_probability
+    assert p.shape == (h.num_rows,) and ((p >= 0) & (p <= 1)).all()
+    assert abs(p.sum() - final_count) / final_count < 0.15
+    # a row memorized at the end outranks one that is not, nearly always (AUC)
+    auc = (p[final][:, None] > p[~final][None, :]).mean()
+    assert auc > 0.95
+
+
+def test_end_probability_without_per_row_methods_spreads_the_ratio_view():
+    h = History([f"r{k}" for k in range(10)], [()] * 10, cont_len=N)
+    h.update(300, _result(np.array([N] * 3 + [0] * 7)), "extractable")
+    fc = forecast(h, 1000)
+    t, p = fc.tags["*"], fc.end_probability
+    np.testing.assert_allclose(p[:3], t.precision_now)
+    np.testing.assert_allclose(p[3:], (t.expected_final_memorized - 3 * t.precision_now) / 7)
+    assert p.sum() == pytest.approx(t.expected_final_memorized)

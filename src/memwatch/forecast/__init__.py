@@ -75,6 +75,10 @@ class TagForecast:
     num_rows / memorized_now: rows with the tag; of those, memorized at the latest probe.
     recall_now (low, high): share of the final memorized set already memorized, over the
         whole watchlist (rows still to come included).
+    recall_seen: the same share over the rows already seen (the paper's recall: it
+        counts only rows the earlier checkpoint had seen); None unless `forecast` was
+        given ``first_seen``. rows_seen: the tag's rows seen by the latest probe (None
+        likewise).
     precision_now (low, high): share of the memorized set still memorized at the end.
         Both are the weighted mean (the combination's weights) of the ratio method's
         view and the per-row methods' view (recall = Σ_now p / Σ p, precision = mean p
@@ -103,6 +107,8 @@ class TagForecast:
     expected_final_low: float
     expected_final_high: float
     agreement: float
+    recall_seen: float | None = None
+    rows_seen: int | None = None
     estimates: tuple[Estimate, ...] = ()
     ratio: RatioEstimate | None = field(default=None, compare=False)
     curve_fit: ScalingFit | None = field(default=None, compare=False)
@@ -114,12 +120,20 @@ class TagForecast:
 
 @dataclass(frozen=True)
 class Forecast:
-    """`TagForecast` per tag ("*" = all rows) and the per-row `RiskRanking` (or None)."""
+    """`TagForecast` per tag ("*" = all rows), the per-row `RiskRanking` (or None), and
+    each row's probability of being memorized at the end of training.
+
+    end_probability: float64 [n]: the per-row methods' probabilities (risk, trajectory)
+        averaged with their weights in the "*" forecast; when neither could run, the
+        ratio method's view spread over rows: precision_now for a row memorized now,
+        the rest of the expected final count shared evenly by the others.
+    """
 
     step: int
     total_steps: int
     tags: dict[str, TagForecast]
     risk: RiskRanking | None = field(default=None, compare=False)
+    end_probability: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False)
 
 
 @dataclass(frozen=True)
@@ -134,11 +148,13 @@ class _Settings:
 
 @dataclass(frozen=True)
 class _Probes:
-    """One tag's probes: memorized (bool [P, n]), their steps and clock (float [P])."""
+    """One tag's probes: memorized (bool [P, n]), their steps and clock (float [P]), and
+    the rows each had seen (bool [P, n]; None when unknown)."""
 
     memorized: np.ndarray
     steps: np.ndarray
     clock: np.ndarray
+    seen: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +179,7 @@ class _RecallView:
     precision: float
     recall_samples: np.ndarray
     precision_samples: np.ndarray
+    recall_seen: float | None = None
 
 
 @dataclass(frozen=True)
@@ -180,7 +197,7 @@ def _estimates(probes: _Probes, total_clock: float, prior: np.ndarray,
     mem, clock = probes.memorized, probes.clock
     n_rows = mem.shape[1]
     r_now = min(1.0, float(clock[-1]) / total_clock)
-    ratio = ratio_estimate(mem, clock, r_now, prior, n_boot, rng)
+    ratio = ratio_estimate(mem, clock, r_now, prior, n_boot, rng, probes.seen)
     counts = mem.sum(1)
     now = int(counts[-1])
     out = {"ratio": ratio.final_memorized(now, n_rows)}
@@ -226,17 +243,22 @@ def _weights(methods, misfit) -> dict[str, float]:
     return {m: v / total for m, v in raw.items()}
 
 
-def _row_view(p: np.ndarray, now: np.ndarray, n_boot: int, rng) -> _RecallView:
+def _row_view(p: np.ndarray, now: np.ndarray, n_boot: int, rng, seen=None) -> _RecallView:
     """"Memorized now" against the final set as a per-row method sees it: p = each row's
-    probability of being memorized at the end, so recall = Σ_now p / Σ p and precision =
-    mean of p over the rows memorized now; replicates from a Poisson bootstrap over rows."""
+    probability of being memorized at the end, so recall = Σ_now p / Σ p (over the rows
+    already seen: Σ_now p / Σ_seen p) and precision = mean of p over the rows memorized
+    now; replicates from a Poisson bootstrap over rows."""
     recall = float(p[now].sum() / p.sum()) if p.sum() > 0 else 1.0
+    recall_seen = None
+    if seen is not None:
+        total_seen = p[seen | now].sum()
+        recall_seen = float(p[now].sum() / total_seen) if total_seen > 0 else 1.0
     precision = float(p[now].mean())
     w = rng.poisson(1.0, (n_boot, len(p))).astype(np.float64)
     hit, total, count = w[:, now] @ p[now], w @ p, w[:, now].sum(1)
     recalls = np.where(total > 0, hit / np.maximum(total, 1e-12), recall)
     precisions = np.where(count > 0, hit / np.maximum(count, 1e-12), precision)
-    return _RecallView(recall, precision, recalls, precisions)
+    return _RecallView(recall, precision, recalls, precisions, recall_seen)
 
 
 def _combined_view(views: dict[str, _RecallView], weights: dict[str, float]) -> _RecallView:
@@ -250,6 +272,8 @@ def _combined_view(views: dict[str, _RecallView], weights: dict[str, float]) -> 
         sum(share[m] * v.precision for m, v in views.items()),
         sum(share[m] * v.recall_samples for m, v in views.items()),
         sum(share[m] * v.precision_samples for m, v in views.items()),
+        None if any(v.recall_seen is None for v in views.values())
+        else sum(share[m] * v.recall_seen for m, v in views.items()),
     )
 
 
@@ -260,17 +284,22 @@ def _tag_forecast(tag: str, probes: _Probes, rows: dict[str, np.ndarray],
     n_rows = probes.memorized.shape[1]
     t_now = int(probes.steps[-1]) if len(probes.steps) else 0
     if len(probes.steps) == 0:
-        probes = _Probes(np.zeros((1, n_rows), bool), probes.steps, np.zeros(1))
+        probes = _Probes(np.zeros((1, n_rows), bool), probes.steps, np.zeros(1),
+                         None if probes.seen is None else np.zeros((1, n_rows), bool))
     mem, n_boot = probes.memorized, settings.n_boot
     r_now = min(1.0, float(probes.clock[-1]) / settings.total_clock)
     now = int(mem[-1].sum())
     sums = {m: float(p.sum()) for m, p in rows.items()}
     found = _estimates(probes, settings.total_clock, settings.prior, sums, n_boot, rng)
     ratio = found.ratio
-    views = {"ratio": _RecallView(ratio.recall, ratio.precision, ratio.recall_samples,
-                                  ratio.precision_samples)}
+    share = 1.0 if ratio.seen_share is None else ratio.seen_share
+    views = {"ratio": _RecallView(ratio.watchlist_recall, ratio.precision,
+                                  ratio.recall_samples * share, ratio.precision_samples,
+                                  None if ratio.seen_share is None else ratio.recall)}
+    seen_now = None if probes.seen is None else probes.seen[-1]
     if now:
-        views.update({m: _row_view(p, mem[-1], n_boot, rng) for m, p in rows.items()})
+        views.update({m: _row_view(p, mem[-1], n_boot, rng, seen_now)
+                      for m, p in rows.items()})
     errors, misfit = _backtest(found.counts, backtests, settings.prior) if backtests else ({}, None)
     weights = _weights(found.counts, misfit)
     logs = {m: np.log1p(v) for m, v in found.counts.items()}
@@ -305,11 +334,24 @@ def _tag_forecast(tag: str, probes: _Probes, rows: dict[str, np.ndarray],
         precision_high=(float(np.quantile(view.precision_samples, 1 - q)) if n_boot
                         else view.precision),
         expected_final_memorized=expected, expected_final_low=lo, expected_final_high=hi,
-        agreement=float(agreement),
+        agreement=float(agreement), recall_seen=view.recall_seen,
+        rows_seen=None if seen_now is None else int(seen_now.sum()),
         estimates=tuple(Estimate(m, float(v), float(weights[m]), errors.get(m))
                         for m, v in sorted(found.counts.items())),
         ratio=ratio, curve_fit=found.curve_fit,
     )
+
+
+def _end_probability(star: TagForecast, rows: dict[str, np.ndarray], now: np.ndarray
+                     ) -> np.ndarray:
+    """float64 [n]: each row's probability of being memorized at the end (`Forecast`)."""
+    weights = {e.method: e.weight for e in star.estimates if e.method in rows}
+    total = sum(weights.values())
+    if total > 0:
+        return sum(w / total * rows[m] for m, w in weights.items())
+    rest = star.expected_final_memorized - star.precision_now * now.sum()
+    share = np.clip(rest / max(len(now) - int(now.sum()), 1), 0.0, 1.0)
+    return np.where(now, star.precision_now, share)
 
 
 def _row_probabilities(ranking, memorized, nll, keep, clock_all, total_clock
@@ -347,6 +389,15 @@ def _backtest_pairs(clock: np.ndarray, total_clock: float, counts: np.ndarray
     return pairs
 
 
+def _checked_first_seen(first_seen, n: int) -> np.ndarray:
+    """float64 [n]: each row's first-seen step, checked (a number per row, not NaN)."""
+    steps = np.asarray(first_seen, np.float64).ravel()
+    if steps.shape != (n,) or np.isnan(steps).any():
+        raise ValueError(f"first_seen must give one step per row ({n} rows, inf for rows "
+                         f"never seen); got shape {steps.shape}")
+    return steps
+
+
 def _probe_subset(steps: np.ndarray, max_probes: int) -> np.ndarray:
     """Indices of at most `max_probes` probes, evenly spread, always keeping the latest."""
     if len(steps) <= max_probes:
@@ -365,6 +416,7 @@ def forecast(
     duplicates=None,
     with_risk: bool = True,
     compute=None,
+    first_seen=None,
     seed: int = 0,
 ) -> Forecast:
     """The `Forecast` of final memorization for all rows ("*") and every tag in `history`.
@@ -380,6 +432,10 @@ def forecast(
     ``Forecast.risk`` (the risk model is fitted either way: its sum is an estimate);
     `compute`: vectorised step -> cumulative compute (e.g. the summed learning-rate
     multiplier up to the step), the clock every ratio is measured in; None: steps.
+    `first_seen`: per row, the step at which training first sees it (inf or any step past
+    `total_steps`: never). With it, the ratio method's recall is the paper's (over rows
+    already seen) and `TagForecast.recall_seen` reports it beside ``recall_now`` (over
+    the whole watchlist); for a `Watchlist.from_pythia` list it is ``index // 1024``.
     Deterministic for a given `seed`.
     """
     steps_all = np.asarray(history.steps, np.int64)
@@ -402,6 +458,9 @@ def forecast(
         clock_all, total_clock = checked_clock(compute, steps_all, int(total_steps))
     settings = _Settings(total_clock, table, level, n_boot)
     dups = checked_duplicates(duplicates, history.num_rows)
+    seen = None
+    if first_seen is not None:
+        seen = _checked_first_seen(first_seen, history.num_rows)[None, :] <= steps_all[:, None]
     columns = tag_columns(history.tags)
     ranking = risk_at(history, len(steps_all) - 1, clock_all, total_clock, dups, columns)
     rows_now = _row_probabilities(ranking, memorized, nll, keep, clock_all, total_clock)
@@ -418,13 +477,17 @@ def forecast(
     tags = {}
     for tag, mask in groups.items():
         backtests = [_Backtest(_Probes(memorized[b_keep][:, mask], steps_all[b_keep],
-                                       clock_all[b_keep]),
+                                       clock_all[b_keep],
+                                       None if seen is None else seen[b_keep][:, mask]),
                                {m: float(p[mask].sum()) for m, p in b_rows.items()},
                                at, int(actual[mask].sum()))
                      for b_keep, b_rows, at, actual in past]
-        probes = _Probes(mem[:, mask], steps_all[keep], clock_all[keep])
+        probes = _Probes(mem[:, mask], steps_all[keep], clock_all[keep],
+                         None if seen is None else seen[keep][:, mask])
         tags[tag] = _tag_forecast(tag, probes, {m: p[mask] for m, p in rows_now.items()},
                                   backtests, settings, np.random.default_rng(seed))
     risk = ranking if with_risk else None
     step = int(steps_all[-1]) if len(steps_all) else 0
-    return Forecast(step=step, total_steps=int(total_steps), tags=tags, risk=risk)
+    now = memorized[-1] if len(steps_all) else np.zeros(history.num_rows, bool)
+    return Forecast(step=step, total_steps=int(total_steps), tags=tags, risk=risk,
+                    end_probability=_end_probability(tags["*"], rows_now, now))

@@ -63,6 +63,12 @@ class RatioEstimate:
         probes with a positive clock).
     pairs: probe pairs whose later set is non-empty (the fits' evidence).
     prior_weight: the prior's share in recall and precision (1 - the run's own weight).
+    seen_share: None when the rows' first-seen steps are unknown: then recall is read
+        over the whole watchlist, as if every row had been seen before the first probe.
+        Else the share of rows seen by now; recall is then the paper's, over rows
+        already seen (pairs count, for the earlier probe, only rows it had seen), and
+        the final count over the rows still to come is scaled in proportion (Biderman
+        et al. found memorization roughly uniform over training position).
     """
 
     recall: float
@@ -73,14 +79,27 @@ class RatioEstimate:
     precision_fit: ScalingFit | None = field(compare=False)
     pairs: int
     prior_weight: float
+    seen_share: float | None = None
+
+    @property
+    def watchlist_recall(self) -> float:
+        """Recall over the whole watchlist, rows still to come included."""
+        return self.recall * (1.0 if self.seen_share is None else self.seen_share)
 
     def final_memorized(self, now: int, n_rows: int) -> float:
-        """``now * precision / recall``, clipped to [0, n_rows] (0 when nothing is memorized)."""
-        return float(scale_up(now, n_rows, self.precision, self.recall))
+        """``now * precision / recall`` (over the seen rows, scaled to all rows when
+        `seen_share` is known), clipped to [0, n_rows] (0 when nothing is memorized)."""
+        return float(self.final_samples(now, n_rows, self.precision, self.recall))
 
-    def final_samples(self, now: int, n_rows: int) -> np.ndarray:
-        """float64 [B]: `final_memorized` of every bootstrap replicate."""
-        return scale_up(now, n_rows, self.precision_samples, self.recall_samples)
+    def final_samples(self, now: int, n_rows: int, precision=None, recall=None) -> np.ndarray:
+        """float64 [B]: `final_memorized` of every bootstrap replicate (or of the given
+        precision and recall)."""
+        precision = self.precision_samples if precision is None else precision
+        recall = self.recall_samples if recall is None else recall
+        if self.seen_share is None:
+            return scale_up(now, n_rows, precision, recall)
+        share = max(self.seen_share, 1.0 / max(n_rows, 1))
+        return np.clip(scale_up(now, n_rows, precision, recall) / share, 0.0, n_rows)
 
 
 def checked_prior(prior) -> np.ndarray:
@@ -118,8 +137,12 @@ def scale_up(now: int, n_rows: int, precision, recall):
     return np.clip(now * np.asarray(precision) / np.maximum(recall, MIN_RECALL), 0.0, n_rows)
 
 
-def _pair_points(mem: np.ndarray, clock: np.ndarray, weights=None):
-    """(x, recall, w_recall, precision, w_precision) over pairs i < j of probes [P, n]."""
+def _pair_points(mem: np.ndarray, clock: np.ndarray, weights=None, seen=None):
+    """(x, recall, w_recall, precision, w_precision) over pairs i < j of probes [P, n].
+
+    `seen` (bool [P, n], optional): the rows each probe had seen; recall then counts, as
+    the paper's does, only the rows the earlier probe had seen.
+    """
     m = mem.astype(np.float64)
     mw = m if weights is None else m * weights
     inter = mw @ m.T
@@ -127,7 +150,12 @@ def _pair_points(mem: np.ndarray, clock: np.ndarray, weights=None):
     i, j = np.triu_indices(len(clock), k=1)
     x = clock[i] / clock[j]
     ci, cj, cij = count[i], count[j], inter[i, j]
-    recall = np.where(cj > 0, cij / np.maximum(cj, 1e-12), 1.0)
+    hit = cij
+    if seen is not None:
+        s = seen.astype(np.float64)
+        sw = s if weights is None else s * weights
+        cj, hit = (sw @ m.T)[i, j], ((mw * s) @ m.T)[i, j]
+    recall = np.where(cj > 0, hit / np.maximum(cj, 1e-12), 1.0)
     precision = np.where(ci > 0, cij / np.maximum(ci, 1e-12), 1.0)
     return x, recall, cj, precision, ci
 
@@ -137,18 +165,19 @@ def _best_fit(x, y, w) -> ScalingFit:
                key=lambda f: (f.kind != "constant", f.r2))
 
 
-def _fit_pairs(mem, clock, n_boot, rng):
+def _fit_pairs(mem, clock, n_boot, rng, seen=None):
     """(recall fit, precision fit, pairs) with Poisson-bootstrap samples over rows."""
-    x, rec, wr, prec, wp = _pair_points(mem, clock)
+    x, rec, wr, prec, wp = _pair_points(mem, clock, seen=seen)
     pairs = int((wr > 0).sum())
     if pairs == 0:
         return None, None, 0
     rfit, pfit = _best_fit(x, rec, wr), _best_fit(x, prec, wp)
-    sub = mem[:, mem.any(0)]
+    active = mem.any(0)  # the others count in no set
+    sub, sub_seen = mem[:, active], None if seen is None else seen[:, active]
     rs, ps = np.empty((n_boot, 2)), np.empty((n_boot, 2))
     for b in range(n_boot):
         w = rng.poisson(1.0, sub.shape[1]).astype(np.float64)
-        bx, brec, bwr, bprec, bwp = _pair_points(sub, clock, w)
+        bx, brec, bwr, bprec, bwp = _pair_points(sub, clock, w, sub_seen)
         rs[b] = _refit(rfit, bx, brec, bwr)
         ps[b] = _refit(pfit, bx, bprec, bwp)
     return rfit.with_samples(rs), pfit.with_samples(ps), pairs
@@ -163,15 +192,19 @@ def _refit(fit: ScalingFit, x, y, w) -> tuple[float, float]:
 
 
 def ratio_estimate(mem: np.ndarray, clock: np.ndarray, r_now: float, prior: np.ndarray,
-                   n_boot: int, rng: np.random.Generator) -> RatioEstimate:
+                   n_boot: int, rng: np.random.Generator, seen=None) -> RatioEstimate:
     """The `RatioEstimate` at compute fraction `r_now` from the probes `mem` (bool [P, n])
-    at `clock` (float [P]), blended with the `prior` table (`checked_prior`)."""
+    at `clock` (float [P]), blended with the `prior` table (`checked_prior`).
+
+    `seen` (bool [P, n], optional): the rows each probe had seen (see `RatioEstimate`).
+    """
     prior_p, prior_r = prior_at(prior, r_now)
     pos = clock > 0
     counts = mem.sum(1)
     rfit, pfit, pairs = (None, None, 0)
     if mem.shape[1] and pos.sum() >= 2:
-        rfit, pfit, pairs = _fit_pairs(mem[pos], clock[pos], n_boot, rng)
+        rfit, pfit, pairs = _fit_pairs(mem[pos], clock[pos], n_boot, rng,
+                                       None if seen is None else seen[pos])
     biggest = float(counts.max()) if len(counts) else 0.0
     w = pairs / (pairs + PRIOR_PAIRS) * biggest / (biggest + PRIOR_ROWS)
     own_r = float(rfit.predict(r_now)) if rfit else prior_r
@@ -186,4 +219,5 @@ def ratio_estimate(mem: np.ndarray, clock: np.ndarray, r_now: float, prior: np.n
         recall_samples=w * own_rs + (1 - w) * prior_rs,
         precision_samples=w * own_ps + (1 - w) * prior_ps,
         recall_fit=rfit, precision_fit=pfit, pairs=pairs, prior_weight=float(1 - w),
+        seen_share=None if seen is None else float(seen[-1].mean()) if seen.shape[1] else 1.0,
     )
