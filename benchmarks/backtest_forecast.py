@@ -228,8 +228,8 @@ def report(run: dict, total_steps: int, use_compute: bool) -> list[dict]:
             f"stop {frac:.0%}: now {t.memorized_now}; final {t.expected_final_memorized:.0f}"
             f" [{t.expected_final_low:.0f}, {t.expected_final_high:.0f}] vs true {n_final}"
             f" rel.err {err:+.1%} covered {covered}; estimates (weight) "
-            + ", ".join(f"{m} {v:.0f} ({w:.2f})"
-                        for (m, v), (_, w) in zip(t.estimates, t.weights, strict=True))
+            + ", ".join(f"{e.method} {e.final_memorized:.0f} ({e.weight:.2f})"
+                        for e in t.estimates)
         )
         print(
             f"  recall_now {t.recall_now:.3f} [{t.recall_low:.3f}, {t.recall_high:.3f}]"

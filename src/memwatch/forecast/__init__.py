@@ -1,77 +1,17 @@
 """Forecast the final model's memorization from the run's own history (Biderman et al. 2023).
 
-Biderman et al. measured on Pythia how well the set memorized by an intermediate
-checkpoint predicts the set memorized at the end: precision stays high, recall
-grows with the share of compute spent. `forecast` turns the run's probes into
-five estimates of the final memorized count and combines them:
+`forecast` turns the run's probes into up to five estimates of the final memorized
+count, one module each, and combines them by how well each forecast the run itself
+one horizon back:
 
-1. ``ratio`` (the paper's view): for every pair of probes t_i < t_j, precision and
-   recall of the memorized set at t_i against the set at t_j, at compute ratio
-   x = c(t_i) / c(t_j). Fit recall(x) and precision(x) with `scaling.fit_form`
-   in two forms, a power law (y = a x^b) and a log-linear law (y = a + b log x),
-   weighted by the size of the set in the denominator, and keep the form with the
-   higher weighted R² on y (`TagForecast.recall_fit.kind` says which); read them
-   at r = c(t_now) / c(total_steps) (``recall_now``, ``precision_now``) and scale
-   up: ``memorized_now * precision_now / recall_now``.
-2. ``curve``: the memorized count vs. c(t), fitted in the same two forms and
-   extrapolated to c(total_steps) (``curve_final_memorized``).
-3. ``saturating``: a logistic curve in log c, count = K / (1 + (c / c0)^-b),
-   K between the largest count seen and the tag's rows (memorization plateaus once
-   the rows seen often enough are memorized; the unbounded forms cannot say so).
-4. ``risk``: the sum over rows of the risk model's probability that the row is
-   memorized at the end (`memwatch.forecast.risk`; a calibrated classifier's expected count).
-5. ``trajectory``: each row's log-NLL trend over the recent probes carried to the
-   end, turned into a probability by the NLL -> memorized relation of those probes,
-   and summed (`memwatch.forecast.trajectory`; the continuation's NLL with ``with_nll=True``,
-   else the first token's, which every probe measures).
+- ``ratio`` (`memwatch.forecast.ratio`): memorized now / recall, the paper's view;
+- ``curve`` and ``saturating`` (`memwatch.forecast.curve`): the count vs. the clock,
+  extrapolated (unbounded forms; a logistic curve under a ceiling);
+- ``risk`` (`memwatch.forecast.risk`): the sum of a per-row classifier's probabilities;
+- ``trajectory`` (`memwatch.forecast.trajectory`): each row's NLL trend carried to the end.
 
-The clock c is the step itself, or the cumulative compute the caller passes as
-``compute`` (e.g. the summed learning rate). Which clock forecasts better is an
-empirical question: in `benchmarks/backtest_forecast.py` (cosine decay to 10 %,
-rows repeated through the run) the step clock did, at 50 % of training.
-
-Combination by backtested reliability (a model average: prior times the
-likelihood of a backtest). Each of the latest ``BACKTESTS`` = 3 probes t_j is a
-target; its cut t_b is the earlier probe, among those with at least
-``MIN_CUT_ROWS`` = 5 memorized rows (a forecast from nothing tests nothing), whose
-ratio c(t_b) / c(t_j) best matches c(t_now) / c(total_steps). Each method forecasts
-the count at t_j from what was known at t_b, with the log error
-e_m = |log(1 + forecast) - log(1 + actual)| (1.0 for a method that could not run
-at t_b). The misfit of a method is the mean of e_m² / (0.2² + 1 / (1 + actual))
-over the pairs: a log-normal error of sd ``BACKTEST_SD`` = 0.2 plus the Poisson
-noise of the actual count, so a backtest on a handful of rows cannot single out a
-method. The weight is w_m ∝ prior_m · exp(-misfit_m / 2), with prior 4 for
-``trajectory`` and 1 for the others (``PRIOR_WEIGHT``: the per-row trend was the
-most accurate single estimate in `benchmarks/backtest_forecast.py`).
-``expected_final_memorized`` is the weighted mean of log(1 + estimate)
-(``weights`` lists them). Without a backtest (no cut with 5 memorized rows yet)
-the weights are the priors alone. The interval is
-log-normal around it: sd² = 0.1² + Σ w_m e_m² (the backtest RMS error; 1.0 for
-every method when there is no backtest yet)
-+ Σ w_m (log estimate_m - center)² (disagreement) + the ratio method's bootstrap
-variance (Poisson bootstrap over rows, sets recounted, same form refit) times
-w_ratio², at normal quantiles for `level`, clipped to [0, rows of the tag].
-``agreement`` is the smallest over the largest of the available estimates.
-
-The prior (default `PYTHIA_PRIOR`) enters the ratio method, blended linearly:
-``value = w * own + (1 - w) * prior`` with
-``w = pairs / (pairs + 10) * rows / (rows + 5)``, where ``pairs`` counts probe
-pairs whose later set is non-empty and ``rows`` is the largest memorized set seen.
-So one probe gives the prior alone; 10 probes (45 pairs) with 20 memorized rows
-give w = 0.65; 30 probes and 100 rows give w = 0.93. The prior's own uncertainty
-enters the bootstrap as a log-normal spread (sd 0.3) on recall and on 1 - precision.
-
-Degenerate histories have defined answers (never NaN): no probe, or no memorized
-row of the tag at the latest probe and no other method than ``ratio`` able to run,
-gives ``expected_final_memorized = 0`` with a zero-width interval (there is nothing
-to scale up). With no row memorized now but another method able to run (e.g. the
-NLL trends already point at rows on their way), ``ratio`` is left out and the
-others forecast; ``recall_now`` and ``precision_now`` then come from the ratio
-method (the prior, early on). One probe gives the ratio method on the prior alone;
-rows memorized at every probe give recall 1. The ``curve`` method needs two probes
-with a memorized row and a non-constant fit, ``saturating`` three, ``risk`` a fitted risk
-model (two probes, both outcomes seen); ``risk_final_memorized`` is the memorized
-count itself when there is none.
+The derivation (the clock, the backtest, the weights, the interval, degenerate
+histories) is in docs/concepts.md, "How the forecast is made".
 """
 
 from __future__ import annotations
@@ -82,8 +22,15 @@ from statistics import NormalDist
 
 import numpy as np
 
-from memwatch.forecast import fits as scaling
+from memwatch.forecast.curve import curve_estimate, saturating_estimate
 from memwatch.forecast.fits import ScalingFit
+from memwatch.forecast.ratio import (
+    PYTHIA_PRIOR,
+    PYTHIA_PRIORS,
+    RatioEstimate,
+    checked_prior,
+    ratio_estimate,
+)
 from memwatch.forecast.risk import (
     RiskRanking,
     checked_clock,
@@ -93,36 +40,31 @@ from memwatch.forecast.risk import (
 )
 from memwatch.forecast.trajectory import end_probabilities
 
-# An illustrative prior in the shape Biderman et al. 2023 ("Emergent and Predictable
-# Memorization in Large Language Models", NeurIPS 2023) report for Pythia-12B's
-# intermediate checkpoints against the final model: precision high throughout,
-# recall low early and rising with the compute fraction. The numbers are NOT the
-# paper's table: they were written from memory, and the table could not be checked
-# from the sources at hand (the abstract, arXiv 2304.11158 and eleuther.ai, says
-# only that intermediate checkpoints predict the final model's memorization better
-# than smaller fully trained models, with reliability measured as recall). Pass
-# your own table as `prior` where the figures matter. Rows: (compute fraction,
-# precision, recall).
-PYTHIA_PRIOR: tuple[tuple[float, float, float], ...] = (
-    (0.16, 0.92, 0.15),
-    (0.31, 0.91, 0.29),
-    (0.45, 0.91, 0.43),
-    (0.59, 0.91, 0.57),
-    (0.72, 0.91, 0.70),
-    (1.00, 1.00, 1.00),
-)
+__all__ = ["PYTHIA_PRIOR", "PYTHIA_PRIORS", "Estimate", "Forecast", "TagForecast", "forecast"]
 
-PRIOR_PAIRS = 10.0
-PRIOR_ROWS = 5.0
-PRIOR_SPREAD = 0.3
-MIN_RECALL = 1e-3
 ERROR_FLOOR = 0.1
 MISSING_ERROR = 1.0
 BACKTEST_SD = 0.2
 BACKTESTS = 3
 MIN_CUT_ROWS = 5
 PRIOR_WEIGHT = {"trajectory": 4.0}
-SATURATION_GRID = 24
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One method's forecast of a tag's final memorized count, and its say in the combination.
+
+    method: "ratio", "curve", "saturating", "risk" or "trajectory".
+    final_memorized: the method's final count.
+    weight: its weight in ``expected_final_memorized`` (the weights of a tag sum to 1).
+    backtest_error: the RMS log error of the method forecasting the run itself one
+        horizon back (None when no backtest could be run yet).
+    """
+
+    method: str
+    final_memorized: float
+    weight: float
+    backtest_error: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,23 +73,23 @@ class TagForecast:
 
     step / compute_fraction: the latest probe's step and c(step) / c(total_steps).
     num_rows / memorized_now: rows with the tag; of those, memorized at the latest probe.
-    recall_now (low, high): share of the final memorized set already memorized.
+    recall_now (low, high): share of the final memorized set already memorized, over the
+        whole watchlist (rows still to come included).
+    recall_seen: the same share over the rows already seen (the paper's recall: it
+        counts only rows the earlier checkpoint had seen); None unless `forecast` was
+        given ``first_seen``. rows_seen: the tag's rows seen by the latest probe (None
+        likewise).
     precision_now (low, high): share of the memorized set still memorized at the end.
         Both are the weighted mean (the combination's weights) of the ratio method's
-        fits and the per-row methods' view (recall = Σ_now p / Σ p, precision = mean p
+        view and the per-row methods' view (recall = Σ_now p / Σ p, precision = mean p
         over the rows memorized now, p = a row's end-of-training probability); the
         intervals come from a Poisson bootstrap over rows.
     expected_final_memorized (low, high): the reliability-weighted combination of the
-        estimates below, with its central `level` interval.
-    curve_final_memorized: the count-vs-clock fit extrapolated to total_steps.
-    ratio_final_memorized: memorized_now * precision_now / recall_now.
-    risk_final_memorized: the sum of the risk model's per-row probabilities.
-    agreement: min / max of the available estimates (1 when all are 0).
-    estimates / weights: (method, final count) and (method, weight) of the methods
-        the history supports (weights sum to 1).
-    recall_fit / precision_fit / curve_fit: the fits (None without enough data).
-    prior_weight: 1 - w, the prior's share in recall_now and precision_now.
-    pairs: probe pairs with a non-empty later set (the fits' evidence).
+        estimates, with its central `level` interval.
+    agreement: min / max of the estimates (1 when all are 0).
+    estimates: one `Estimate` per method the history supports, by method name.
+    ratio: the ratio method's precision, recall, fits and prior weight.
+    curve_fit: the count-vs-clock fit (None before two probes with a memorized row).
     """
 
     tag: str
@@ -164,189 +106,131 @@ class TagForecast:
     expected_final_memorized: float
     expected_final_low: float
     expected_final_high: float
-    curve_final_memorized: float
     agreement: float
-    ratio_final_memorized: float = 0.0
-    risk_final_memorized: float = 0.0
-    trajectory_final_memorized: float = 0.0
-    estimates: tuple[tuple[str, float], ...] = ()
-    weights: tuple[tuple[str, float], ...] = ()
-    recall_fit: ScalingFit | None = field(default=None, compare=False)
-    precision_fit: ScalingFit | None = field(default=None, compare=False)
+    recall_seen: float | None = None
+    rows_seen: int | None = None
+    estimates: tuple[Estimate, ...] = ()
+    ratio: RatioEstimate | None = field(default=None, compare=False)
     curve_fit: ScalingFit | None = field(default=None, compare=False)
-    prior_weight: float = 1.0
-    pairs: int = 0
+
+    def final_memorized(self, method: str) -> float | None:
+        """The final count `method` forecasts, or None where it could not run."""
+        return next((e.final_memorized for e in self.estimates if e.method == method), None)
 
 
 @dataclass(frozen=True)
 class Forecast:
-    """`TagForecast` per tag ("*" = all rows) and the per-row `RiskRanking` (or None)."""
+    """`TagForecast` per tag ("*" = all rows), the per-row `RiskRanking` (or None), and
+    each row's probability of being memorized at the end of training.
+
+    end_probability: float64 [n]: the per-row methods' probabilities (risk, trajectory)
+        averaged with their weights in the "*" forecast; when neither could run, the
+        ratio method's view spread over rows: precision_now for a row memorized now,
+        the rest of the expected final count shared evenly by the others.
+    """
 
     step: int
     total_steps: int
     tags: dict[str, TagForecast]
     risk: RiskRanking | None = field(default=None, compare=False)
+    end_probability: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False)
 
 
-def _check_prior(prior) -> np.ndarray:
-    table = np.asarray(PYTHIA_PRIOR if prior is None else prior, np.float64)
-    if table.ndim != 2 or table.shape[1] != 3 or len(table) == 0:
-        raise ValueError(
-            "prior must be a non-empty table of (compute fraction, precision, recall) rows; "
-            f"got shape {table.shape}"
-        )
-    f, p, r = table.T
-    if not (np.isfinite(table).all() and (f > 0).all() and (f <= 1).all()
-            and ((p >= 0) & (p <= 1) & (r >= 0) & (r <= 1)).all()):
-        raise ValueError(
-            "prior rows need 0 < compute fraction <= 1 and precision, recall in [0, 1]"
-        )
-    table = table[np.argsort(f)]
-    if table[-1, 0] < 1:
-        table = np.vstack([table, [1.0, 1.0, 1.0]])
-    return table
+@dataclass(frozen=True)
+class _Settings:
+    """What every tag's forecast shares: the end of training, the prior, the interval."""
+
+    total_clock: float
+    prior: np.ndarray
+    level: float
+    n_boot: int
 
 
-def _prior_at(table: np.ndarray, r: float) -> tuple[float, float]:
-    """(precision, recall) of the prior at compute fraction r; recall -> 0 linearly below."""
-    f = np.concatenate([[0.0], table[:, 0]])
-    p = np.concatenate([[table[0, 1]], table[:, 1]])
-    rec = np.concatenate([[0.0], table[:, 2]])
-    return float(np.interp(r, f, p)), float(np.interp(r, f, rec))
+@dataclass(frozen=True)
+class _Probes:
+    """One tag's probes: memorized (bool [P, n]), their steps and clock (float [P]), and
+    the rows each had seen (bool [P, n]; None when unknown)."""
+
+    memorized: np.ndarray
+    steps: np.ndarray
+    clock: np.ndarray
+    seen: np.ndarray | None = None
 
 
-def _pair_points(mem: np.ndarray, steps: np.ndarray, weights=None):
-    """(x, recall, w_recall, precision, w_precision) over pairs i < j of probes [P, n]."""
-    m = mem.astype(np.float64)
-    mw = m if weights is None else m * weights
-    inter = mw @ m.T
-    count = np.diag(inter).copy()
-    i, j = np.triu_indices(len(steps), k=1)
-    x = steps[i] / steps[j]
-    ci, cj, cij = count[i], count[j], inter[i, j]
-    recall = np.where(cj > 0, cij / np.maximum(cj, 1e-12), 1.0)
-    precision = np.where(ci > 0, cij / np.maximum(ci, 1e-12), 1.0)
-    return x, recall, cj, precision, ci
+@dataclass(frozen=True)
+class _Backtest:
+    """What was known at an earlier probe, and the count at a later target probe.
 
-
-def _fit_pairs(mem, steps, n_boot, rng):
-    """(recall fit, precision fit, pairs) with Poisson-bootstrap samples over rows."""
-    x, rec, wr, prec, wp = _pair_points(mem, steps)
-    pairs = int((wr > 0).sum())
-    if pairs == 0:
-        return None, None, 0
-    rfit = max((scaling.fit_form(k, x, rec, wr, 0.0, 1.0) for k in scaling.KINDS),
-               key=lambda f: (f.kind != "constant", f.r2))
-    pfit = max((scaling.fit_form(k, x, prec, wp, 0.0, 1.0) for k in scaling.KINDS),
-               key=lambda f: (f.kind != "constant", f.r2))
-    active = mem.any(0)
-    sub = mem[:, active]
-    rs, ps = np.empty((n_boot, 2)), np.empty((n_boot, 2))
-    for b in range(n_boot):
-        w = rng.poisson(1.0, sub.shape[1]).astype(np.float64)
-        bx, brec, bwr, bprec, bwp = _pair_points(sub, steps, w)
-        rs[b] = _refit(rfit, bx, brec, bwr)
-        ps[b] = _refit(pfit, bx, bprec, bwp)
-    return rfit.with_samples(rs), pfit.with_samples(ps), pairs
-
-
-def _refit(fit: ScalingFit, x, y, w) -> tuple[float, float]:
-    if fit.kind == "constant":
-        tot = w.sum()
-        return ((w * y).sum() / tot if tot > 0 else fit.a), 0.0
-    f = scaling.fit_form(fit.kind, x, y, w, fit.lower, fit.upper)
-    return (f.a, f.b) if f.kind == fit.kind else (fit.a, fit.b)
-
-
-def _curve_estimate(counts, steps, total_steps, n_rows) -> tuple[float, ScalingFit | None]:
-    """Count-vs-step fit from the first probe with a memorized row on, read at total_steps."""
-    hit = np.flatnonzero(counts > 0)
-    now = float(counts[-1]) if len(counts) else 0.0
-    if len(hit) < 2:
-        return now, None
-    s, c = steps[hit[0]:].astype(np.float64), counts[hit[0]:].astype(np.float64)
-    fit = scaling.fit_curve(s, c, lower=0.0, upper=float(n_rows))
-    if fit.kind == "constant":
-        return now, fit
-    return float(fit.predict(float(total_steps))), fit
-
-
-def _saturating_estimate(counts, clock, total_clock, n_rows) -> float | None:
-    """A logistic curve in log-clock, count = K / (1 + (c / c0)^-b), read at total_clock.
-
-    K is searched on a grid between the largest count seen and `n_rows`; for each K
-    the logit of count / K is linear in log c (least squares); the K with the
-    smallest squared error on the counts wins. None with fewer than 3 positive counts.
+    row_sums: {per-row method: its final count} forecast at the cut for the target.
     """
-    hit = (counts > 0) & (clock > 0)
-    if hit.sum() < 3 or n_rows <= 0:
-        return None
-    c, y = np.log(clock[hit]), counts[hit].astype(np.float64)
-    top = float(y.max())
-    if top >= n_rows:
-        return float(n_rows)
-    k = np.geomspace(top * 1.02 + 0.5, max(n_rows, top * 1.02 + 0.5), SATURATION_GRID)[:, None]
-    logit = np.log(y / (k - y))
-    cm = c - c.mean()
-    slope = (logit * cm).sum(1, keepdims=True) / max(float((cm * cm).sum()), 1e-12)
-    icpt = logit.mean(1, keepdims=True) - slope * c.mean()
-    err = ((k / (1 + np.exp(-(icpt + slope * c))) - y) ** 2).sum(1)
-    g = int(np.argmin(err))
-    end = k[g, 0] / (1 + np.exp(-(icpt[g, 0] + slope[g, 0] * np.log(total_clock))))
-    return float(np.clip(end, 0.0, n_rows))
+
+    probes: _Probes
+    row_sums: dict[str, float]
+    target_clock: float
+    actual: int
 
 
-def _ratio_parts(mem, clock, r_now, prior, n_boot, rng):
-    """Blended (recall, precision), their bootstrap samples, the fits, pairs and own weight."""
-    prior_p, prior_r = _prior_at(prior, r_now)
-    pos = clock > 0
-    counts = mem.sum(1)
-    rfit, pfit, pairs = (None, None, 0)
-    if mem.shape[1] and pos.sum() >= 2:
-        rfit, pfit, pairs = _fit_pairs(mem[pos], clock[pos], n_boot, rng)
-    biggest = float(counts.max()) if len(counts) else 0.0
-    w = pairs / (pairs + PRIOR_PAIRS) * biggest / (biggest + PRIOR_ROWS)
-    own_r = float(rfit.predict(r_now)) if rfit else prior_r
-    own_p = float(pfit.predict(r_now)) if pfit else prior_p
-    own_rs = rfit.predict_samples(r_now) if rfit and len(rfit.samples) else np.full(n_boot, own_r)
-    own_ps = pfit.predict_samples(r_now) if pfit and len(pfit.samples) else np.full(n_boot, own_p)
-    prior_rs = np.clip(prior_r * np.exp(rng.normal(0.0, PRIOR_SPREAD, n_boot)), 0.0, 1.0)
-    prior_ps = np.clip(1 - (1 - prior_p) * np.exp(rng.normal(0.0, PRIOR_SPREAD, n_boot)), 0, 1)
-    rec = w * own_r + (1 - w) * prior_r
-    prec = w * own_p + (1 - w) * prior_p
-    recs = w * own_rs + (1 - w) * prior_rs
-    precs = w * own_ps + (1 - w) * prior_ps
-    return rec, prec, recs, precs, rfit, pfit, pairs, w
+@dataclass(frozen=True)
+class _RecallView:
+    """Recall and precision of "memorized now" against the final set, as one method sees
+    them, with Poisson-bootstrap replicates over rows."""
+
+    recall: float
+    precision: float
+    recall_samples: np.ndarray
+    precision_samples: np.ndarray
+    recall_seen: float | None = None
 
 
-def _scale_up(now: int, n_rows: int, precision, recall):
-    """memorized_now * precision / recall, clipped to [0, n_rows] (0 when nothing is memorized)."""
-    if not now:
-        return 0.0 * np.asarray(recall, np.float64)
-    return np.clip(now * np.asarray(precision) / np.maximum(recall, MIN_RECALL), 0.0, n_rows)
+@dataclass(frozen=True)
+class _Found:
+    """{method: final count} of the methods the history supports, and the parts behind them."""
+
+    counts: dict[str, float]
+    ratio: RatioEstimate
+    curve_fit: ScalingFit | None
 
 
-def _estimates(mem, clock, total_clock, prior, sums, n_boot, rng):
-    """({method: final count} for the methods the history supports, ratio-method parts).
-
-    `sums`: {method: final count} of the per-row methods (risk, trajectory) that could run.
-    """
+def _estimates(probes: _Probes, total_clock: float, prior: np.ndarray,
+               row_sums: dict[str, float], n_boot: int, rng) -> _Found:
+    """The estimates the probes support; `row_sums`: the per-row methods' final counts."""
+    mem, clock = probes.memorized, probes.clock
     n_rows = mem.shape[1]
     r_now = min(1.0, float(clock[-1]) / total_clock)
-    parts = _ratio_parts(mem, clock, r_now, prior, n_boot, rng)
+    ratio = ratio_estimate(mem, clock, r_now, prior, n_boot, rng, probes.seen)
     counts = mem.sum(1)
     now = int(counts[-1])
-    out = {"ratio": float(_scale_up(now, n_rows, parts[1], parts[0]))}
-    curve, cfit = _curve_estimate(counts, clock, total_clock, n_rows)
-    if cfit is not None and cfit.kind != "constant":
-        out["curve"] = curve
-    saturating = _saturating_estimate(counts, clock, total_clock, n_rows)
+    out = {"ratio": ratio.final_memorized(now, n_rows)}
+    curve = curve_estimate(counts, clock, total_clock, n_rows)
+    if curve is not None and curve.fit.kind != "constant":
+        out["curve"] = curve.final_memorized
+    saturating = saturating_estimate(counts, clock, total_clock, n_rows)
     if saturating is not None:
         out["saturating"] = saturating
-    out.update({m: float(v) for m, v in sums.items()})
+    out.update({m: float(v) for m, v in row_sums.items()})
     if now == 0 and len(out) > 1:
         del out["ratio"]  # nothing to scale up: its 0 is no estimate when another method has one
-    return out, (parts, curve, cfit)
+    return _Found(out, ratio, None if curve is None else curve.fit)
+
+
+def _backtest(found: dict[str, float], backtests: list[_Backtest], prior: np.ndarray
+              ) -> tuple[dict[str, float], dict[str, float]]:
+    """({method: RMS log error}, {method: misfit}) of each method forecasting the targets
+    from their cuts; the misfit scales each squared error by the noise expected of it."""
+    squares: dict[str, list[float]] = {m: [] for m in found}
+    scaled: dict[str, list[float]] = {m: [] for m in found}
+    for case in backtests:
+        past = _estimates(case.probes, case.target_clock, prior, case.row_sums, 0,
+                          np.random.default_rng(0)).counts
+        noise = BACKTEST_SD ** 2 + 1.0 / (1.0 + case.actual)  # + the count's Poisson noise
+        for m, errs in squares.items():
+            e = (abs(np.log1p(past[m]) - np.log1p(case.actual)) if m in past
+                 else MISSING_ERROR)
+            errs.append(e ** 2)
+            scaled[m].append(e ** 2 / noise)
+    errors = {m: float(np.sqrt(np.mean(v))) for m, v in squares.items()}
+    misfit = {m: float(np.mean(v)) for m, v in scaled.items()}
+    return errors, misfit
 
 
 def _weights(methods, misfit) -> dict[str, float]:
@@ -359,100 +243,115 @@ def _weights(methods, misfit) -> dict[str, float]:
     return {m: v / total for m, v in raw.items()}
 
 
-def _row_view(p: np.ndarray, now: np.ndarray, n_boot: int, rng):
-    """(recall, precision, recall samples, precision samples) of "memorized now" against
-    the final set as a per-row method sees it: p = each row's probability of being
-    memorized at the end, so recall = Σ_now p / Σ p and precision = mean of p over the
-    rows memorized now; samples from a Poisson bootstrap over rows."""
+def _row_view(p: np.ndarray, now: np.ndarray, n_boot: int, rng, seen=None) -> _RecallView:
+    """"Memorized now" against the final set as a per-row method sees it: p = each row's
+    probability of being memorized at the end, so recall = Σ_now p / Σ p (over the rows
+    already seen: Σ_now p / Σ_seen p) and precision = mean of p over the rows memorized
+    now; replicates from a Poisson bootstrap over rows."""
     recall = float(p[now].sum() / p.sum()) if p.sum() > 0 else 1.0
+    recall_seen = None
+    if seen is not None:
+        total_seen = p[seen | now].sum()
+        recall_seen = float(p[now].sum() / total_seen) if total_seen > 0 else 1.0
     precision = float(p[now].mean())
     w = rng.poisson(1.0, (n_boot, len(p))).astype(np.float64)
     hit, total, count = w[:, now] @ p[now], w @ p, w[:, now].sum(1)
     recalls = np.where(total > 0, hit / np.maximum(total, 1e-12), recall)
     precisions = np.where(count > 0, hit / np.maximum(count, 1e-12), precision)
-    return recall, precision, recalls, precisions
+    return _RecallView(recall, precision, recalls, precisions, recall_seen)
 
 
-def _tag_forecast(tag, mem, steps, clock, total_clock, prior, level, n_boot, rng,
-                  rows, backtests) -> TagForecast:
-    """`rows`: {method: float [n] end-of-training probabilities} of the per-row methods
-    that could run; `backtests`: a list of
-    (mem, clock, sums, target clock, actual count): what was known at an earlier probe
-    and the count at a later target probe, the horizon between them matching the
-    latest probe's horizon to the end (see `_backtest_pairs`)."""
-    n_rows = mem.shape[1]
-    t_now = int(steps[-1]) if len(steps) else 0
-    if len(steps) == 0:
-        mem, clock = np.zeros((1, n_rows), bool), np.zeros(1)
-    r_now = min(1.0, float(clock[-1]) / total_clock)
+def _combined_view(views: dict[str, _RecallView], weights: dict[str, float]) -> _RecallView:
+    """The views averaged with the combination's weights (renormalised over the views)."""
+    share = {m: weights.get(m, 0.0) for m in views}
+    total = sum(share.values())
+    share = ({m: w / total for m, w in share.items()} if total > 0
+             else {m: float(m == "ratio") for m in views})
+    return _RecallView(
+        sum(share[m] * v.recall for m, v in views.items()),
+        sum(share[m] * v.precision for m, v in views.items()),
+        sum(share[m] * v.recall_samples for m, v in views.items()),
+        sum(share[m] * v.precision_samples for m, v in views.items()),
+        None if any(v.recall_seen is None for v in views.values())
+        else sum(share[m] * v.recall_seen for m, v in views.items()),
+    )
+
+
+def _tag_forecast(tag: str, probes: _Probes, rows: dict[str, np.ndarray],
+                  backtests: list[_Backtest], settings: _Settings, rng) -> TagForecast:
+    """`rows`: {per-row method: float [n] end-of-training probabilities} of the methods
+    that could run; `backtests`: the run forecasting itself one horizon back."""
+    n_rows = probes.memorized.shape[1]
+    t_now = int(probes.steps[-1]) if len(probes.steps) else 0
+    if len(probes.steps) == 0:
+        probes = _Probes(np.zeros((1, n_rows), bool), probes.steps, np.zeros(1),
+                         None if probes.seen is None else np.zeros((1, n_rows), bool))
+    mem, n_boot = probes.memorized, settings.n_boot
+    r_now = min(1.0, float(probes.clock[-1]) / settings.total_clock)
     now = int(mem[-1].sum())
     sums = {m: float(p.sum()) for m, p in rows.items()}
-    found, (parts, curve, cfit) = _estimates(mem, clock, total_clock, prior, sums, n_boot, rng)
-    rec, prec, recs, precs, rfit, pfit, pairs, w_own = parts
-    views = {"ratio": (rec, prec, recs, precs)}
+    found = _estimates(probes, settings.total_clock, settings.prior, sums, n_boot, rng)
+    ratio = found.ratio
+    share = 1.0 if ratio.seen_share is None else ratio.seen_share
+    views = {"ratio": _RecallView(ratio.watchlist_recall, ratio.precision,
+                                  ratio.recall_samples * share, ratio.precision_samples,
+                                  None if ratio.seen_share is None else ratio.recall)}
+    seen_now = None if probes.seen is None else probes.seen[-1]
     if now:
-        views.update({m: _row_view(p, mem[-1], n_boot, rng) for m, p in rows.items()})
-    errors = misfit = None
-    if backtests:
-        squares: dict[str, list[float]] = {m: [] for m in found}
-        scaled: dict[str, list[float]] = {m: [] for m in found}
-        for b_mem, b_clock, b_sums, target, actual in backtests:
-            past, _ = _estimates(b_mem, b_clock, target, prior, b_sums, 0,
-                                 np.random.default_rng(0))
-            noise = BACKTEST_SD ** 2 + 1.0 / (1.0 + actual)  # + the count's Poisson noise
-            for m, errs in squares.items():
-                e = abs(np.log1p(past[m]) - np.log1p(actual)) if m in past else MISSING_ERROR
-                errs.append(e ** 2)
-                scaled[m].append(e ** 2 / noise)
-        errors = {m: float(np.sqrt(np.mean(v))) for m, v in squares.items()}
-        misfit = {m: float(np.mean(v)) for m, v in scaled.items()}
-    weights = _weights(found, misfit)
-    logs = {m: np.log1p(v) for m, v in found.items()}
-    center = sum(weights[m] * logs[m] for m in found)
-    spread = sum(weights[m] * (logs[m] - center) ** 2 for m in found)
-    errors = errors or {}  # without a backtest every method's error is unknown: MISSING_ERROR
+        views.update({m: _row_view(p, mem[-1], n_boot, rng, seen_now)
+                      for m, p in rows.items()})
+    errors, misfit = _backtest(found.counts, backtests, settings.prior) if backtests else ({}, None)
+    weights = _weights(found.counts, misfit)
+    logs = {m: np.log1p(v) for m, v in found.counts.items()}
+    center = sum(weights[m] * logs[m] for m in found.counts)
+    spread = sum(weights[m] * (logs[m] - center) ** 2 for m in found.counts)
+    # without a backtest every method's error is unknown: MISSING_ERROR
     past_err = ERROR_FLOOR ** 2 + sum(weights[m] * errors.get(m, MISSING_ERROR) ** 2
-                                      for m in found)
+                                      for m in found.counts)
     boot = 0.0
     if n_boot:
-        finals = np.log1p(_scale_up(now, n_rows, precs, recs))
+        finals = np.log1p(ratio.final_samples(now, n_rows))
         boot = float(np.var(finals)) * weights.get("ratio", 0.0) ** 2
-    z = NormalDist().inv_cdf(0.5 + level / 2)
+    z = NormalDist().inv_cdf(0.5 + settings.level / 2)
     sigma = float(np.sqrt(spread + past_err + boot))
-    q = (1 - level) / 2
-    if now == 0 and list(found) == ["ratio"]:
+    q = (1 - settings.level) / 2
+    if now == 0 and list(found.counts) == ["ratio"]:
         expected = lo = hi = 0.0
     else:
         expected = float(np.clip(np.expm1(center), 0.0, n_rows))
         lo = float(np.clip(np.expm1(center - z * sigma), 0.0, expected))
         hi = float(np.clip(np.expm1(center + z * sigma), expected, n_rows))
-    values = list(found.values())
-    big = max(values)
-    agreement = 1.0 if big <= 0 else min(values) / big
-    share = {m: weights.get(m, 0.0) for m in views}
-    total = sum(share.values())
-    share = ({m: w / total for m, w in share.items()} if total > 0
-             else {m: float(m == "ratio") for m in views})
-    rec = sum(share[m] * v[0] for m, v in views.items())
-    prec = sum(share[m] * v[1] for m, v in views.items())
-    recs = sum(share[m] * v[2] for m, v in views.items())
-    precs = sum(share[m] * v[3] for m, v in views.items())
+    big = max(found.counts.values())
+    agreement = 1.0 if big <= 0 else min(found.counts.values()) / big
+    view = _combined_view(views, weights)
     return TagForecast(
         tag=tag, step=t_now, compute_fraction=r_now, num_rows=n_rows, memorized_now=now,
-        recall_now=rec, recall_low=float(np.quantile(recs, q)) if n_boot else rec,
-        recall_high=float(np.quantile(recs, 1 - q)) if n_boot else rec,
-        precision_now=prec, precision_low=float(np.quantile(precs, q)) if n_boot else prec,
-        precision_high=float(np.quantile(precs, 1 - q)) if n_boot else prec,
+        recall_now=view.recall,
+        recall_low=float(np.quantile(view.recall_samples, q)) if n_boot else view.recall,
+        recall_high=float(np.quantile(view.recall_samples, 1 - q)) if n_boot else view.recall,
+        precision_now=view.precision,
+        precision_low=float(np.quantile(view.precision_samples, q)) if n_boot else view.precision,
+        precision_high=(float(np.quantile(view.precision_samples, 1 - q)) if n_boot
+                        else view.precision),
         expected_final_memorized=expected, expected_final_low=lo, expected_final_high=hi,
-        curve_final_memorized=curve, agreement=float(agreement),
-        ratio_final_memorized=found.get("ratio", 0.0),
-        risk_final_memorized=found.get("risk", float(now)),
-        trajectory_final_memorized=found.get("trajectory", float(now)),
-        estimates=tuple(sorted((m, float(v)) for m, v in found.items())),
-        weights=tuple(sorted((m, float(v)) for m, v in weights.items())),
-        recall_fit=rfit, precision_fit=pfit, curve_fit=cfit,
-        prior_weight=float(1 - w_own), pairs=pairs,
+        agreement=float(agreement), recall_seen=view.recall_seen,
+        rows_seen=None if seen_now is None else int(seen_now.sum()),
+        estimates=tuple(Estimate(m, float(v), float(weights[m]), errors.get(m))
+                        for m, v in sorted(found.counts.items())),
+        ratio=ratio, curve_fit=found.curve_fit,
     )
+
+
+def _end_probability(star: TagForecast, rows: dict[str, np.ndarray], now: np.ndarray
+                     ) -> np.ndarray:
+    """float64 [n]: each row's probability of being memorized at the end (`Forecast`)."""
+    weights = {e.method: e.weight for e in star.estimates if e.method in rows}
+    total = sum(weights.values())
+    if total > 0:
+        return sum(w / total * rows[m] for m, w in weights.items())
+    rest = star.expected_final_memorized - star.precision_now * now.sum()
+    share = np.clip(rest / max(len(now) - int(now.sum()), 1), 0.0, 1.0)
+    return np.where(now, star.precision_now, share)
 
 
 def _row_probabilities(ranking, memorized, nll, keep, clock_all, total_clock
@@ -490,6 +389,15 @@ def _backtest_pairs(clock: np.ndarray, total_clock: float, counts: np.ndarray
     return pairs
 
 
+def _checked_first_seen(first_seen, n: int) -> np.ndarray:
+    """float64 [n]: each row's first-seen step, checked (a number per row, not NaN)."""
+    steps = np.asarray(first_seen, np.float64).ravel()
+    if steps.shape != (n,) or np.isnan(steps).any():
+        raise ValueError(f"first_seen must give one step per row ({n} rows, inf for rows "
+                         f"never seen); got shape {steps.shape}")
+    return steps
+
+
 def _probe_subset(steps: np.ndarray, max_probes: int) -> np.ndarray:
     """Indices of at most `max_probes` probes, evenly spread, always keeping the latest."""
     if len(steps) <= max_probes:
@@ -508,6 +416,7 @@ def forecast(
     duplicates=None,
     with_risk: bool = True,
     compute=None,
+    first_seen=None,
     seed: int = 0,
 ) -> Forecast:
     """The `Forecast` of final memorization for all rows ("*") and every tag in `history`.
@@ -523,6 +432,10 @@ def forecast(
     ``Forecast.risk`` (the risk model is fitted either way: its sum is an estimate);
     `compute`: vectorised step -> cumulative compute (e.g. the summed learning-rate
     multiplier up to the step), the clock every ratio is measured in; None: steps.
+    `first_seen`: per row, the step at which training first sees it (inf or any step past
+    `total_steps`: never). With it, the ratio method's recall is the paper's (over rows
+    already seen) and `TagForecast.recall_seen` reports it beside ``recall_now`` (over
+    the whole watchlist); for a `Watchlist.from_pythia` list it is ``index // 1024``.
     Deterministic for a given `seed`.
     """
     steps_all = np.asarray(history.steps, np.int64)
@@ -535,40 +448,46 @@ def forecast(
         raise ValueError(f"level must be in (0, 1); got {level}")
     if n_boot < 0 or max_probes < 2:
         raise ValueError(f"need n_boot >= 0 and max_probes >= 2; got {n_boot}, {max_probes}")
-    table = _check_prior(prior)
+    table = checked_prior(prior)
     keep = _probe_subset(steps_all, max_probes)
-    steps = steps_all[keep]
     memorized, nll = history.memorized, history.nll_signal()  # derived: derive them once
     mem = memorized[keep] if len(keep) else np.zeros((0, history.num_rows), bool)
     clock_all = steps_all.astype(np.float64)
     total_clock = float(total_steps)
     if compute is not None:
         clock_all, total_clock = checked_clock(compute, steps_all, int(total_steps))
+    settings = _Settings(total_clock, table, level, n_boot)
     dups = checked_duplicates(duplicates, history.num_rows)
-    last = len(steps_all) - 1
+    seen = None
+    if first_seen is not None:
+        seen = _checked_first_seen(first_seen, history.num_rows)[None, :] <= steps_all[:, None]
     columns = tag_columns(history.tags)
-    ranking = risk_at(history, last, clock_all, total_clock, dups, columns)
+    ranking = risk_at(history, len(steps_all) - 1, clock_all, total_clock, dups, columns)
     rows_now = _row_probabilities(ranking, memorized, nll, keep, clock_all, total_clock)
-    past = []
+    past = []  # (probes at the cut, per-row probabilities at the cut, target clock, target set)
     for cut, target in _backtest_pairs(clock_all, total_clock, memorized.sum(1)):
         past_keep = _probe_subset(steps_all[: cut + 1], max_probes)
         at = float(clock_all[target])
         b_rank = risk_at(history, cut, clock_all, at, dups, columns)
-        past.append((memorized[past_keep], clock_all[past_keep],
-                     _row_probabilities(b_rank, memorized, nll, past_keep, clock_all, at), at,
-                     memorized[target]))
+        past.append((past_keep, _row_probabilities(b_rank, memorized, nll, past_keep,
+                                                   clock_all, at), at, memorized[target]))
     groups = {"*": np.ones(history.num_rows, bool)}
     for tag in sorted({t for row in history.tags for t in row}):
         groups[tag] = np.array([tag in row for row in history.tags], bool)
     tags = {}
     for tag, mask in groups.items():
-        rng = np.random.default_rng(seed)
-        backtests = [(b_mem[:, mask], b_clock, {m: float(p[mask].sum()) for m, p in b_rows.items()},
-                      at, int(actual[mask].sum()))
-                     for b_mem, b_clock, b_rows, at, actual in past]
-        tags[tag] = _tag_forecast(tag, mem[:, mask], steps, clock_all[keep], total_clock, table,
-                                  level, n_boot, rng, {m: p[mask] for m, p in rows_now.items()},
-                                  backtests)
+        backtests = [_Backtest(_Probes(memorized[b_keep][:, mask], steps_all[b_keep],
+                                       clock_all[b_keep],
+                                       None if seen is None else seen[b_keep][:, mask]),
+                               {m: float(p[mask].sum()) for m, p in b_rows.items()},
+                               at, int(actual[mask].sum()))
+                     for b_keep, b_rows, at, actual in past]
+        probes = _Probes(mem[:, mask], steps_all[keep], clock_all[keep],
+                         None if seen is None else seen[keep][:, mask])
+        tags[tag] = _tag_forecast(tag, probes, {m: p[mask] for m, p in rows_now.items()},
+                                  backtests, settings, np.random.default_rng(seed))
     risk = ranking if with_risk else None
     step = int(steps_all[-1]) if len(steps_all) else 0
-    return Forecast(step=step, total_steps=int(total_steps), tags=tags, risk=risk)
+    now = memorized[-1] if len(steps_all) else np.zeros(history.num_rows, bool)
+    return Forecast(step=step, total_steps=int(total_steps), tags=tags, risk=risk,
+                    end_probability=_end_probability(tags["*"], rows_now, now))

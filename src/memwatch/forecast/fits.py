@@ -12,7 +12,8 @@ resampled data the caller prepares (`fit_form` + `ScalingFit.with_samples`,
 which is how the forecast resamples watchlist rows rather than points).
 
 `fit_recall_curve` is the same fit with predictions clipped to [0, 1], for
-recall or precision as a function of a compute ratio. `precision_recall`
+recall or precision as a function of a compute ratio. `fit_saturating` fits a
+logistic curve in log x under a ceiling (a count that levels off). `precision_recall`
 compares memorized sets.
 """
 
@@ -193,6 +194,42 @@ def fit_recall_curve(x, y, weights=None, kinds: Sequence[str] = KINDS, n_boot: i
     for pairs of checkpoints, y = recall of checkpoint i's memorized set against j's.
     """
     return fit_curve(x, y, weights, kinds, 0.0, 1.0, n_boot, seed)
+
+
+@dataclass(frozen=True)
+class SaturatingFit:
+    """A logistic curve in log x: ``y = cap / (1 + exp(-(intercept + slope * log x)))``,
+    i.e. ``cap / (1 + (x / x0)^-slope)``; predictions are clipped to [0, upper]."""
+
+    cap: float
+    intercept: float
+    slope: float
+    upper: float
+
+    def predict(self, x) -> float:
+        """The curve at `x` (> 0), clipped to [0, upper]."""
+        y = self.cap / (1 + np.exp(-(self.intercept + self.slope * np.log(x))))
+        return float(np.clip(y, 0.0, self.upper))
+
+
+def fit_saturating(x, y, upper: float, grid: int = 24) -> SaturatingFit:
+    """The least-squares `SaturatingFit` of y(x) with its ceiling between max(y) and `upper`.
+
+    Needs at least two points with x > 0 and 0 < y < upper (the caller checks). The
+    ceiling is searched on a geometric grid of `grid` values from just above max(y)
+    to `upper`; for each, the logit of y / cap is linear in log x (least squares);
+    the ceiling whose curve has the smallest squared error on y itself wins.
+    """
+    c, y = np.log(np.asarray(x, np.float64)), np.asarray(y, np.float64)
+    top = float(y.max())
+    k = np.geomspace(top * 1.02 + 0.5, max(upper, top * 1.02 + 0.5), grid)[:, None]
+    logit = np.log(y / (k - y))
+    cm = c - c.mean()
+    slope = (logit * cm).sum(1, keepdims=True) / max(float((cm * cm).sum()), _TINY)
+    icpt = logit.mean(1, keepdims=True) - slope * c.mean()
+    err = ((k / (1 + np.exp(-(icpt + slope * c))) - y) ** 2).sum(1)
+    g = int(np.argmin(err))
+    return SaturatingFit(float(k[g, 0]), float(icpt[g, 0]), float(slope[g, 0]), float(upper))
 
 
 def precision_recall(pred_mask, target_mask) -> tuple[np.ndarray, np.ndarray]:

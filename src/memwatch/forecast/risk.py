@@ -3,9 +3,9 @@
 A ridge-regularised logistic model, fit on the run's own history by asking the
 question the user will ask, one horizon back: from a row's features at an
 earlier probe ``i``, was it memorized at the latest probe ``P``? Source probes
-are those whose clock ratio ``c(t_i) / c(t_P)`` lies within a factor 2 of the ratio
-the forecast must bridge now (``c(t_P) / c(total_steps)``; at most 4 of them, evenly
-spread), so the model learns the same horizon it is asked about. The clock c is
+are those whose clock ratio ``c(t_i) / c(t_P)`` lies within a factor ``SPAN`` = 1.25
+of the ratio the forecast must bridge now (``c(t_P) / c(total_steps)``; at most 4 of
+them, evenly spread), so the model learns the same horizon it is asked about. The clock c is
 the step, or the cumulative compute a caller passes (see `memwatch.forecast`).
 Features of row k at probe i (``ref`` is the probe nearest to 0.7 c(t_i), the
 lookback for the trends):

@@ -1,4 +1,4 @@
-"""Scaling fits: known parameters are recovered, the better form is chosen, sets compare."""
+"""Fits: known parameters are recovered, the better form is chosen, sets compare."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from memwatch.forecast.fits import (
     fit_curve,
     fit_form,
     fit_recall_curve,
+    fit_saturating,
     precision_recall,
 )
 
@@ -111,3 +112,17 @@ def test_precision_recall_of_sets_and_empty_sets():
     assert p.shape == r.shape == (3, 3)
     assert np.isfinite(p).all() and np.isfinite(r).all()
     np.testing.assert_allclose(np.diag(r)[:2], 1.0)
+
+
+def test_saturating_fit_finds_the_ceiling_a_logistic_rise_points_to():
+    x = np.geomspace(20, 400, 12)
+    y = 300 / (1 + (x / 250) ** -3)  # ceiling 300, half of it at x = 250
+    fit = fit_saturating(x, y, upper=1000)
+    # the ceiling is searched on a geometric grid (24 values up to 1000): ~7 % apart
+    assert fit.cap == pytest.approx(300, rel=0.07)
+    assert fit.slope == pytest.approx(3, rel=0.15)
+    assert fit.predict(2000) == pytest.approx(300 / (1 + 8 ** -3), rel=0.07)
+    assert fit.predict(1e9) <= fit.cap <= 1000
+    # noiseless, even the start of the rise (below 1 % of the ceiling) points to it
+    early = fit_saturating(x[:4], y[:4], upper=1000)
+    assert early.cap == pytest.approx(300, rel=0.15)
