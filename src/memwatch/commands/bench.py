@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from memwatch.commands.args import device, fraction, positive_int
 from memwatch.probe import _Preserved, probe, reference_probe
 
 HELP = "Time probe(exact|extractable) against reference_probe (generate) and print ratios."
@@ -25,13 +26,13 @@ SHAPES = {
 def add_arguments(p) -> None:
     p.add_argument("--shape", choices=sorted(SHAPES), default="pythia-70m",
                    help="model shape, randomly initialised (default: pythia-70m)")
-    p.add_argument("--rows", type=int, default=256, help="watchlist rows (default 256)")
-    p.add_argument("--memorized", type=float, nargs="+", default=[0.0, 0.1],
+    p.add_argument("--rows", type=positive_int, default=256, help="watchlist rows (default 256)")
+    p.add_argument("--memorized", type=fraction, nargs="+", default=[0.0, 0.1],
                    help="shares of rows memorized, one line each (default 0 0.1)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="cpu", help="cpu (default), cuda[:N], mps")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--repeat", type=int, default=2, help="rounds; the best time counts")
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--repeat", type=positive_int, default=2, help="rounds; the best time counts")
     p.add_argument("--trained", action="store_true",
                    help="also time the tiny model trained on a planted stream")
 
