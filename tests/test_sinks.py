@@ -175,3 +175,26 @@ def test_heatmap_shows_match_prefix_over_time(sink_events):
     top = [r.id for r in summarize(ev.history, ev.watchlist, max_rows=16)]
     rows = [ev.history.ids.index(i) for i in top]
     np.testing.assert_allclose(shown, ev.history.match_prefix[:, rows].T / 32)
+
+
+def test_console_sink_names_swings_and_announces_each_row_once():
+    from memwatch.events import Alert, ProbeRecord, RowReport
+
+    def record(step, memorized, new=()):
+        scores = np.where(np.array(memorized, dtype=bool), 1.0, 0.25).astype(np.float32)
+        metrics = {"memorized_count": float(sum(memorized)),
+                   "forecast/expected_final_memorized": 2.0 + step / 10}
+        return ProbeRecord(step, "exact", metrics, scores,
+                           tuple(RowReport(f"r{i}", ("canary",), step, 1.0, 32, "") for i in new))
+
+    out = io.StringIO()
+    sink = ConsoleSink(file=out)
+    sink.on_probe(record(10, [1, 1, 0], new=(0, 1)))
+    sink.on_alert(Alert("memorized", "WARN", "memwatch: watched row r0 memorized", "", 10, ("r0",)))
+    sink.on_probe(record(20, [0, 0, 1], new=(2,)))
+    sink.on_probe(record(30, [1, 0, 1]))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3  # r0's alert repeats what the first line announced
+    assert "2 memorized, " in lines[0] and "+2 new: r0 [canary]@10; r1 [canary]@10" in lines[0]
+    assert "1 memorized (-2 forgotten), forecast final 4 (was 3)" in lines[1]
+    assert "2 memorized (+1 memorized again)" in lines[2] and "new" not in lines[2]
