@@ -4,6 +4,9 @@
 
 Every rank calls `mon.step(model, step)`: each probes a shard of the watchlist, results
 are gathered, only rank 0 writes to sinks, and the abort decision is the same everywhere.
+The default `AbortPolicy()` stops at the first probe where a canary is memorized (with 200
+steps, around step 40 of 200): every rank leaves the loop at that step, and rank 0 prints
+the rule and the rows. `AbortPolicy(action="alert")` would only alert.
 """
 
 import argparse
@@ -35,10 +38,13 @@ def main(steps: int, out: str) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if mon.step(model, step).abort:  # same decision on every rank
+        decision = mon.step(model, step)
+        if decision.abort:  # same decision on every rank
             break
     mon.finish(model, step)
     if rank == 0:
+        print(f"stopped at {decision.reason}" if decision.abort else
+              f"trained {steps} of {steps} steps")
         print(f"memorized at the end: {int(mon.history.memorized[-1].sum())} of "
               f"{len(watchlist)} (world size {world})")
     dist.destroy_process_group()

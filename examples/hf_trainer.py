@@ -3,7 +3,10 @@
     python examples/hf_trainer.py --steps 300
 
 Offline on CPU. The monitor's state is saved beside each Trainer checkpoint and read
-back on `trainer.train(resume_from_checkpoint=...)`.
+back on `trainer.train(resume_from_checkpoint=...)`: the script trains to the last step,
+then resumes a second Trainer from the half-way checkpoint with a fresh monitor, which
+continues the first run's probe history instead of starting over. The policy only alerts
+(the default `AbortPolicy()` would stop the run at the first memorized canary).
 """
 
 import argparse
@@ -27,11 +30,10 @@ class Rows(torch.utils.data.Dataset):
         return {"input_ids": self.rows[i], "labels": self.rows[i]}
 
 
-def main(steps: int, out: str) -> None:
-    corpus = planted_corpus([64] * 4 + [16] * 4 + [1] * 8, seq_len=64, vocab_size=512)
-    watchlist = mw.Watchlist.from_tokens(
-        corpus.rows, ids=[f"canary#{i}" for i in range(len(corpus.rows))], tags="canary")
+def train(steps: int, out: str, corpus, watchlist, resume: str | None = None) -> mw.MemWatch:
+    """Train (or resume) with a fresh monitor; returns the monitor."""
     monitor = mw.MemWatch(watchlist, every_n_steps=max(1, steps // 10),
+                          abort=mw.AbortPolicy(action="alert"),
                           sinks=[mw.ConsoleSink(), mw.LocalSink(f"{out}/memwatch")])
     args = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=16,
                              learning_rate=3e-3, save_steps=max(1, steps // 2), report_to=[],
@@ -39,8 +41,22 @@ def main(steps: int, out: str) -> None:
     trainer = Trainer(model=tiny_model(hidden_size=128), args=args,
                       train_dataset=Rows(corpus.stream(seed=0)),
                       callbacks=[MemWatchTrainerCallback(monitor)])
-    trainer.train()
-    print(f"memorized at the end: {int(monitor.history.memorized[-1].sum())} of {len(watchlist)}")
+    trainer.train(resume_from_checkpoint=resume)
+    print(f"trained {trainer.state.global_step} of {steps} steps")
+    return monitor
+
+
+def main(steps: int, out: str) -> None:
+    corpus = planted_corpus([64] * 4 + [16] * 4 + [1] * 8, seq_len=64, vocab_size=512)
+    watchlist = mw.Watchlist.from_tokens(
+        corpus.rows, ids=[f"canary#{i}" for i in range(len(corpus.rows))], tags="canary")
+    first = train(steps, out, corpus, watchlist)
+    half = f"{out}/checkpoint-{max(1, steps // 2)}"
+    print(f"resuming from {half} with a fresh monitor")
+    resumed = train(steps, out, corpus, watchlist, resume=half)
+    print(f"probes: {len(first.history)} in the first run, {len(resumed.history)} after resuming "
+          f"(the history continued: {resumed.history.steps[0] == first.history.steps[0]})")
+    print(f"memorized at the end: {int(resumed.history.memorized[-1].sum())} of {len(watchlist)}")
 
 
 if __name__ == "__main__":

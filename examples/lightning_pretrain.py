@@ -33,7 +33,9 @@ def main(steps: int, abort: bool, out: str) -> None:
     trainer.fit(LitCausalLM(tiny_model(hidden_size=128), lr=3e-3),
                 stream_loader(corpus.stream(seed=0), batch_size=16))
     if callback.reason:
-        print(f"stopped at step {trainer.global_step}: {callback.reason}")
+        print(f"stopped at {callback.reason}")
+    else:
+        print(f"trained {trainer.global_step} of {steps} steps")
     print(f"memorized at the end: {int(monitor.history.memorized[-1].sum())} of {len(watchlist)}")
 
 

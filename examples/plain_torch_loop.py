@@ -3,8 +3,9 @@
     python examples/plain_torch_loop.py --steps 300
 
 Runs offline on CPU: a tiny GPT-NeoX learns a stream where a few rows are repeated
-often; the monitor reports the step each becomes extractable. Replace the model, the
-stream and the watchlist with your own.
+often; the monitor reports the step each becomes extractable and trains to the last
+step: its policy only alerts (the default `AbortPolicy()` would stop at the first
+memorized canary). Replace the model, the stream and the watchlist with your own.
 """
 
 import argparse
@@ -24,6 +25,7 @@ def main(steps: int, out: str) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     stream = corpus.stream(seed=0)
 
+    # action="alert": report memorized canaries but keep training (the default is "stop")
     mon = mw.MemWatch(watchlist, total_steps=steps, every_n_steps=max(1, steps // 10),
                       abort=mw.AbortPolicy(action="alert"),
                       sinks=[mw.ConsoleSink(), mw.LocalSink(out)])
@@ -34,8 +36,12 @@ def main(steps: int, out: str) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if mon.step(model, step).abort:  # the monitor's two lines
+        decision = mon.step(model, step)  # the monitor's two lines
+        if decision.abort:
+            print(f"stopped at {decision.reason}")
             break
+    else:
+        print(f"trained {steps} of {steps} steps")
     mon.finish(model, step)
     mon.close()
     # resumable: save mon.state_dict() with your checkpoint, mon.load_state_dict() on resume

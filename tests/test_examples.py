@@ -1,6 +1,7 @@
 """Every example runs, with tiny settings, as a user would run it."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +19,35 @@ def _run(args, tmp_path, timeout=300):
     return out.stdout
 
 
-@pytest.mark.parametrize("script", ["plain_torch_loop.py", "lightning_pretrain.py",
-                                    "hf_trainer.py"])
-def test_example_runs(script, tmp_path):
-    stdout = _run([sys.executable, str(ROOT / "examples" / script), "--steps", "40",
+# the stop line names the default rule and the rows that triggered it
+STOPPED = re.compile(r"stopped at step (\d+): rule tags=\['pii:\*', 'canary'\]: \d+ watched "
+                     r"row\(s\) memorized: canary#\d+ \[canary\]")
+
+
+def _trained_to_the_end(stdout: str, steps: int) -> bool:
+    return f"trained {steps} of {steps} steps" in stdout and "stopped at" not in stdout
+
+
+@pytest.mark.parametrize("script, steps", [("plain_torch_loop.py", 40),
+                                           ("lightning_pretrain.py", 40), ("hf_trainer.py", 20)])
+def test_example_reaches_its_last_step(script, steps, tmp_path):
+    stdout = _run([sys.executable, str(ROOT / "examples" / script), "--steps", str(steps),
                    "--out", str(tmp_path / "logs")], tmp_path)
     assert "memorized at the end:" in stdout
+    assert _trained_to_the_end(stdout, steps), stdout[-2000:]
     assert any((tmp_path / "logs").rglob("*.jsonl"))
+    if script == "hf_trainer.py":  # the resumed monitor continued the first run's history
+        assert stdout.count(f"trained {steps} of {steps} steps") == 2
+        assert "(the history continued: True)" in stdout
+
+
+def test_lightning_example_stops_for_its_stated_reason(tmp_path):
+    stdout = _run([sys.executable, str(ROOT / "examples" / "lightning_pretrain.py"), "--abort",
+                   "--steps", "200", "--out", str(tmp_path / "logs")], tmp_path)
+    stop = STOPPED.search(stdout)
+    assert stop and int(stop.group(1)) < 200, stdout[-2000:]
+    # the console said it too, with the way to keep training
+    assert "memwatch stops the run: rule tags=" in stdout and "action='alert'" in stdout
 
 
 def test_ddp_example_runs_on_two_processes(tmp_path):
@@ -32,6 +55,8 @@ def test_ddp_example_runs_on_two_processes(tmp_path):
                    "--standalone", str(ROOT / "examples" / "ddp_torchrun.py"),
                    "--steps", "20", "--out", str(tmp_path / "logs")], tmp_path)
     assert "(world size 2)" in stdout
+    # its docstring: the default policy stops every rank at the first memorized canary
+    assert STOPPED.search(stdout) or _trained_to_the_end(stdout, 20), stdout[-2000:]
 
 
 def test_posthoc_script_parses():

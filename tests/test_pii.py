@@ -74,6 +74,39 @@ def test_fallback_warns_when_presidio_is_absent(monkeypatch):
     assert [(h.entity, h.start) for h in hits] == [("EMAIL_ADDRESS", start)]
 
 
+# Not PII, though each looks like an entity to a naive pattern (issue 17: attribute access
+# in code was reported as URL and stopped training).
+NEAR_MISSES = [
+    "parser = Iterator.re + self.re + urllib.re + xmlrpc.se",
+    "python setup.py install; cat README.md config.yaml; LOG.info(user.name)",
+    "requires version 1.2.3.4 or later; see sections 8.2.4.44 and 12.1.3.9",
+    "address 192.168.1.300 is invalid; 1.2.3.4.5.6 is not an address",
+    "released 2023-01-15, patched 15/01/2023 and 01.02.2023 at 12:30:45 UTC",
+    "pi = 3.14159265358979; third = 0.333333333; SEED = 1927868237; mask = 0x7fffffff",
+    "uuid 123e4567-e89b-12d3-a456-426614174000, order ORD-2023-000123, id 6107-1415-32",
+    "card 4539 1488 0343 6468 fails Luhn; ssn 000-12-3456 and 666-12-3456 are invalid",
+    "x[::2] and a::b and the loopback ::1",
+]
+
+
+@pytest.mark.parametrize("backend", ["presidio", "regex"])
+@pytest.mark.parametrize("text", NEAR_MISSES)
+def test_code_and_near_misses_are_not_pii(text, backend):
+    assert [text[h.start:h.end] for h in find_pii(text, backend=backend)] == []
+
+
+@pytest.mark.parametrize("backend", ["presidio", "regex"])
+@pytest.mark.parametrize("value, entity", [
+    ("www.wikipedia.org/wiki/Memory", "URL"), ("212.555.0199", "PHONE_NUMBER"),
+    ("+44 20 7946 0958", "PHONE_NUMBER"), ("2001:db8::8a2e:370:7334", "IP_ADDRESS"),
+    ("192.168.0.17", "IP_ADDRESS"),
+])
+def test_other_formats_still_found(value, entity, backend):
+    text = f"for the invoice contact {value} before noon"
+    hits = find_pii(text, backend=backend)
+    assert [(h.entity, text[h.start:h.end]) for h in hits] == [(entity, value)]
+
+
 def test_redaction():
     assert redact("john.doe@example.com", "EMAIL_ADDRESS") == "j***@e***.com"
     assert redact("https://www.wikipedia.org/wiki/Memory", "URL") == "https://w***.org/***"

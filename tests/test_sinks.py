@@ -115,15 +115,20 @@ def test_console_sink_one_line_per_event(sink_events):
     out = io.StringIO()
     drive(ConsoleSink(file=out, max_rows=2), ev)
     lines = out.getvalue().splitlines()
-    assert len(lines) == len(ev.events) + 1
+    # a row's memorized alert is not repeated after the probe line announced it
+    repeats = sum(1 for kind, e in ev.events if kind == "alert" and e.kind == "memorized")
+    assert len(lines) == len(ev.events) - repeats + 1
+    assert not any("watched row" in line for line in lines)
     probe20 = next(line for line in lines if line.startswith("memwatch step 20"))
     record20 = ev.events[[k for k, _ in ev.events].index("probe", 1)][1]
     count = int(record20.metrics["memorized_count"])
     assert f"{count} memorized" in probe20 and f"+{len(record20.new_rows)} new" in probe20
     assert "row-00 [pii:EMAIL_ADDRESS]@20 'a***@g***.com'" in probe20
     assert f"... {len(record20.new_rows) - 2} more" in probe20
-    assert any(line.startswith("memwatch ERROR at step 20: memwatch stops the run")
-               for line in lines)
+    stop = [line for line in lines
+            if line.startswith("memwatch ERROR at step 20: memwatch stops the run")]
+    abort = next(e for kind, e in ev.events if kind == "alert" and e.kind == "abort")
+    assert len(stop) == 1 and abort.text.removeprefix("step 20: ") in stop[0]  # the reason
     assert lines[-1].startswith(f"memwatch end: {count}/{len(ev.watchlist)} rows memorized "
                                 "at step 30")
     assert leaked(lines, ev.secrets) == []
@@ -170,3 +175,26 @@ def test_heatmap_shows_match_prefix_over_time(sink_events):
     top = [r.id for r in summarize(ev.history, ev.watchlist, max_rows=16)]
     rows = [ev.history.ids.index(i) for i in top]
     np.testing.assert_allclose(shown, ev.history.match_prefix[:, rows].T / 32)
+
+
+def test_console_sink_names_swings_and_announces_each_row_once():
+    from memwatch.events import Alert, ProbeRecord, RowReport
+
+    def record(step, memorized, new=()):
+        scores = np.where(np.array(memorized, dtype=bool), 1.0, 0.25).astype(np.float32)
+        metrics = {"memorized_count": float(sum(memorized)),
+                   "forecast/expected_final_memorized": 2.0 + step / 10}
+        return ProbeRecord(step, "exact", metrics, scores,
+                           tuple(RowReport(f"r{i}", ("canary",), step, 1.0, 32, "") for i in new))
+
+    out = io.StringIO()
+    sink = ConsoleSink(file=out)
+    sink.on_probe(record(10, [1, 1, 0], new=(0, 1)))
+    sink.on_alert(Alert("memorized", "WARN", "memwatch: watched row r0 memorized", "", 10, ("r0",)))
+    sink.on_probe(record(20, [0, 0, 1], new=(2,)))
+    sink.on_probe(record(30, [1, 0, 1]))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3  # r0's alert repeats what the first line announced
+    assert "2 memorized, " in lines[0] and "+2 new: r0 [canary]@10; r1 [canary]@10" in lines[0]
+    assert "1 memorized (-2 forgotten), forecast final 4 (was 3)" in lines[1]
+    assert "2 memorized (+1 memorized again)" in lines[2] and "new" not in lines[2]

@@ -10,8 +10,18 @@ from importlib import import_module
 COMMANDS = ["demo", "eval", "analyze", "watchlist", "bench"]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block), exit code 2.
+
+    Subparsers inherit the class, so every subcommand reports the same way.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="memwatch", description="Watch a language model memorize its training data.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:

@@ -112,9 +112,10 @@ def evaluate(
         for i in hits:
             send(f"row:{history.ids[i]}", _row_alert(history, int(i), step, preview))
         if len(hits):
-            ids = ", ".join(history.ids[i] for i in hits[:5]) + (", ..." if len(hits) > 5 else "")
-            triggers.append(f"{len(hits)} row(s) tagged {' or '.join(policy.tags)} memorized "
-                            f"({ids})")
+            rows = "; ".join(_row_named(history, int(i), preview) for i in hits[:5])
+            more = f"; and {len(hits) - 5} more" if len(hits) > 5 else ""
+            triggers.append(f"rule tags={list(policy.tags)}: {len(hits)} watched row(s) "
+                            f"memorized: {rows}{more}")
 
     for pattern, limit in policy.max_fraction.items():
         rows = history.tag_mask(pattern)
@@ -122,7 +123,8 @@ def evaluate(
             continue
         share = float(memorized[rows].mean())
         if share > limit:
-            text = f"memorized fraction of {pattern!r} is {share:.3f} > {limit}"
+            text = (f"rule max_fraction[{pattern!r}]: memorized fraction of {pattern!r} is "
+                    f"{share:.3f} > {limit}")
             triggers.append(text)
             send(f"fraction:{pattern}", Alert("fraction", "WARN",
                  f"memwatch: {pattern!r} memorized fraction passed {limit}", text, step))
@@ -134,7 +136,8 @@ def evaluate(
                 continue
             expected = float(tag.expected_final_memorized)
             if expected > budget:
-                text = (f"forecast for {key!r}: {expected:.0f} rows memorized by the end "
+                text = (f"rule forecast_budget[{key!r}]: forecast for {key!r}: {expected:.0f} "
+                        f"rows memorized by the end "
                         f"(range {tag.expected_final_low:.0f}-{tag.expected_final_high:.0f}) > "
                         f"budget {budget}")
                 triggers.append(text)
@@ -150,6 +153,14 @@ def evaluate(
         send("abort", Alert("abort", "ERROR" if stop else "WARN", title, reason, step))
     return Verdict(tuple(alerts), fire and policy.action == "stop", reason, frozenset(keys),
                    streak)
+
+
+def _row_named(history, i: int, preview) -> str:
+    """``id [tags] preview``: a row as alerts name it, never with raw text."""
+    tags = ",".join(history.tags[i]) or "untagged"
+    shown = preview(i) if preview is not None else ""
+    return f"{history.ids[i]} [{tags}]" + (f" {shown}" if shown and not shown.startswith("[")
+                                           else "")
 
 
 def _row_alert(history, i: int, step: int, preview) -> Alert:

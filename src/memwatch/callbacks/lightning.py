@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
 from memwatch.monitor import MemWatch
 
@@ -56,7 +56,8 @@ class MemWatchCallback(Callback):
         if stop:
             self.reason = decision.reason
             trainer.should_stop = True
-            rank_zero_warn(f"memwatch stops training: {decision.reason}")
+            # a plain line on Lightning's console logger, not a warning with a source prefix
+            rank_zero_info(f"memwatch stops training at {decision.reason}")
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._log(trainer, self.monitor.finish(self._model(pl_module), trainer.global_step))

@@ -5,11 +5,14 @@ Absolute times are noise on a shared machine; the ratios are the result.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
 import torch
+from tqdm import tqdm
 
+from memwatch.commands.args import device, fraction, positive_int
 from memwatch.probe import CONT_LEN, PROMPT_LEN, _Preserved, probe, reference_probe
 
 HELP = "Time probe(exact|extractable) against reference_probe (generate) and print ratios."
@@ -25,13 +28,13 @@ SHAPES = {
 def add_arguments(p) -> None:
     p.add_argument("--shape", choices=sorted(SHAPES), default="pythia-70m",
                    help="model shape, randomly initialised (default: pythia-70m)")
-    p.add_argument("--rows", type=int, default=256, help="watchlist rows (default 256)")
-    p.add_argument("--memorized", type=float, nargs="+", default=[0.0, 0.1],
+    p.add_argument("--rows", type=positive_int, default=256, help="watchlist rows (default 256)")
+    p.add_argument("--memorized", type=fraction, nargs="+", default=[0.0, 0.1],
                    help="shares of rows memorized, one line each (default 0 0.1)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="cpu", help="cpu (default), cuda[:N], mps")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--repeat", type=int, default=2, help="rounds; the best time counts")
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--repeat", type=positive_int, default=2, help="rounds; the best time counts")
     p.add_argument("--trained", action="store_true",
                    help="also time the tiny model trained on a planted stream")
 
@@ -52,7 +55,8 @@ def run(args) -> int:
     print(path_line(model, rows[:32]), flush=True)
     for share in args.memorized:
         planted = plant_memorized(model, rows, share)
-        secs = compare(model, planted, batch_size=args.batch_size, repeat=args.repeat)
+        secs = compare(model, planted, batch_size=args.batch_size, repeat=args.repeat,
+                       progress=f"{share:.0%} memorized")
         print(format_line(f"{args.shape} {args.dtype} {args.device} {args.rows} rows, "
                           f"{share:.0%} memorized", secs), flush=True)
     if args.trained:
@@ -64,7 +68,8 @@ def run(args) -> int:
         train(tiny, corpus.stream(0), steps=3 * int(corpus.repeats.sum()) // 16, batch_size=16)
         share = float(probe(tiny, corpus.rows, mode="extractable").memorized.float().mean())
         print(format_line(f"tiny trained, {len(reps)} rows, {share:.0%} memorized",
-                          compare(tiny, corpus.rows, repeat=args.repeat)), flush=True)
+                          compare(tiny, corpus.rows, repeat=args.repeat, progress="tiny trained")),
+              flush=True)
     return 0
 
 
@@ -110,10 +115,11 @@ def plant_memorized(model, rows: torch.Tensor, share: float, prompt_len: int = P
 
 
 def compare(model, rows: torch.Tensor, prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
-            batch_size: int | None = None, repeat: int = 2) -> dict[str, float]:
+            batch_size: int | None = None, repeat: int = 2,
+            progress: str | None = None) -> dict[str, float]:
     """Best-of-`repeat` seconds for reference_probe, probe(exact), probe(extractable), the
     latter with_nll=True, and one forward pass over M+N tokens; rounds interleave the
-    methods so load drifts hit all alike."""
+    methods so load drifts hit all alike. `progress` labels a progress bar on stderr."""
     M, N = prompt_len, cont_len
     kw = dict(prompt_len=M, cont_len=N, batch_size=batch_size)
     methods: dict[str, Callable[[], object]] = {
@@ -124,11 +130,15 @@ def compare(model, rows: torch.Tensor, prompt_len: int = PROMPT_LEN, cont_len: i
         "forward": lambda: _plain_forward(model, rows[:, :M + N]),
     }
     best = dict.fromkeys(methods, float("inf"))
-    for _ in range(repeat):
-        for name, fn in methods.items():
-            t = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t)
+    with tqdm(total=repeat * len(methods), desc=progress, unit="run", file=sys.stderr,
+              leave=False, disable=progress is None) as bar:
+        for _ in range(repeat):
+            for name, fn in methods.items():
+                bar.set_postfix_str(name)
+                t = time.perf_counter()
+                fn()
+                best[name] = min(best[name], time.perf_counter() - t)
+                bar.update()
     return best
 
 

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+from memwatch.commands.args import device, nonnegative_int, positive_int
+
 HELP = ("Train a small GPT-NeoX on planted PII and canaries, watch it memorize them live "
         "(W&B offline), and write a report.")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 1500)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="training steps (default 1500)")
+    p.add_argument("--device", type=_demo_device, default="cpu", help="cpu (default) or cuda")
     p.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline",
                    help="W&B mode (default offline; online needs `wandb login`)")
     p.add_argument("--abort", action="store_true",
                    help="stop training when planted PII becomes extractable")
     p.add_argument("--out", default="memwatch-demo", help="output folder (default ./memwatch-demo)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+
+
+def _demo_device(text: str) -> str:
+    """cpu or cuda (the Lightning accelerator names), checked like any --device."""
+    import argparse
+
+    if text not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda, got {text!r}")
+    return device(text)
 
 
 def run(args) -> int:

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 
+from memwatch.commands.args import (
+    existing_dir,
+    existing_file,
+    nonnegative_int,
+    positive_int,
+    step_range,
+    tokenizer_source,
+)
 from memwatch.probe import CONT_LEN, PROMPT_LEN
 
 HELP = "Build a watchlist (text windows, PII, canaries, Pythia sequences) or show one."
@@ -13,29 +23,73 @@ HELP = "Build a watchlist (text windows, PII, canaries, Pythia sequences) or sho
 def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     b = sub.add_parser("build", help="build a watchlist and save it to --out")
-    b.add_argument("--texts", nargs="+", default=[], metavar="FILE",
+    b.add_argument("--texts", nargs="+", type=existing_file, default=[], metavar="FILE",
                    help="text files: .jsonl (one JSON object per line, field --text-field) or "
                         "plain text (one text per file)")
     b.add_argument("--text-field", default="text", help="JSONL field holding the text")
-    b.add_argument("--tokenizer", help="a Hugging Face tokenizer directory (or hub name)")
-    b.add_argument("--windows", type=int, default=None, metavar="K",
+    b.add_argument("--tokenizer", type=tokenizer_source,
+                   help="a Hugging Face tokenizer directory (or hub name)")
+    b.add_argument("--windows", type=nonnegative_int, default=None, metavar="K",
                    help="K text windows sampled from --texts (default: all; 0: none)")
     b.add_argument("--pii", action="store_true", help="add one row per PII hit in --texts")
-    b.add_argument("--canaries", type=int, default=0, metavar="N", help="add N canaries")
+    b.add_argument("--canaries", type=nonnegative_int, default=0, metavar="N",
+                   help="add N canaries")
     b.add_argument("--template", default="My secret is {secret}", help="canary template")
-    b.add_argument("--pythia", metavar="PREFIX", help="Megatron .idx/.bin prefix")
-    b.add_argument("--indices", help="sequence indices of --pythia, e.g. 0:1000000:97")
-    b.add_argument("--steps", metavar="A:B",
+    b.add_argument("--pythia", type=_pythia_prefix, metavar="PREFIX",
+                   help="Megatron .idx/.bin prefix")
+    b.add_argument("--indices", type=_index_range,
+                   help="sequence indices of --pythia, e.g. 0:1000000:97")
+    b.add_argument("--steps", type=step_range, metavar="A:B",
                    help="the sequences of --pythia seen in steps [A, B) (1024 per step)")
-    b.add_argument("--prompt-len", type=int, default=PROMPT_LEN)
-    b.add_argument("--cont-len", type=int, default=CONT_LEN)
+    b.add_argument("--prompt-len", type=positive_int, default=PROMPT_LEN)
+    b.add_argument("--cont-len", type=positive_int, default=CONT_LEN)
     b.add_argument("--keep-text", action="store_true",
                    help="store raw text with the rows (off by default: text may hold PII)")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=nonnegative_int, default=0)
     b.add_argument("--out", required=True, help="directory to save the watchlist in")
     s = sub.add_parser("show", help="print counts per tag and redacted previews")
-    s.add_argument("path", help="a saved watchlist directory")
-    s.add_argument("--limit", type=int, default=10, help="rows to preview (default 10)")
+    s.add_argument("path", type=existing_dir, help="a saved watchlist directory")
+    s.add_argument("--limit", type=nonnegative_int, default=10, help="rows to preview (default 10)")
+
+
+def _pythia_prefix(text: str) -> str:
+    """A Megatron prefix whose .idx and .bin files exist (a trailing .idx/.bin is allowed)."""
+    prefix = text[:-4] if text.endswith((".idx", ".bin")) else text
+    missing = [prefix + ext for ext in (".idx", ".bin") if not os.path.isfile(prefix + ext)]
+    if missing:
+        raise argparse.ArgumentTypeError(f"expected the prefix of a .idx/.bin pair, got "
+                                         f"{text!r}: no {' and no '.join(missing)}")
+    return prefix
+
+
+def _index_range(text: str) -> str:
+    """An index spec like 0:1000000:97 (checked here, parsed where it is used)."""
+    from memwatch.watchlist.pythia import parse_index_range
+
+    try:
+        if len(parse_index_range(text)) == 0:
+            raise ValueError(f"{text!r} selects no sequence")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _progress(items, desc: str):
+    """`items` with a progress bar on stderr; it shows counts only, never the text."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="text", file=sys.stderr, leave=False)
+
+
+def _load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--tokenizer {source!r}: no tokenizer could be loaded ({first})") \
+            from None
 
 
 def _read_texts(files: list[str], field: str) -> list[str]:
@@ -63,18 +117,18 @@ def _build(args):
     if needs_tok:
         if not args.tokenizer:
             raise ValueError("--texts, --pii and --canaries need --tokenizer DIR")
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        tokenizer = _load_tokenizer(args.tokenizer)
     lengths = {"prompt_len": args.prompt_len, "cont_len": args.cont_len}
     parts = []
     if texts and args.windows != 0:
-        wl = Watchlist.from_texts(texts, tokenizer, keep_text=args.keep_text, **lengths)
+        wl = Watchlist.from_texts(_progress(texts, "windows"), tokenizer,
+                                  keep_text=args.keep_text, **lengths)
         parts.append(wl if args.windows is None else wl.sample(args.windows, seed=args.seed))
     if args.pii:
         if not texts:
             raise ValueError("--pii scans --texts; give at least one file")
-        parts.append(Watchlist.scan_pii(texts, tokenizer, keep_text=args.keep_text, **lengths))
+        parts.append(Watchlist.scan_pii(_progress(texts, "scanning for PII"), tokenizer,
+                                        keep_text=args.keep_text, **lengths))
     if args.canaries:
         parts.append(Watchlist.canaries(args.canaries, args.template, tokenizer, args.seed,
                                         **lengths))
@@ -84,8 +138,7 @@ def _build(args):
         if bool(args.indices) == bool(args.steps):
             raise ValueError("--pythia needs exactly one of --indices or --steps A:B")
         if args.steps:
-            a, _, b = args.steps.partition(":")
-            indices = steps_range(int(a), int(b))
+            indices = steps_range(*args.steps)
         else:
             indices = args.indices
         parts.append(Watchlist.from_pythia(args.pythia, indices, **lengths))
@@ -109,11 +162,15 @@ def _show(wl, limit: int) -> None:
 def run(args) -> int:
     from memwatch.watchlist import Watchlist
 
-    if args.action == "build":
-        wl = _build(args)
-        wl.save(args.out)
-        print(f"saved to {os.path.abspath(args.out)}")
-        _show(wl, 0)
-        return 0
-    _show(Watchlist.load(args.path), args.limit)
+    try:
+        if args.action == "build":
+            wl = _build(args)
+            wl.save(args.out)
+            print(f"saved to {os.path.abspath(args.out)}")
+            _show(wl, 0)
+            return 0
+        _show(Watchlist.load(args.path), args.limit)
+    except (ValueError, OSError) as err:
+        print(f"memwatch watchlist {args.action}: error: {err}", file=sys.stderr)
+        return 2
     return 0
