@@ -149,11 +149,13 @@ def test_alerts_are_sent_once_per_row_and_the_final_probe_is_exact(recorder):
     assert len(row_alerts) >= 2
     assert sorted(row_alerts) == [f"row-{i}" for i in range(4) if ever[i]]  # each canary, once
     assert [k for k in rec.kinds() if k[0] == "alert" and k[2] == "abort"][:1]
-    assert rec.events[-1] == ("end", len(mon.history))
+    assert rec.events[-2:] == [("end", len(mon.history)), ("close", None)]  # finish closes
     assert final.probed and final.record.mode == "exact" and mon.history.modes[-1] == "exact"
     np.testing.assert_allclose(mon.history.scores[-1],
                                reference_probe(model, CORPUS.rows, M, N).numpy())
     assert mon.finish(model, 31).probed is False  # finishing twice does nothing
+    mon.close()
+    assert [e for e, _ in rec.events].count("close") == 1  # sinks are closed once
 
 
 def test_record_metrics_and_redacted_previews(recorder):
@@ -198,7 +200,7 @@ def test_exact_every_nth_probe():
     assert mon.history.modes == ["extractable", "extractable", "exact"] * 2
 
 
-def test_a_failing_sink_warns_once_and_training_goes_on(recorder):
+def test_a_failing_sink_warns_once_per_hook_and_counts_at_finish(recorder):
     rec = recorder()
     mon = monitor(every_n_steps=2, abort=AbortPolicy(tags=("canary",), action="alert"),
                   sinks=[BrokenSink(), rec])
@@ -206,9 +208,16 @@ def test_a_failing_sink_warns_once_and_training_goes_on(recorder):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loop(model, opt, 20, mon)
-    ours = [w for w in caught if "BrokenSink" in str(w.message)]
-    assert len(ours) == 1 and "W&B is down" in str(ours[0].message)
-    assert len([e for e, _ in rec.events if e == "probe"]) == 10  # later sinks still called
+        mon.finish(model, 20)
+    ours = [str(w.message) for w in caught if "BrokenSink" in str(w.message)]
+    probes = len([e for e, _ in rec.events if e == "probe"])
+    alerts = len([e for e, _ in rec.events if e == "alert"])
+    assert probes == 10 and alerts >= 1  # later sinks still called
+    assert len(ours) == 3  # on_probe once, on_alert once, then the counts at finish
+    assert "BrokenSink.on_probe failed" in ours[0] and "W&B is down" in ours[0]
+    assert any("BrokenSink.on_alert failed" in w for w in ours[:2])
+    assert f"BrokenSink.on_probe {probes}x" in ours[2]
+    assert f"BrokenSink.on_alert {alerts}x" in ours[2]
 
 
 def test_state_dict_round_trip(tmp_path):
