@@ -13,7 +13,9 @@ from memwatch.forecast import forecast
 from memwatch.monitor import MemWatch
 from memwatch.policy import AbortPolicy
 from memwatch.probe import probe, reference_probe
+from memwatch.sinks import LocalSink
 from memwatch.sinks.base import Sink
+from memwatch.sinks.local import read_records
 from memwatch.watchlist import Watchlist
 
 M = N = 8
@@ -248,7 +250,7 @@ def test_kill_and_resume_continues_the_history(tmp_path, recorder):
     loop(model, opt, 32, full)
     # A run checkpointed at step 14, killed at step 18, resumed from the checkpoint.
     rec_a, rec_b = recorder(), recorder()
-    first = monitor(every_n_steps=4, abort=policy, sinks=[rec_a])
+    first = monitor(every_n_steps=4, abort=policy, sinks=[rec_a, LocalSink(tmp_path / "log")])
     model, opt = fresh()
     loop(model, opt, 14, first)
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "mon": first.state_dict()},
@@ -258,7 +260,7 @@ def test_kill_and_resume_continues_the_history(tmp_path, recorder):
     model, opt = fresh()
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["opt"])
-    resumed = monitor(every_n_steps=4, abort=policy, sinks=[rec_b])
+    resumed = monitor(every_n_steps=4, abort=policy, sinks=[rec_b, LocalSink(tmp_path / "log")])
     resumed.load_state_dict(ckpt["mon"])
     loop(model, opt, 32, resumed, first=15)
     steps = resumed.history.steps
@@ -272,6 +274,10 @@ def test_kill_and_resume_continues_the_history(tmp_path, recorder):
               and x.step <= 14]
     after = [(x.step, x.kind, x.row_ids) for e, x in rec_b.events if e == "alert"]
     assert full_alerts == before + after
+    # The local log: the probe at 16 appears once (the resumed run's), after a resume marker.
+    records = read_records(tmp_path / "log")
+    assert [r["step"] for r in records if r["event"] == "probe"] == list(range(4, 33, 4))
+    assert [r["step"] for r in records if r["event"] == "resume"] == [12]
 
 
 def test_watchlist_too_short_fails_at_construction():
