@@ -111,12 +111,12 @@ def probe_sharded(model, tokens: torch.Tensor, prompt_len: int, cont_len: int, m
         bs = int(local.item())
     parts, start = [], 0
     while start < len(shard):
-        oom, error = False, None
+        oom, error, part = False, None, None
         try:
             # lockstep: FSDP / ZeRO-3 gather parameters in every forward, so every rank must
             # call the model equally often whatever its rows memorize.
-            parts.append(probe(model, shard[start:start + bs], batch_size=bs,
-                               lockstep=world > 1, **kwargs))
+            part = probe(model, shard[start:start + bs], batch_size=bs, lockstep=world > 1,
+                         **kwargs)
         except torch.OutOfMemoryError as err:
             oom, error = True, err
         except Exception as err:  # noqa: BLE001 - shared with every rank below, then raised
@@ -131,8 +131,9 @@ def probe_sharded(model, tokens: torch.Tensor, prompt_len: int, cont_len: int, m
         if oom_ranks:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            bs //= 2  # every rank halves together: the ranks stay in lockstep
+            bs //= 2  # every rank halves together and redoes the batch: they stay in lockstep
             continue
+        parts.append(part)
         start += bs
     res = ProbeResult(
         scores=torch.cat([p.scores for p in parts]),
