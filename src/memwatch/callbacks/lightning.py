@@ -50,6 +50,7 @@ class MemWatchCallback(Callback):
         if self.monitor.total_steps is None and math.isfinite(total):
             self.monitor.total_steps = int(total)
         self.monitor.check(self._model(pl_module))  # bad rows fail here, before any training
+        self.reason = ""
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._seen_step = trainer.global_step
@@ -63,7 +64,7 @@ class MemWatchCallback(Callback):
         decision = self.monitor.step(self._model(pl_module), step)
         self._log(trainer, decision)
         stop = trainer.strategy.reduce_boolean_decision(decision.abort, all=False)
-        if stop:
+        if stop and not self.reason:  # the first abort says why (and, if deferred, until when)
             self.reason = decision.reason + _deferral(trainer, step)
             trainer.should_stop = True
             rank_zero_warn(f"memwatch stops training: {self.reason}")
