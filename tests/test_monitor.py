@@ -13,7 +13,9 @@ from memwatch.forecast import forecast
 from memwatch.monitor import MemWatch
 from memwatch.policy import AbortPolicy
 from memwatch.probe import probe, reference_probe
+from memwatch.sinks import LocalSink
 from memwatch.sinks.base import Sink
+from memwatch.sinks.local import read_records
 from memwatch.watchlist import Watchlist
 
 M = N = 8
@@ -149,11 +151,13 @@ def test_alerts_are_sent_once_per_row_and_the_final_probe_is_exact(recorder):
     assert len(row_alerts) >= 2
     assert sorted(row_alerts) == [f"row-{i}" for i in range(4) if ever[i]]  # each canary, once
     assert [k for k in rec.kinds() if k[0] == "alert" and k[2] == "abort"][:1]
-    assert rec.events[-1] == ("end", len(mon.history))
+    assert rec.events[-2:] == [("end", len(mon.history)), ("close", None)]  # finish closes
     assert final.probed and final.record.mode == "exact" and mon.history.modes[-1] == "exact"
     np.testing.assert_allclose(mon.history.scores[-1],
                                reference_probe(model, CORPUS.rows, M, N).numpy())
     assert mon.finish(model, 31).probed is False  # finishing twice does nothing
+    mon.close()
+    assert [e for e, _ in rec.events].count("close") == 1  # sinks are closed once
 
 
 def test_record_metrics_and_redacted_previews(recorder):
@@ -198,7 +202,7 @@ def test_exact_every_nth_probe():
     assert mon.history.modes == ["extractable", "extractable", "exact"] * 2
 
 
-def test_a_failing_sink_warns_once_and_training_goes_on(recorder):
+def test_a_failing_sink_warns_once_per_hook_and_counts_at_finish(recorder):
     rec = recorder()
     mon = monitor(every_n_steps=2, abort=AbortPolicy(tags=("canary",), action="alert"),
                   sinks=[BrokenSink(), rec])
@@ -206,9 +210,16 @@ def test_a_failing_sink_warns_once_and_training_goes_on(recorder):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loop(model, opt, 20, mon)
-    ours = [w for w in caught if "BrokenSink" in str(w.message)]
-    assert len(ours) == 1 and "W&B is down" in str(ours[0].message)
-    assert len([e for e, _ in rec.events if e == "probe"]) == 10  # later sinks still called
+        mon.finish(model, 20)
+    ours = [str(w.message) for w in caught if "BrokenSink" in str(w.message)]
+    probes = len([e for e, _ in rec.events if e == "probe"])
+    alerts = len([e for e, _ in rec.events if e == "alert"])
+    assert probes == 10 and alerts >= 1  # later sinks still called
+    assert len(ours) == 3  # on_probe once, on_alert once, then the counts at finish
+    assert "BrokenSink.on_probe failed" in ours[0] and "W&B is down" in ours[0]
+    assert any("BrokenSink.on_alert failed" in w for w in ours[:2])
+    assert f"BrokenSink.on_probe {probes}x" in ours[2]
+    assert f"BrokenSink.on_alert {alerts}x" in ours[2]
 
 
 def test_state_dict_round_trip(tmp_path):
@@ -239,7 +250,7 @@ def test_kill_and_resume_continues_the_history(tmp_path, recorder):
     loop(model, opt, 32, full)
     # A run checkpointed at step 14, killed at step 18, resumed from the checkpoint.
     rec_a, rec_b = recorder(), recorder()
-    first = monitor(every_n_steps=4, abort=policy, sinks=[rec_a])
+    first = monitor(every_n_steps=4, abort=policy, sinks=[rec_a, LocalSink(tmp_path / "log")])
     model, opt = fresh()
     loop(model, opt, 14, first)
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "mon": first.state_dict()},
@@ -249,7 +260,7 @@ def test_kill_and_resume_continues_the_history(tmp_path, recorder):
     model, opt = fresh()
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["opt"])
-    resumed = monitor(every_n_steps=4, abort=policy, sinks=[rec_b])
+    resumed = monitor(every_n_steps=4, abort=policy, sinks=[rec_b, LocalSink(tmp_path / "log")])
     resumed.load_state_dict(ckpt["mon"])
     loop(model, opt, 32, resumed, first=15)
     steps = resumed.history.steps
@@ -263,6 +274,10 @@ def test_kill_and_resume_continues_the_history(tmp_path, recorder):
               and x.step <= 14]
     after = [(x.step, x.kind, x.row_ids) for e, x in rec_b.events if e == "alert"]
     assert full_alerts == before + after
+    # The local log: the probe at 16 appears once (the resumed run's), after a resume marker.
+    records = read_records(tmp_path / "log")
+    assert [r["step"] for r in records if r["event"] == "probe"] == list(range(4, 33, 4))
+    assert [r["step"] for r in records if r["event"] == "resume"] == [12]
 
 
 def test_watchlist_too_short_fails_at_construction():
@@ -310,3 +325,172 @@ def test_forecast_runs_on_the_compute_clock_given():
     assert on_steps.tags["*"].expected_final_memorized != pytest.approx(last)
     with pytest.raises(ValueError, match="cumulative"):
         forecast(mons[1].history, 40, compute=lambda s: -np.asarray(s, np.float64))
+
+
+# ---- never hurt the run ---------------------------------------------------------------------
+def fail_probes(model, error, when) -> list[int]:
+    """Make the model's eval-mode forwards (the probe's) raise `error` when `when(rows)`;
+    training forwards run untouched. Returns the row counts of the forwards that raised."""
+    raised: list[int] = []
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if not module.training and when(len(ids)):
+            raised.append(len(ids))
+            raise error
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return raised
+
+
+def test_a_probe_that_raises_is_skipped_and_training_goes_on(recorder):
+    rec = recorder()
+    mon = monitor(every_n_steps=2, sinks=[rec])
+    model, opt = fresh()
+    broken = {"on": False}
+    fail_probes(model, RuntimeError("cuDNN error: simulated"), lambda rows: broken["on"])
+    decisions = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(1, 11):
+            train_step(model, opt, step)
+            broken["on"] = step in (4, 6)
+            decisions.append(mon.step(model, step))
+        final = mon.finish(model, 11)
+    ours = [str(w.message) for w in caught if "probe at step" in str(w.message)]
+    assert len(ours) == 1 and "step 4 failed" in ours[0] and "cuDNN error: simulated" in ours[0]
+    assert list(mon.history.steps) == [2, 8, 10, 11] and final.probed
+    skipped = [d for d in decisions if d.alerts and d.alerts[0].kind == "probe_failed"]
+    assert [d.step for d in skipped] == [4, 6] and not any(d.probed for d in skipped)
+    failed = [x for e, x in rec.events if e == "alert" and x.kind == "probe_failed"]
+    assert [(a.step, a.level) for a in failed] == [(4, "WARN"), (6, "WARN")]
+    assert "cuDNN error: simulated" in failed[1].text and "2 failed so far" in failed[1].text
+
+
+def test_a_probe_out_of_memory_halves_the_batch_then_skips(recorder):
+    model, opt = fresh()
+    train_step(model, opt, 1)
+    expected = probe(model, CORPUS.rows, M, N).match_prefix
+    raised = fail_probes(model, torch.OutOfMemoryError("CUDA out of memory (simulated)"),
+                         lambda rows: rows > 4)
+    for batch_size in (None, 8):  # automatic (16 rows on CPU) and explicit
+        raised.clear()
+        mon = monitor(every_n_steps=1, batch_size=batch_size)
+        decision = mon.step(model, 1)
+        assert decision.probed, batch_size
+        torch.testing.assert_close(torch.from_numpy(mon.history.match_prefix[-1]).long(),
+                                   expected.long())
+        assert raised[0] == (16 if batch_size is None else 8) and set(raised) <= {16, 8}
+    rec = recorder()
+    mon = monitor(every_n_steps=1, sinks=[rec])
+    fail_probes(model, torch.OutOfMemoryError("CUDA out of memory (simulated)"), lambda r: True)
+    with pytest.warns(RuntimeWarning, match="step 1 failed.*OutOfMemoryError"):
+        decision = mon.step(model, 1)
+    assert not decision.probed and len(mon.history) == 0
+    assert [a.kind for a in rec.of("alert")] == ["probe_failed"]
+
+
+def test_a_step_counter_that_goes_back_warns_once():
+    mon = monitor(every_n_steps=2)
+    model, opt = fresh()
+    loop(model, opt, 6, mon)
+    with pytest.warns(RuntimeWarning, match="got step 1 after step 6 without a load_state_dict"):
+        loop(model, opt, 6, mon)  # a second fit with the same monitor: the count restarts
+    assert list(mon.history.steps) == [2, 4, 6]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mon.load_state_dict(mon.state_dict())  # a resume explains a step going back
+        loop(model, opt, 8, mon, first=5)
+    assert list(mon.history.steps) == [2, 4, 6, 8]
+
+
+def test_resume_rejects_other_lengths_and_inconsistent_history():
+    mon = monitor(every_n_steps=2)
+    model, opt = fresh()
+    loop(model, opt, 6, mon)
+    state = mon.state_dict()
+    assert (state["prompt_len"], state["cont_len"]) == (M, N)
+    with pytest.raises(ValueError, match="saved with prompt_len=8, cont_len=8; this monitor has "
+                                         "prompt_len=8, cont_len=4"):
+        monitor(cont_len=4).load_state_dict(state)
+    with pytest.raises(ValueError, match="saved with prompt_len=8, cont_len=8; this monitor has "
+                                         "prompt_len=6, cont_len=8"):
+        monitor(prompt_len=6).load_state_dict(state)
+    bad = {**state, "history": {**state["history"]}}
+    bad["history"]["match_prefix"] = state["history"]["match_prefix"].clone()
+    bad["history"]["match_prefix"][1, 3] = N + 5
+    with pytest.raises(ValueError, match="match_prefix holds 13; with cont_len=8"):
+        monitor().load_state_dict(bad)
+    bad["history"]["match_prefix"] = state["history"]["match_prefix"][:2]
+    with pytest.raises(ValueError, match=r"match_prefix has shape \(2, 16\); 3 steps x 16 rows"):
+        monitor().load_state_dict(bad)
+
+
+def test_a_tensor_the_model_caches_during_a_probe_does_not_break_the_next_backward():
+    class LazyCacheLM(torch.nn.Module):
+        """Scales embeddings by a per-length table built on first use (like a rotary cache)."""
+
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = torch.nn.Embedding(512, 32), torch.nn.Linear(32, 512)
+            self.table = None
+
+        def get_output_embeddings(self):
+            return self.head
+
+        def forward(self, ids):
+            if self.table is None or len(self.table) < ids.shape[1]:
+                self.table = torch.linspace(1.0, 2.0, M + N)[:, None]
+            return self.head(self.emb(ids) * self.table[: ids.shape[1]])
+
+    model = LazyCacheLM()
+    mon = MemWatch(watchlist(), prompt_len=M, cont_len=N, every_n_steps=1, abort=NO_ABORT)
+    assert mon.step(model, 1).probed  # builds the table
+    loss = torch.nn.functional.cross_entropy(model(STREAM[:4]).flatten(0, 1), STREAM[:4].flatten())
+    loss.backward()  # inference_mode made the table an inference tensor: backward failed
+    assert model.emb.weight.grad is not None
+
+
+def test_bad_inputs_fail_before_training():
+    wl = watchlist()
+    with pytest.raises(TypeError, match="needs a Watchlist; got a Tensor.*from_tokens"):
+        MemWatch(CORPUS.rows)
+    with pytest.raises(ValueError, match="every_n_steps counts optimizer steps.*got 2.5"):
+        monitor(every_n_steps=2.5)
+    with pytest.raises(ValueError, match="total_steps counts optimizer steps.*got 0"):
+        monitor(total_steps=0)
+    with pytest.raises(ValueError, match="prompt_len must be an integer >= 1; got 0"):
+        MemWatch(wl, prompt_len=0, cont_len=N)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1 or None.*got 0"):
+        monitor(batch_size=0)
+    with pytest.raises(TypeError, match="compute must be vectorised.*raised TypeError"):
+        monitor(compute=lambda step: float(step) ** 0.5)
+    with pytest.raises(TypeError, match="compute must be vectorised.*returned shape \\(\\)"):
+        monitor(compute=lambda steps: 1.0)
+
+    class Plain(torch.nn.Module):  # no config, no output embeddings
+        def __init__(self, vocab=256):
+            super().__init__()
+            self.emb, self.proj = torch.nn.Embedding(vocab, 16), torch.nn.Linear(16, vocab)
+
+        def forward(self, ids):
+            return self.proj(self.emb(ids))
+
+    # Token ids up to 511, an embedding of 256: memwatch either cannot tell the vocabulary
+    # or reads it from the embedding; both say so before training, not with an IndexError.
+    with pytest.raises(ValueError, match="vocabulary"):
+        monitor().check(Plain())
+    with torch.device("meta"):
+        meta = tiny_model(seed=0, hidden_size=32, num_layers=1)
+    with pytest.raises(ValueError, match="GPTNeoXForCausalLM has its parameters on the meta"):
+        monitor().check(meta)
+
+
+def test_nan_weights_warn_instead_of_reporting_nothing_memorized():
+    model, _ = fresh()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.fill_(float("nan"))
+    mon = monitor(every_n_steps=1)
+    with pytest.warns(RuntimeWarning, match="logits are NaN at step 1 for 16 of 16 rows"):
+        mon.step(model, 1)
+    assert mon.history.memorized[-1].sum() == 0

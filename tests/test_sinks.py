@@ -101,6 +101,26 @@ def test_local_sink_appends_on_resume(tmp_path, sink_events):
     assert len(read_records(tmp_path)) == len(ev.events)
 
 
+def test_local_log_after_a_crash_and_resume_holds_each_event_once(tmp_path, sink_events):
+    ev = sink_events
+    drive(LocalSink(tmp_path / "clean"), ev)
+    clean = [(r["event"], r.get("step"), r.get("kind")) for r in read_records(tmp_path / "clean")]
+    # Checkpoint after the probe at step 10; the run logs steps 20 and 30, then dies mid-line
+    # (a full disk), and resumes from the checkpoint: steps 20 and 30 are logged again.
+    drive(LocalSink(tmp_path), ev, end=False)
+    with open(tmp_path / "records.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"event": "probe", "step": 40, "metr')
+    resumed = LocalSink(tmp_path)
+    resumed.on_resume(10)
+    drive(resumed, type(ev)(ev.watchlist, ev.history, tuple(
+        e for e in ev.events if e[1].step > 10), ev.emails, ev.secrets))
+    with pytest.warns(RuntimeWarning, match="skipped 1 unreadable line"):
+        records = read_records(tmp_path)
+    got = [(r["event"], r.get("step"), r.get("kind")) for r in records]
+    assert got.count(("resume", 10, None)) == 1
+    assert [g for g in got if g[0] != "resume"] == clean
+
+
 def test_local_sink_never_raises(tmp_path, sink_events):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the log directory should be")

@@ -277,3 +277,66 @@ def test_cli_build_and_show(tmp_path, tiny_tokenizer, capsys):
     assert "pii:EMAIL_ADDRESS" in shown and "canary" in shown and "m***@o***.com" in shown
     assert email not in shown and wl.tag_counts()["pii:EMAIL_ADDRESS"] == 1
     assert wl.tag_counts()["canary"] == 2 and wl.tag_counts()["text"] >= 2
+
+
+def test_unsigned_token_arrays_are_token_ids():
+    rows = np.arange(128, dtype=np.uint64).reshape(2, 64)
+    wl = Watchlist.from_tokens(rows)
+    assert wl.tokens.dtype == torch.int64 and wl.tokens.tolist() == rows.astype(np.int64).tolist()
+    assert Watchlist.from_tokens(torch.from_numpy(rows.astype(np.uint32))).tokens.dtype == \
+        torch.int64
+    rows[1, 3] = 2**63 + 5
+    with pytest.raises(ValueError, match="'row-1' has token id 9223372036854775813"):
+        Watchlist.from_tokens(rows)
+
+
+def test_from_tokens_tags_mean_the_same_whatever_the_row_count():
+    two, three = torch.ones(2, 64, dtype=torch.long), torch.ones(3, 64, dtype=torch.long)
+    assert Watchlist.from_tokens(two, tags=["a", "b"]).tags == [("a",), ("b",)]
+    with pytest.raises(ValueError, match="tags has 2 entries for 3 watchlist rows"):
+        Watchlist.from_tokens(three, tags=["a", "b"])
+    assert Watchlist.from_tokens(three, tags=[("a", "b")] * 3).tags == [("a", "b")] * 3
+    assert Watchlist.from_tokens(three, tags="a").tags == [("a",)] * 3
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("ids", "abcdef", "'ids' must be a list, got str"),
+    ("ids", None, "'ids' must be a list, got NoneType"),
+    ("tags", None, "'tags' must be a list, got NoneType"),
+    ("tags", [["a"], "b", ["c"]], "'tags' must hold one list of strings per row"),
+    ("spans", "0:1:2", "'spans' must be null or a list of 3 entries"),
+    ("spans", [[0, 1, 2], "0:1:2", None], "'spans' entry 1 is '0:1:2'"),
+    ("previews", [1, 2, 3], "'previews' entry 0 is 1"),
+])
+def test_load_names_the_file_and_field_of_a_bad_watchlist(tmp_path, field, value, message):
+    path = Watchlist.from_tokens(torch.ones(3, 64, dtype=torch.long)).save(tmp_path / "wl")
+    meta_path = tmp_path / "wl" / "watchlist.json"
+    meta = json.loads(meta_path.read_text())
+    meta[field] = value
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"watchlist.json: {message}"):
+        Watchlist.load(path)
+
+
+def test_load_rejects_truncated_files_float_ids_and_missing_keys(tmp_path):
+    from safetensors.torch import save_file
+
+    path = Watchlist.from_tokens(torch.ones(3, 64, dtype=torch.long)).save(tmp_path / "wl")
+    meta_path, tok_path = tmp_path / "wl" / "watchlist.json", tmp_path / "wl" / "tokens.safetensors"
+    good_meta, good_tokens = meta_path.read_text(), tok_path.read_bytes()
+    meta_path.write_text(good_meta[: len(good_meta) // 2])
+    with pytest.raises(ValueError, match="watchlist.json is not valid JSON .*truncated"):
+        Watchlist.load(path)
+    meta = json.loads(good_meta)
+    del meta["tags"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="watchlist.json: 'tags' is missing"):
+        Watchlist.load(path)
+    meta_path.write_text(good_meta)
+    tok_path.write_bytes(good_tokens[: len(good_tokens) // 2])
+    with pytest.raises(ValueError, match="tokens.safetensors is unreadable .*truncated"):
+        Watchlist.load(path)
+    floats = torch.full((3, 64), 3.7)
+    save_file({"tokens": floats}, tok_path)
+    with pytest.raises(ValueError, match="tokens.safetensors: 'tokens' has dtype torch.float32"):
+        Watchlist.load(path)  # once cast to 3

@@ -6,8 +6,11 @@ calls per batch whatever the rows), so sharded models (FSDP, ZeRO-3) never wait
 on a rank that has finished; the results are all-gathered into watchlist order on every rank.
 Rank 0's schedule ledger and abort decision are broadcast so that every rank
 plans the same probe steps and stops at the same step, and `barrier` holds every
-rank at the end of ``finish`` until rank 0 has ended its sinks. Without an initialised
-process group everything here is the single-process identity.
+rank at the end of ``finish`` until rank 0 has ended its sinks. A probe that runs out of
+memory or fails on any rank is retried with smaller batches, or skipped, by every rank
+together (flags shared after each batch); `agree` lets the monitor check, once after a
+resume, that every rank loaded the same state. Without an initialised process group
+everything here is the single-process identity.
 """
 
 from __future__ import annotations
@@ -73,23 +76,76 @@ def _gather(x: torch.Tensor, n: int, world: int) -> torch.Tensor:
     return merged.cpu().to(x.dtype)
 
 
+class ProbeFailed(RuntimeError):
+    """A probe failed on at least one rank; raised on every rank, so that all skip it."""
+
+
+def _any_rank(flags: list[bool], world: int) -> list[list[int]]:
+    """For each flag, the ranks where it is set (every rank learns every rank's flags)."""
+    local = torch.tensor([float(f) for f in flags], device=_device()) if world > 1 else None
+    if local is None:
+        return [[0] if f else [] for f in flags]
+    parts = [torch.empty_like(local) for _ in range(world)]
+    _collective(torch.distributed.all_gather, parts, local)
+    table = torch.stack(parts).cpu()
+    return [[r for r in range(world) if table[r, i]] for i in range(len(flags))]
+
+
 def probe_sharded(model, tokens: torch.Tensor, prompt_len: int, cont_len: int, mode: str,
                   with_nll: bool, batch_size: int | None) -> ProbeResult:
-    """Return the `ProbeResult` of all rows, each rank probing one shard (plain `probe` alone)."""
+    """Return the `ProbeResult` of all rows, each rank probing one shard (plain `probe` alone).
+
+    The shard is probed in batches of `batch_size` rows (automatic when None). After every
+    batch the ranks share two flags: if any rank ran out of memory, all halve the batch and
+    retry it together; if any rank's probe raised anything else (or ran out of memory with
+    one row), every rank raises `ProbeFailed` before the gather, so all skip this probe.
+    """
     rank, world = rank_world()
     kwargs = dict(prompt_len=prompt_len, cont_len=cont_len, mode=mode, with_nll=with_nll)
-    if world == 1:
-        return probe(model, tokens, batch_size=batch_size, **kwargs)
     idx = shard_indices(len(tokens), rank, world)
-    if batch_size is None:  # ranks may see different free memory: agree on the smallest batch
-        local = torch.tensor([_auto_batch_size(model, len(idx), prompt_len + cont_len)],
-                             device=_device())
+    shard = tokens[torch.from_numpy(idx)]
+    bs = batch_size or _auto_batch_size(model, len(idx), prompt_len + cont_len)
+    if world > 1 and batch_size is None:  # ranks may see different free memory: the smallest
+        local = torch.tensor([bs], device=_device())
         _collective(torch.distributed.all_reduce, local, op=torch.distributed.ReduceOp.MIN)
-        batch_size = int(local.item())
-    # lockstep: FSDP / ZeRO-3 gather parameters in every forward, so every rank must call the
-    # model equally often whatever its rows memorize.
-    res = probe(model, tokens[torch.from_numpy(idx)], batch_size=batch_size, lockstep=True,
-                **kwargs)
+        bs = int(local.item())
+    parts, start = [], 0
+    while start < len(shard):
+        oom, error, part = False, None, None
+        try:
+            # lockstep: FSDP / ZeRO-3 gather parameters in every forward, so every rank must
+            # call the model equally often whatever its rows memorize.
+            part = probe(model, shard[start:start + bs], batch_size=bs, lockstep=world > 1,
+                         **kwargs)
+        except torch.OutOfMemoryError as err:
+            oom, error = True, err
+        except Exception as err:  # noqa: BLE001 - shared with every rank below, then raised
+            error = err
+        retry = oom and bs > 1
+        oom_ranks, failed_ranks = _any_rank([retry, error is not None and not retry], world)
+        if failed_ranks:
+            where = f" on rank(s) {failed_ranks}" if world > 1 else ""
+            what = f"{type(error).__name__}: {error}" if error is not None else \
+                f"see the warning of rank {failed_ranks[0]}"
+            raise ProbeFailed(f"the probe failed{where} ({what})") from error
+        if oom_ranks:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            bs //= 2  # every rank halves together and redoes the batch: they stay in lockstep
+            continue
+        parts.append(part)
+        start += bs
+    res = ProbeResult(
+        scores=torch.cat([p.scores for p in parts]),
+        memorized=torch.cat([p.memorized for p in parts]),
+        match_prefix=torch.cat([p.match_prefix for p in parts]),
+        nll=None if parts[0].nll is None else torch.cat([p.nll for p in parts]),
+        greedy=None if parts[0].greedy is None else torch.cat([p.greedy for p in parts]),
+        mode=parts[0].mode,
+        nll_first=torch.cat([p.nll_first for p in parts]),
+    )
+    if world == 1:
+        return res
     n = len(tokens)
     prefix = _gather(res.match_prefix, n, world)
     return ProbeResult(
@@ -110,6 +166,16 @@ def broadcast_floats(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=_device())
     _collective(torch.distributed.broadcast, t, src=0)
     return t.cpu().tolist()
+
+
+def agree(values: list[float]) -> bool:
+    """True when every rank holds the same `values` (always, without a process group)."""
+    if rank_world()[1] == 1:
+        return True
+    t = torch.tensor(values, dtype=torch.float64, device=_device())
+    both = torch.cat([t, -t])
+    _collective(torch.distributed.all_reduce, both, op=torch.distributed.ReduceOp.MAX)
+    return bool(torch.equal(both[: len(t)], -both[len(t):]))
 
 
 def barrier() -> None:

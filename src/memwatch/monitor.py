@@ -27,13 +27,21 @@ import numpy as np
 import torch
 
 from memwatch import distributed
-from memwatch.events import Decision, ProbeRecord, newly_memorized, probe_metrics, row_reports
+from memwatch.events import (
+    Alert,
+    Decision,
+    ProbeRecord,
+    newly_memorized,
+    probe_metrics,
+    row_reports,
+)
 from memwatch.forecast import forecast
 from memwatch.history import History
-from memwatch.lm import vocab_size
+from memwatch.lm import device_of, vocab_size
 from memwatch.policy import AbortPolicy, Verdict, evaluate
-from memwatch.probe import CONT_LEN, PROMPT_LEN, ProbeSpec
+from memwatch.probe import CONT_LEN, MODES, PROMPT_LEN, ProbeSpec
 from memwatch.schedule import Schedule
+from memwatch.watchlist import Watchlist
 
 STATE_FORMAT = 1
 
@@ -93,7 +101,15 @@ class MemWatch:
         batch_size: int | None = None,
         compute=None,
     ):
-        spec = ProbeSpec(prompt_len, cont_len, mode, bool(with_nll), batch_size)
+        if not isinstance(watchlist, Watchlist):
+            raise TypeError(f"MemWatch needs a Watchlist; got a {type(watchlist).__name__}: wrap "
+                            "token rows with memwatch.Watchlist.from_tokens(rows)")
+        spec = ProbeSpec(prompt_len, cont_len, mode, bool(with_nll), batch_size)  # names the value
+        for name, value in (("total_steps", total_steps), ("every_n_steps", every_n_steps)):
+            if value is not None and not _is_count(value):
+                raise ValueError(f"{name} counts optimizer steps: an int >= 1 or None; "
+                                 f"got {value!r}")
+        _check_compute(compute)
         if exact_every is not None and (not isinstance(exact_every, int) or exact_every < 1):
             raise ValueError(f"exact_every counts probes: an int >= 1 or None; got {exact_every!r}")
         abort = AbortPolicy() if abort is None else abort
@@ -113,8 +129,11 @@ class MemWatch:
         self._checked_vocab: int | None = None
         self._last_time: float | None = None
         self._last_step: int | None = None
-        self._failed_sinks: set[int] = set()
-        self._finished = False
+        self._sink_failures: dict[tuple[int, str], int] = {}
+        self._probe_failures = 0
+        self._warned: set[str] = set()  # one-off warnings already given
+        self._sync_ranks = True  # compare state across ranks at the next step
+        self._finished = self._closed = False
 
     # ---- configuration the adapters complete ------------------------------------------------
     @property
@@ -128,8 +147,18 @@ class MemWatch:
         self.schedule.total_steps = None if value is None else int(value)
 
     def check(self, model: torch.nn.Module) -> None:
-        """Raise before training if a watchlist row has a token id outside the model's vocab."""
-        vocab = vocab_size(unwrap(model))
+        """Raise before training if the model cannot be probed: its parameters are on the meta
+        device, its vocabulary is unknown, or a watchlist row has a token id outside it."""
+        inner = unwrap(model)
+        if device_of(inner).type == "meta":
+            raise ValueError(f"{type(inner).__name__} has its parameters on the meta device (not "
+                             "materialised): attach memwatch once the weights are loaded")
+        vocab = vocab_size(inner)
+        if vocab is None:
+            raise ValueError(
+                f"memwatch cannot tell the vocabulary size of {type(inner).__name__}, so it "
+                "cannot check the watchlist's token ids: give the model a config.vocab_size "
+                "or a get_output_embeddings() (transformers models have both)")
         if vocab != self._checked_vocab:
             self.watchlist.validate(self.spec.prompt_len, self.spec.cont_len, vocab)
             if self._checked_vocab is None:
@@ -145,6 +174,16 @@ class MemWatch:
             self.schedule.observe_training(now - self._last_time, step - self._last_step)
         if self._checked_vocab is None:
             self.check(model)
+        if self._sync_ranks:
+            self._sync_ranks = False
+            self._check_ranks_agree(step)
+        if self._last_step is not None and step < self._last_step:
+            self._warn_once("backwards", (
+                f"memwatch got step {step} after step {self._last_step} without a "
+                "load_state_dict to explain it: the step counter went back (an epoch-local batch "
+                "index? a second fit with the same monitor?). memwatch probes no step at or "
+                f"below {self.history.steps[-1] if len(self.history) else self._last_step} "
+                "again; pass a global optimizer step, and give each run its own MemWatch"))
         self._last_step = step
         done = len(self.history) and step <= self.history.steps[-1]  # resumed before a probe
         if done or not self.schedule.due(step):
@@ -173,22 +212,37 @@ class MemWatch:
             decision = self._probe(model, step, "exact")
         t0 = time.perf_counter()
         self._emit("on_end", self.history, self.watchlist)
+        self.close()
         self.schedule.observe_other(time.perf_counter() - t0)
+        if self._sink_failures:
+            failed = ", ".join(f"{name} {n}x" for name, n in self._failure_counts().items())
+            warnings.warn(f"memwatch sink calls failed during this run: {failed}",
+                          RuntimeWarning, stacklevel=2)
         distributed.barrier()
         return decision
 
     def close(self) -> None:
-        """Close every sink (rank 0)."""
-        self._emit("close")
+        """Close every sink (rank 0), once; `finish` does it after the run's summary."""
+        if not self._closed:
+            self._closed = True
+            self._emit("close")
 
     # ---- one probe ---------------------------------------------------------------------------
     def _probe(self, model: torch.nn.Module, step: int, mode: str) -> Decision:
         t0 = time.perf_counter()
         spec = self.spec
-        result = distributed.probe_sharded(
-            unwrap(model), self.watchlist.tokens, spec.prompt_len, spec.cont_len, mode,
-            spec.with_nll, spec.batch_size)
+        try:
+            result = distributed.probe_sharded(
+                unwrap(model), self.watchlist.tokens, spec.prompt_len, spec.cont_len, mode,
+                spec.with_nll, spec.batch_size)
+        except distributed.ProbeFailed as err:  # every rank gets it: all skip this probe
+            return self._skipped(step, err, time.perf_counter() - t0)
         probe_seconds = time.perf_counter() - t0
+        if bool(torch.isnan(result.nll_first).any()):
+            self._warn_once("nan", (
+                f"memwatch: the model's logits are NaN at step {step} for "
+                f"{int(torch.isnan(result.nll_first).sum())} of {len(result)} rows (NaN or inf "
+                "weights?); such rows match nothing, so they count as not memorized"))
         self.history.update(step, result, mode)
         new = newly_memorized(self.history)
         predicted = self._forecast()
@@ -209,6 +263,42 @@ class MemWatch:
         self.schedule.set_ledger(shared[:-1])
         return self._decision(step, new, verdict, bool(shared[-1]), record)
 
+    def _skipped(self, step: int, err: Exception, seconds: float) -> Decision:
+        """A probe that failed (on any rank): warn once, alert, retry later; training goes on."""
+        self._probe_failures += 1
+        self._warn_once("probe", f"memwatch probe at step {step} failed: {err}; every rank "
+                                 "skips it and training goes on (later failures are only "
+                                 "counted, in probe_failed alerts)")
+        alert = Alert("probe_failed", "WARN", "memwatch: a probe failed",
+                      f"step {step}: {err}; skipped on every rank ({self._probe_failures} "
+                      "failed so far); training goes on", step)
+        self._emit("on_alert", alert)
+        self.schedule.observe_other(seconds)
+        if not self.schedule.every_n_steps:  # try again later, further off after each failure
+            self.schedule.next_step = max(self.schedule.next_step, step + max(1, step // 2))
+        return Decision(step, alerts=(alert,))
+
+    def _check_ranks_agree(self, step: int) -> None:
+        """Raise on every rank if the ranks' monitor states differ (a resume on some ranks)."""
+        h = self.history
+        digest = [len(h), float(h.steps[-1]) if len(h) else -1.0, float(self.schedule.next_step),
+                  float(self.schedule.probes), float(len(self._sent))]
+        if not distributed.agree(digest):
+            raise RuntimeError(
+                f"memwatch's state differs across ranks at step {step} (this rank: {len(h)} "
+                f"probes, next probe at step {self.schedule.next_step}): load_state_dict was "
+                "called on some ranks only. Call it on every rank with the same checkpoint "
+                "(Lightning and the transformers Trainer do), before the first step")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _failure_counts(self) -> dict[str, int]:
+        names = {id(s): type(s).__name__ for s in self.sinks}
+        return {f"{names[sink]}.{method}": n for (sink, method), n in self._sink_failures.items()}
+
     def _decision(self, step, new, verdict: Verdict, abort: bool, record) -> Decision:
         ids = tuple(self.history.ids[i] for i in np.flatnonzero(new))
         return Decision(step, True, ids, verdict.alerts, abort, verdict.reason, record)
@@ -228,16 +318,21 @@ class MemWatch:
             return None
 
     def _emit(self, method: str, *args) -> None:
-        """Call `method` on every sink, on rank 0; a failing sink warns once and is skipped."""
+        """Call `method` on every sink, on rank 0; a failing call warns once per (sink, method),
+        is counted (`finish` reports the counts) and skipped."""
         if distributed.rank_world()[0] != 0:
             return
         for sink in self.sinks:
             try:
+                hook = getattr(sink, method, None)  # a duck-typed sink may lack newer hooks
+                if hook is None:
+                    continue
                 with torch.random.fork_rng(devices=[]):  # a sink must not shift training's RNG
-                    getattr(sink, method)(*args)
+                    hook(*args)
             except Exception as err:  # noqa: BLE001 - a sink must never stop training
-                if id(sink) not in self._failed_sinks:
-                    self._failed_sinks.add(id(sink))
+                key = (id(sink), method)
+                self._sink_failures[key] = self._sink_failures.get(key, 0) + 1
+                if self._sink_failures[key] == 1:
                     warnings.warn(f"memwatch sink {type(sink).__name__}.{method} failed "
                                   f"({type(err).__name__}: {err}); training goes on",
                                   RuntimeWarning, stacklevel=3)
@@ -247,6 +342,8 @@ class MemWatch:
         """The monitor's state: history, schedule ledger, alerts already sent."""
         return {
             "format": STATE_FORMAT,
+            "prompt_len": self.spec.prompt_len,
+            "cont_len": self.spec.cont_len,
             "history": self.history.state_dict(),
             "schedule": self.schedule.state_dict(),
             "alerts_sent": sorted(self._sent),
@@ -254,13 +351,71 @@ class MemWatch:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a `state_dict()`: probes extend its history; alerts are not resent."""
+        """Continue from a `state_dict()`: probes extend its history; alerts are not resent.
+
+        Under torch.distributed call it on every rank (the first `step` after it checks that
+        the ranks agree). Sinks get a ``resume`` event: what they logged after the saved
+        state's last probe is superseded by what the resumed run logs.
+        """
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"monitor state has format {state.get('format')!r}; this memwatch "
                              f"reads format {STATE_FORMAT}")
-        self.history.load_state_dict(state["history"])
+        missing = [k for k in ("history", "schedule", "alerts_sent", "streak") if k not in state]
+        if missing:
+            raise ValueError(f"monitor state lacks {missing}; it has {sorted(state)}")
+        hist = state["history"]
+        saved = (state.get("prompt_len", self.spec.prompt_len), hist.get("cont_len"))
+        if saved != (self.spec.prompt_len, self.spec.cont_len):
+            raise ValueError(
+                f"monitor state was saved with prompt_len={saved[0]}, cont_len={saved[1]}; this "
+                f"monitor has prompt_len={self.spec.prompt_len}, cont_len={self.spec.cont_len}: "
+                "build the MemWatch with the saved lengths (match counts at other lengths mean nothing)")
+        if list(hist.get("ids", ())) == self.history.ids:  # otherwise History names the mismatch
+            _check_history_arrays(hist, self.spec.cont_len)
+        self.history.load_state_dict(hist)
         self.schedule.load_state_dict(state["schedule"])
         self._sent = frozenset(state["alerts_sent"])
         self._streak = int(state["streak"])
         self._last_time = self._last_step = None
-        self._finished = False
+        self._finished = self._closed = False
+        self._sync_ranks = True
+        self._emit("on_resume", int(self.history.steps[-1]) if len(self.history) else 0)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+def _check_compute(compute) -> None:
+    """Raise unless `compute` maps an array of steps to an array of as many numbers."""
+    if compute is None:
+        return
+    steps = np.array([1.0, 2.0, 4.0])
+    try:
+        out = np.asarray(compute(steps), dtype=np.float64)
+    except Exception as err:  # noqa: BLE001 - reported with the fix, before training
+        raise TypeError(f"compute must be vectorised (an array of steps -> an array of "
+                        f"cumulative compute, e.g. numpy arithmetic); compute(np.array([1., 2., "
+                        f"4.])) raised {type(err).__name__}: {err}") from err
+    if out.shape != steps.shape:
+        raise TypeError(f"compute must be vectorised (an array of steps -> an array of "
+                        f"cumulative compute); compute(np.array([1., 2., 4.])) returned shape "
+                        f"{out.shape}, not (3,)")
+
+
+def _check_history_arrays(hist: dict, cont_len: int) -> None:
+    """Raise naming the field if a saved history's arrays disagree in shape or range."""
+    steps = hist["steps"]
+    k, n = len(steps), len(hist["ids"])
+    if len(hist["modes"]) != k or any(m not in MODES for m in hist["modes"]):
+        raise ValueError(f"saved history has {len(hist['modes'])} modes {hist['modes'][:3]}... "
+                         f"for {k} steps; each must be one of {MODES}")
+    for key in ("match_prefix", "match_count", "nll", "nll_first"):
+        if key in hist and tuple(hist[key].shape) != (k, n):
+            raise ValueError(f"saved history's {key} has shape {tuple(hist[key].shape)}; "
+                             f"{k} steps x {n} rows needs ({k}, {n})")
+    for key in ("match_prefix", "match_count"):
+        values = hist[key]
+        if len(values) and (int(values.min()) < 0 or int(values.max()) > cont_len):
+            raise ValueError(f"saved history's {key} holds {int(values.max())}; with "
+                             f"cont_len={cont_len} it must lie in [0, {cont_len}]")

@@ -117,7 +117,12 @@ def _check(tokens, prompt_len: int, cont_len: int, vocab_size: int | None) -> to
 
 
 class _Preserved:
-    """Run the probe in eval mode, under inference_mode, with RNG states restored after."""
+    """Run the probe in eval mode, under no_grad, with RNG states restored after.
+
+    Not inference_mode: a tensor the model creates lazily during the probe (a rotary or
+    mask cache sized to the longest input so far) would be an inference tensor, and the
+    next training step's backward would fail to save it.
+    """
 
     def __init__(self, model):
         self.model = model
@@ -128,14 +133,14 @@ class _Preserved:
         cuda = [dev] if dev.type == "cuda" else []
         self.rng = torch.random.fork_rng(devices=cuda)
         self.rng.__enter__()
-        self.inference = torch.inference_mode()
-        self.inference.__enter__()
+        self.no_grad = torch.no_grad()
+        self.no_grad.__enter__()
         self.model.eval()
 
     def __exit__(self, *exc):
         for m, flag in zip(self.model.modules(), self.flags, strict=False):
             m.training = flag
-        self.inference.__exit__(*exc)
+        self.no_grad.__exit__(*exc)
         self.rng.__exit__(*exc)
         return False
 

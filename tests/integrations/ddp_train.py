@@ -1,6 +1,7 @@
 """Tiny distributed training runs with MemWatch on CPU (gloo), driven by test_ddp.py.
 
     torchrun --nproc_per_node 2 ddp_train.py plain OUT       # raw torch.distributed loop
+    torchrun --nproc_per_node 2 ddp_train.py faults OUT      # probe failures, a bad resume
     python ddp_train.py lightning OUT DEVICES                 # Lightning, strategy="ddp"
 
 Each rank writes ``OUT/rank<r>.pt`` (tensors and plain types): the monitor's
@@ -93,6 +94,59 @@ def plain(out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+def faults(out: str) -> None:
+    """Rank 1's probe runs out of memory above 4 rows, and raises at step 4; then a resume
+    that loads the monitor's state on rank 0 only."""
+    import warnings
+
+    torch.distributed.init_process_group("gloo")
+    rank = torch.distributed.get_rank()
+    model = tiny_model(seed=0, hidden_size=64, num_layers=2).train()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.AdamW(ddp.parameters(), lr=1e-3, weight_decay=0.0)
+    failing = {"step": 0}
+
+    def hook(module, args, kwargs):  # the probe runs the unwrapped model in eval mode
+        rows = len(kwargs.get("input_ids", args[0] if args else None))
+        if module.training or rank != 1:
+            return
+        if rows > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        if failing["step"] == 4:
+            raise RuntimeError("simulated failure on rank 1")
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    sink = Counter()
+    mon = monitor(sink, every_n_steps=2, abort=AbortPolicy(tags=()))
+    decisions, unsharded = [], []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(1, 9):
+            batch = STREAM[torch.arange((step - 1) * BATCH, step * BATCH) % len(STREAM)]
+            loss = ddp(input_ids=batch[rank::2], labels=batch[rank::2]).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            failing["step"] = step
+            d = mon.step(ddp, step)
+            decisions.append([d.step, d.probed, [a.kind for a in d.alerts]])
+            if d.probed and rank == 0:
+                unsharded.append(probe(model, CORPUS.rows[:ROWS], M, N,
+                                       mode=d.record.mode).match_prefix)
+        resumed = monitor(every_n_steps=2, abort=AbortPolicy(tags=()))
+        if rank == 0:  # the mistake: every rank must load it
+            resumed.load_state_dict(mon.state_dict())
+        try:
+            resumed.step(ddp, 9)
+            error = ""
+        except RuntimeError as err:
+            error = str(err)
+    torch.save({"state": mon.state_dict(), "decisions": decisions, "events": sink.events,
+                "unsharded": unsharded, "warnings": [str(w.message) for w in caught],
+                "resume_error": error}, os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
 def lightning(out: str, devices: int) -> None:
     """Lightning with strategy="ddp" on `devices` CPU processes, probing every 2 steps."""
     import lightning as L
@@ -133,5 +187,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     if sys.argv[1] == "plain":
         plain(sys.argv[2])
+    elif sys.argv[1] == "faults":
+        faults(sys.argv[2])
     else:
         lightning(sys.argv[2], int(sys.argv[3]))

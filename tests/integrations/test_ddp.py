@@ -59,6 +59,29 @@ def test_torchrun_plain_loop(tmp_path):
     assert ranks[0]["sinks_ended"] and ranks[1]["sinks_ended"]
 
 
+def test_probe_failures_and_a_one_rank_resume_under_torchrun(tmp_path):
+    pytest.importorskip("transformers")
+    ranks = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                 "--master_port", "29534", str(SCRIPT), "faults", str(tmp_path)], tmp_path)
+    assert len(ranks) == 2
+    assert_same_across_ranks(ranks)
+    # Rank 1 ran out of memory at every probe (both ranks halved the batch together) and
+    # raised at step 4 (both ranks skipped that probe); training went on to step 8.
+    assert ranks[0]["decisions"] == ranks[1]["decisions"] == [
+        [1, False, []], [2, True, []], [3, False, []], [4, False, ["probe_failed"]],
+        [5, False, []], [6, True, []], [7, False, []], [8, True, []]]
+    hist = ranks[0]["state"]["history"]
+    assert hist["steps"].tolist() == [2, 6, 8]
+    assert torch.equal(hist["match_prefix"].long(), torch.stack(ranks[0]["unsharded"]).long())
+    assert "alert:probe_failed:4" in ranks[0]["events"]
+    failed = [[w for w in r["warnings"] if "probe at step" in w] for r in ranks]
+    assert [len(w) for w in failed] == [1, 1]
+    assert "rank(s) [1]" in failed[0][0] and "simulated failure on rank 1" in failed[1][0]
+    # load_state_dict on rank 0 only: a clear error on both ranks at the next step, no hang.
+    for r in ranks:
+        assert "load_state_dict was called on some ranks only" in r["resume_error"]
+
+
 def test_lightning_ddp_strategy(tmp_path):
     pytest.importorskip("lightning")
     ranks = run([sys.executable, str(SCRIPT), "lightning", str(tmp_path), "2"], tmp_path)

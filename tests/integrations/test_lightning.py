@@ -62,7 +62,7 @@ def monitor(**kwargs) -> MemWatch:
 
 
 def fit(root, max_steps: int, callbacks=(), dropout: float = 0.0, ckpt_path=None,
-        checkpoint_every_epoch: bool = False, accumulate: int = 1):
+        checkpoint_every_epoch: bool = False, accumulate: int = 1, **trainer_kwargs):
     torch.manual_seed(0)
     model = tiny_model(seed=0, hidden_size=64, num_layers=2)
     for m in model.modules():
@@ -78,7 +78,7 @@ def fit(root, max_steps: int, callbacks=(), dropout: float = 0.0, ckpt_path=None
         max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
         enable_checkpointing=checkpoint_every_epoch, enable_progress_bar=False,
         enable_model_summary=False, deterministic=True, default_root_dir=root,
-        callbacks=callbacks, accumulate_grad_batches=accumulate)
+        callbacks=callbacks, accumulate_grad_batches=accumulate, **trainer_kwargs)
     trainer.fit(module, loader, ckpt_path=ckpt_path, weights_only=True if ckpt_path else None)
     return trainer, module
 
@@ -102,7 +102,7 @@ def test_bit_identical_and_detects_memorization_at_its_step(tmp_path, recorder):
     assert np.array(expected)[-1].sum() >= 2
     np.testing.assert_array_equal(mon.history.memorized, np.array(expected))
     assert mon.history.modes[-1] == "exact"  # step 12 == estimated_stepping_batches
-    assert mon.total_steps == 12 and rec.events[-1] == ("end", 12)
+    assert mon.total_steps == 12 and rec.events[-2:] == [("end", 12), ("close", None)]
 
 
 def test_gradient_accumulation_probes_on_optimizer_steps(tmp_path):
@@ -121,7 +121,26 @@ def test_abort_stops_the_trainer_with_the_reason(tmp_path, recorder):
     assert callback.reason.startswith(f"step {stop}:") and "canary" in callback.reason
     alerts = rec.of("alert")
     assert alerts[-1].kind == "abort" and alerts[-1].text == callback.reason
-    assert rec.events[-1] == ("end", len(mon.history))
+    assert rec.events[-2:] == [("end", len(mon.history)), ("close", None)]
+
+
+def test_two_monitors_share_a_trainer_and_an_abort_before_min_steps_says_it_waits(tmp_path):
+    canaries = monitor(every_n_steps=2, abort=AbortPolicy(tags=("canary",)))
+    sample = monitor(every_n_steps=5)
+    first = MemWatchCallback(canaries, state_key="canaries")
+    trainer, _ = fit(tmp_path, 22, [first, MemWatchCallback(sample, state_key="sample")],
+                     checkpoint_every_epoch=True, min_steps=22)
+    stop = canaries.history.first_memorized_step()[:4]
+    abort_step = int(stop[stop > 0].min())
+    assert trainer.global_step == 22 > abort_step  # Lightning ignored the stop until min_steps
+    assert first.reason.startswith(f"step {abort_step}:")
+    assert "(deferred: Lightning trains on until min_steps=22" in first.reason
+    ckpt = torch.load(tmp_path / "epoch=1-step=22.ckpt", weights_only=True)
+    states = {k: v for k, v in ckpt["callbacks"].items() if k.startswith("MemWatchCallback")}
+    assert sorted(states) == ["MemWatchCallback{'key': 'canaries'}",
+                              "MemWatchCallback{'key': 'sample'}"]
+    assert states["MemWatchCallback{'key': 'sample'}"]["history"]["steps"].tolist() == \
+        [5, 10, 15, 20]
 
 
 def test_kill_and_resume_from_a_checkpoint_continues_the_history(tmp_path, recorder):

@@ -90,7 +90,7 @@ def test_bit_identical_detects_and_ends_with_an_exact_probe(tmp_path, recorder):
     np.testing.assert_array_equal(
         mon.history.scores[-1], reference_probe(trainer.model, CORPUS.rows, M, N).numpy())
     assert mon.history.memorized[-1].sum() >= 2
-    assert rec.events[-1] == ("end", 12)
+    assert rec.events[-2:] == [("end", 12), ("close", None)]  # finish closes the sinks
 
 
 def test_abort_stops_training_with_the_reason(tmp_path, recorder):
@@ -127,6 +127,24 @@ def test_kill_and_resume_from_a_checkpoint_continues_the_history(tmp_path, recor
     sent_after = {a.row_ids for a in rec_b.of("alert")}
     assert sent_before and not sent_before & sent_after
     assert [p.step for p in rec_b.of("probe")] == [12, 15, 18, 21, 24]
+
+
+def test_two_monitors_share_a_trainer_and_resume_apart(tmp_path):
+    def callbacks(a, b):
+        return [MemWatchTrainerCallback(a, state_key="pii"),
+                MemWatchTrainerCallback(b, state_key="sample")]
+
+    a, b = monitor(every_n_steps=2), monitor(every_n_steps=5)
+    train(tmp_path, 10, callbacks(a, b), save_steps=10)
+    saved = sorted(p.name for p in (tmp_path / "checkpoint-10").glob("memwatch_state*"))
+    assert saved == ["memwatch_state_pii.pt", "memwatch_state_sample.pt"]
+    a2, b2 = monitor(every_n_steps=2), monitor(every_n_steps=5)
+    train(tmp_path, 12, callbacks(a2, b2), resume=True, save_steps=10)
+    assert list(a2.history.steps) == [2, 4, 6, 8, 10, 12]
+    assert list(b2.history.steps) == [5, 10, 12]  # 12: the final exact probe
+    np.testing.assert_array_equal(a2.history.match_prefix[:5], a.history.match_prefix)
+    with pytest.raises(ValueError, match="state_key names a file"):
+        MemWatchTrainerCallback(a, state_key="../x")
 
 
 def test_bad_watchlist_fails_before_the_first_step(tmp_path):

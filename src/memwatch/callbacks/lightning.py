@@ -18,15 +18,25 @@ class MemWatchCallback(Callback):
     `model_getter(pl_module)` returns the module to probe; by default the
     LightningModule's ``model`` attribute when it is a transformers model, else
     the LightningModule itself. Metrics go to the trainer's loggers as
-    ``memwatch/<name>`` as well as to the monitor's sinks.
+    ``memwatch/<name>`` as well as to the monitor's sinks. `state_key` names the
+    monitor's state in the checkpoint: give each callback its own when two monitors
+    share a Trainer. Lightning keeps training after a stop until ``min_steps`` /
+    ``min_epochs`` are met; an abort then says so, and until when, in `reason`.
     """
 
     def __init__(self, monitor: MemWatch,
-                 model_getter: Callable[[LightningModule], torch.nn.Module] | None = None):
+                 model_getter: Callable[[LightningModule], torch.nn.Module] | None = None,
+                 state_key: str | None = None):
         self.monitor = monitor
         self.model_getter = model_getter
         self.reason = ""
+        self._key = state_key
         self._seen_step: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key if self._key is None else self._generate_state_key(
+            key=self._key)
 
     def _model(self, pl_module: LightningModule) -> torch.nn.Module:
         if self.model_getter is not None:
@@ -40,6 +50,7 @@ class MemWatchCallback(Callback):
         if self.monitor.total_steps is None and math.isfinite(total):
             self.monitor.total_steps = int(total)
         self.monitor.check(self._model(pl_module))  # bad rows fail here, before any training
+        self.reason = ""
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._seen_step = trainer.global_step
@@ -53,11 +64,11 @@ class MemWatchCallback(Callback):
         decision = self.monitor.step(self._model(pl_module), step)
         self._log(trainer, decision)
         stop = trainer.strategy.reduce_boolean_decision(decision.abort, all=False)
-        if stop:
-            self.reason = decision.reason
+        if stop and not self.reason:  # the first abort says why (and, if deferred, until when)
+            self.reason = decision.reason + _deferral(trainer, step)
             trainer.should_stop = True
             # a plain line on Lightning's console logger, not a warning with a source prefix
-            rank_zero_info(f"memwatch stops training at {decision.reason}")
+            rank_zero_info(f"memwatch stops training at {self.reason}")
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._log(trainer, self.monitor.finish(self._model(pl_module), trainer.global_step))
@@ -75,3 +86,13 @@ class MemWatchCallback(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.monitor.load_state_dict(state_dict)
+
+
+def _deferral(trainer: Trainer, step: int) -> str:
+    """Lightning ignores ``should_stop`` until min_steps / min_epochs are met: say until when."""
+    loop, until = trainer.fit_loop, []
+    if loop.min_steps and step < loop.min_steps:
+        until.append(f"min_steps={loop.min_steps}")
+    if loop.min_epochs and trainer.current_epoch < loop.min_epochs:
+        until.append(f"min_epochs={loop.min_epochs}")
+    return f" (deferred: Lightning trains on until {' and '.join(until)})" if until else ""

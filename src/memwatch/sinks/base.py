@@ -18,6 +18,10 @@ class Sink:
     def on_alert(self, alert: Alert) -> None:
         """A row matching an alert pattern became memorized, or an abort fired."""
 
+    def on_resume(self, step: int) -> None:
+        """The monitor resumed from a state whose last probe was at `step`: what this sink
+        reported for later steps before the resume is superseded by what follows."""
+
     def on_end(self, history, watchlist) -> None:
         """Training ended: summary tables and plots from the full `History`."""
 

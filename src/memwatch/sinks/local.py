@@ -2,7 +2,9 @@
 
 `records.jsonl` gets one line per event as it happens (flushed, so a crash loses
 nothing already reported); `history.parquet` is written at the end, one row per
-(probe step, watchlist row). Neither ever holds raw watchlist text: rows appear
+(probe step, watchlist row). A resumed run appends a ``resume`` event, after which it
+repeats the probes the crashed run logged after its checkpoint; `read_records` keeps
+the latest copy of each. Neither ever holds raw watchlist text: rows appear
 by id, tags and the previews the monitor made (redacted unless opted in).
 """
 
@@ -46,7 +48,10 @@ class LocalSink(Sink):
         try:
             if self._file is None:
                 self.path.mkdir(parents=True, exist_ok=True)
+                torn = _ends_torn(self.records_path)
                 self._file = open(self.records_path, "a", encoding="utf-8")
+                if torn:  # a crash cut the last line: keep it apart from ours
+                    self._file.write("\n")
             self._file.write(json.dumps({"event": event, **_plain(fields)}, allow_nan=False))
             self._file.write("\n")
             self._file.flush()
@@ -61,6 +66,9 @@ class LocalSink(Sink):
 
     def on_alert(self, alert: Alert) -> None:
         self.write("alert", **asdict(alert))
+
+    def on_resume(self, step: int) -> None:
+        self.write("resume", step=step)
 
     def on_end(self, history, watchlist) -> None:
         rows = summarize(history, watchlist)
@@ -106,11 +114,52 @@ def write_history_parquet(history, path: str | Path) -> Path:
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """The events a LocalSink wrote under directory `path` (or to the given .jsonl file)."""
+    """The events a LocalSink wrote under directory `path` (or to the given .jsonl file).
+
+    After a ``resume`` event at step s, the events logged before it for steps after s (and
+    any earlier ``end``) are dropped: the resumed run logged them again, so each event
+    appears once, in its latest copy. A line cut short by a crash or a full disk is
+    skipped with a warning.
+    """
     path = Path(path)
     path = path / RECORDS if path.is_dir() else path
+    events, torn = [], []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                torn.append(number)
+                continue
+            if event.get("event") == "resume":
+                events = [e for e in events if not _superseded(e, event["step"])]
+            events.append(event)
+    if torn:
+        warnings.warn(f"{path}: skipped {len(torn)} unreadable line(s) {torn[:5]} (cut short "
+                      "by a crash or a full disk)", RuntimeWarning, stacklevel=2)
+    return events
+
+
+def _superseded(event: dict, step: int) -> bool:
+    """Whether a resume from a state whose last probe was at `step` repeats `event`."""
+    if event.get("event") == "end":
+        return True
+    return isinstance(event.get("step"), int) and event["step"] > step
+
+
+def _ends_torn(path: Path) -> bool:
+    """Whether the file at `path` exists, is not empty and lacks a final newline."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, 2)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
 
 
 def _plain(x):

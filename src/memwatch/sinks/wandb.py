@@ -48,6 +48,9 @@ class WandbSink(Sink):
         (the end-of-run table shows the watchlist's kept raw text; opt-in).
     local_dir: where the local copy goes; default ``./memwatch-logs/<run name>``.
     alert_wait_s: W&B suppresses a repeated alert title for this long.
+    init_timeout_s: how long a run this sink starts may take to reach the server before the
+        sink gives up (with a warning) and training goes on without W&B (wandb's own default
+        blocks the first step about 90 s); ``init_kwargs["settings"]`` overrides it.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class WandbSink(Sink):
         *,
         init_kwargs: dict | None = None,
         alert_wait_s: float = 300.0,
+        init_timeout_s: float = 15.0,
         max_table_rows: int = 10_000,
         heatmap_rows: int = 64,
     ):
@@ -79,6 +83,7 @@ class WandbSink(Sink):
         self.local_dir = None if local_dir is None else Path(local_dir)
         self.init_kwargs = dict(init_kwargs or {})
         self.alert_wait_s = float(alert_wait_s)
+        self.init_timeout_s = float(init_timeout_s)
         self.max_table_rows = int(max_table_rows)
         self.heatmap_rows = int(heatmap_rows)
         self._given = run
@@ -115,6 +120,9 @@ class WandbSink(Sink):
         self._guard("send an alert", lambda: run.alert(
             title=alert.title[:63], text=f"{text}\nStep: {alert.step}", level=level,
             wait_duration=self.alert_wait_s))
+
+    def on_resume(self, step: int) -> None:
+        self.local.on_resume(step)
 
     def on_end(self, history, watchlist) -> None:
         run = self._start()
@@ -158,7 +166,9 @@ class WandbSink(Sink):
             if run is None:
                 run = wandb.run
             if run is None:
-                run = wandb.init(project=self.project, **self.init_kwargs)
+                kwargs = {"settings": wandb.Settings(init_timeout=self.init_timeout_s),
+                          **self.init_kwargs}
+                run = wandb.init(project=self.project, **kwargs)
                 self._owns_run = True
             run.define_metric("memwatch/step")
             run.define_metric("memwatch/*", step_metric="memwatch/step")

@@ -43,8 +43,7 @@ class Watchlist:
         texts: Sequence[str | None] | None = None,
     ):
         n_ids = len(ids)
-        if not isinstance(tokens, torch.Tensor):
-            tokens = torch.as_tensor(np.asarray(tokens))
+        tokens = _as_tensor(tokens, ids)
         if tokens.dim() != 2 or tokens.dtype == torch.bool:
             raise ValueError(
                 f"watchlist tokens must be a 2-D integer array [rows, tokens]; got shape "
@@ -94,7 +93,8 @@ class Watchlist:
                     prompt_len: int | None = None, cont_len: int | None = None) -> Watchlist:
         """A watchlist of the given token rows; ids default to ``row-<i>``, tags to none.
 
-        `tags` may be one tag (or tag list) for every row, or one entry per row.
+        `tags` may be one tag (a str) for every row, or one entry (a tag or a list of
+        tags) per row.
         Rows of unequal length are cut to the shortest; with `prompt_len` and
         `cont_len` given, a row shorter than their sum is an error naming it and
         rows are cut to exactly that length.
@@ -122,8 +122,10 @@ class Watchlist:
             tags = [()] * n
         elif isinstance(tags, str):
             tags = [(tags,)] * n
-        elif len(tags) and all(isinstance(t, str) for t in tags) and len(tags) != n:
-            tags = [tuple(tags)] * n
+        elif len(tags) != n:  # a list of tags for every row would be ambiguous when n == len
+            raise ValueError(f"tags has {len(tags)} entries for {n} watchlist rows: give one "
+                             "tag (a str) for every row, or one entry per row (several tags for "
+                             "every row: [('a', 'b')] * n)")
         wl = cls(tokens if isinstance(tokens, torch.Tensor) else torch.as_tensor(tokens),
                  ids, tags)
         if need is not None:
@@ -450,14 +452,85 @@ class Watchlist:
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"{p} is missing: {path!r} is not a saved watchlist "
                                         "(Watchlist.save writes a directory with both files)")
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
-        if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{meta_path} is not valid JSON ({err}): truncated or corrupt; "
+                             "save the watchlist again") from err
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT \
+                or meta.get("version") != FORMAT_VERSION:
+            got = meta if not isinstance(meta, dict) else \
+                f"format {meta.get('format')!r}, version {meta.get('version')!r}"
             raise ValueError(f"{meta_path} is not a {FORMAT} version {FORMAT_VERSION} file "
-                             f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
-        tokens = load_file(tok_path)["tokens"]
-        return cls(tokens.long(), meta["ids"], meta["tags"], meta.get("previews"),
-                   meta.get("spans"), meta.get("texts"))
+                             f"({got})")
+        _check_meta(meta, meta_path)
+        try:
+            tokens = load_file(tok_path)
+        except Exception as err:  # safetensors raises its own error types
+            raise ValueError(f"{tok_path} is unreadable ({err}): truncated or corrupt; save the "
+                             "watchlist again") from err
+        if "tokens" not in tokens:
+            raise ValueError(f"{tok_path} has no 'tokens' tensor; it has {sorted(tokens)}")
+        tokens = tokens["tokens"]
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise ValueError(f"{tok_path}: 'tokens' has dtype {tokens.dtype}, not integer token "
+                             "ids (Watchlist.save writes unsigned integers)")
+        try:
+            return cls(tokens, meta["ids"], meta["tags"], meta.get("previews"),
+                       meta.get("spans"), meta.get("texts"))
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+
+
+def _as_tensor(tokens, ids: Sequence[str]) -> torch.Tensor:
+    """`tokens` as a tensor; unsigned integers (uint16 to uint64, as token files store them),
+    which torch cannot compare, become int64."""
+    if isinstance(tokens, torch.Tensor):
+        if tokens.dtype not in (torch.uint16, torch.uint32, torch.uint64):
+            return tokens
+        tokens = tokens.numpy()
+    arr = np.asarray(tokens)
+    if arr.dtype.kind == "u":
+        top = np.iinfo(np.int64).max
+        if arr.size and arr.max() > top:
+            row = int(np.argwhere(arr > top)[0][0])
+            raise ValueError(f"watchlist sequence {ids[row]!r} has token id "
+                             f"{int(arr[arr > top][0])}, beyond any vocabulary: not token ids")
+        arr = arr.astype(np.int64)
+    return torch.as_tensor(arr)
+
+
+def _check_meta(meta: dict, where: str) -> None:
+    """Raise naming `where` and the field if a watchlist.json field has the wrong shape."""
+
+    def fail(field: str, what: str):
+        raise ValueError(f"{where}: {field!r} {what}; the file is corrupt or was not written "
+                         "by Watchlist.save")
+
+    for field in ("ids", "tags"):
+        if field not in meta:
+            fail(field, "is missing")
+        if not isinstance(meta[field], list):
+            fail(field, f"must be a list, got {type(meta[field]).__name__}")
+    n = len(meta["ids"])
+    if not all(isinstance(i, str) for i in meta["ids"]):
+        fail("ids", "must hold strings only")
+    if not all(isinstance(t, list) and all(isinstance(x, str) for x in t) for t in meta["tags"]):
+        fail("tags", "must hold one list of strings per row")
+    for field, ok in (("previews", lambda v: v is None or isinstance(v, str)),
+                      ("texts", lambda v: v is None or isinstance(v, str)),
+                      ("spans", lambda v: v is None or (isinstance(v, list) and len(v) == 3 and
+                                                        all(type(x) is int for x in v)))):
+        values = meta.get(field)
+        if values is None:
+            continue
+        if not isinstance(values, list) or len(values) != n:
+            fail(field, f"must be null or a list of {n} entries (one per id)")
+        bad = next((i for i, v in enumerate(values) if not ok(v)), None)
+        if bad is not None:
+            shape = "[text, start, end] integers" if field == "spans" else "a string"
+            fail(field, f"entry {bad} is {values[bad]!r}, not null or {shape}")
 
 
 def _digest(entity: str, row: Sequence[int]) -> str:
