@@ -369,7 +369,8 @@ class MemWatch:
             raise ValueError(
                 f"monitor state was saved with prompt_len={saved[0]}, cont_len={saved[1]}; this "
                 f"monitor has prompt_len={self.spec.prompt_len}, cont_len={self.spec.cont_len}: "
-                "build the MemWatch with the saved lengths (match counts at other lengths mean nothing)")
+                "build the MemWatch with the saved lengths (match counts at other lengths mean "
+                "nothing)")
         if list(hist.get("ids", ())) == self.history.ids:  # otherwise History names the mismatch
             _check_history_arrays(hist, self.spec.cont_len)
         self.history.load_state_dict(hist)
