@@ -162,3 +162,21 @@ def test_every_eos_id_is_banned_as_generate_bans_them(trained):
         assert not torch.isin(res.greedy, torch.tensor(eos)).any()
     finally:
         model.config.eos_token_id, model.generation_config.eos_token_id = saved
+
+
+def test_nan_weights_leave_the_fast_path_undecided_not_slow():
+    """NaN logits say nothing about a cache: no slow-path verdict sticks to the model."""
+    model = _model("gpt-neox")
+    rows = _missing_rows(model)
+    head = model.get_output_embeddings().weight
+    saved = head.detach().clone()
+    with torch.no_grad():
+        head.fill_(float("nan"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowPathWarning)
+        mw.probe(model, rows, mode="extractable")
+    with torch.no_grad():
+        head.copy_(saved)
+    with TokenCounter(model) as count:
+        mw.probe(model, rows, mode="extractable", strategy="speculative")
+    assert runner(model).name == "kv-cache" and count.tokens == ROWS * M + 3 + 2 + 1 + 3

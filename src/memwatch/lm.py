@@ -223,28 +223,32 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
         ((a - b).abs().max() <= 0.02 * b.abs().max() + 1e-3).item())
 
 
-def _trial(model, cache_arg: str) -> CachedLM | None:
-    """A `CachedLM` if a cached 2 + 1 token forward equals the uncached 3-token one, else None."""
+def _trial(model, cache_arg: str) -> tuple[CachedLM | None, bool]:
+    """(runner, decided): a `CachedLM` if a cached 2 + 1 token forward equals the uncached
+    3-token one, else None; not decided when the model's logits are not finite (NaN
+    weights say nothing about its cache: try again at the next probe)."""
     dev = device_of(model)
     ids = torch.arange(3, device=dev)[None] % max(1, vocab_size(model) or 3)
     try:
         full = logits_of(model(input_ids=ids, use_cache=False))
         lm = CachedLM(model, cache_arg, split=False)
+        if not bool(torch.isfinite(full).all()):
+            return lm, False
         state, _ = lm.prefill(ids[:, :2])
         if state is None or state.get_seq_length() != 2:
-            return None
+            return None, True
         state, last = lm.extend(state, ids[:, 2:], keep=1)
         if state.get_seq_length() != 3 or not _close(last[:, -1], full[:, -1]):
-            return None
+            return None, True
         head = model.get_output_embeddings()
         if head is not None and getattr(model, "base_model", model) is not model:
             split = CachedLM(model, cache_arg, split=True)
             _, feats = split.features(ids, keep=3)
             if _close(split.project(feats), full):
-                return split
-        return lm
+                return split, True
+        return lm, True
     except (TypeError, ValueError, AttributeError, NotImplementedError, IndexError):
-        return None
+        return None, True
 
 
 def _warn_once(model, why: str) -> None:
@@ -271,9 +275,9 @@ def runner(model) -> CachedLM | RecomputedLM:
         pass
     params = inspect.signature(model.forward).parameters if hasattr(model, "forward") else {}
     args = [a for a in CACHE_ARGS if a in params]
-    lm = None
+    lm, decided = None, True
     if hasattr(model, "config") and args:
-        lm = _trial(model, args[0])
+        lm, decided = _trial(model, args[0])
         why = "did not reproduce its uncached logits through its KV cache"
     else:
         why = "takes no KV cache (no `cache`/`past_key_values` argument)"
@@ -281,7 +285,8 @@ def runner(model) -> CachedLM | RecomputedLM:
         _warn_once(model, why)
         lm = RecomputedLM(model)
     try:
-        _RUNNERS[model] = lm
+        if decided:
+            _RUNNERS[model] = lm
     except TypeError:
         pass
     return lm
