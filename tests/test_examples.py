@@ -18,6 +18,7 @@ def _run(args, tmp_path, timeout=300):
     return out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["plain_torch_loop.py", "lightning_pretrain.py",
                                     "hf_trainer.py"])
 def test_example_runs(script, tmp_path):
@@ -27,6 +28,7 @@ def test_example_runs(script, tmp_path):
     assert any((tmp_path / "logs").rglob("*.jsonl"))
 
 
+@pytest.mark.slow
 def test_ddp_example_runs_on_two_processes(tmp_path):
     stdout = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                    "--standalone", str(ROOT / "examples" / "ddp_torchrun.py"),

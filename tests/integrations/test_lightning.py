@@ -124,6 +124,7 @@ def test_abort_stops_the_trainer_with_the_reason(tmp_path, recorder):
     assert rec.events[-1] == ("end", len(mon.history))
 
 
+@pytest.mark.slow
 def test_kill_and_resume_from_a_checkpoint_continues_the_history(tmp_path, recorder):
     full = monitor(every_n_steps=3, abort=AbortPolicy(tags=("canary",), action="alert"))
     fit(tmp_path / "full", 30, [MemWatchCallback(full)])
