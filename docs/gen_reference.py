@@ -10,16 +10,19 @@ import inspect
 import io
 import os
 from contextlib import redirect_stdout
+from importlib import import_module
 from pathlib import Path
 
 OUT = Path(__file__).with_name("reference.md")
 
+# Names under `memwatch` (``mw.<name>``), or full paths to objects outside its namespace.
 OBJECTS = {
-    "The probe": ["probe", "reference_probe", "ProbeResult"],
+    "The probe": ["probe", "reference_probe", "ProbeResult", "memwatch.probe.ProbeSpec"],
     "The watchlist": ["Watchlist", "Watchlist.from_tokens", "Watchlist.from_texts",
                       "Watchlist.from_dataset", "Watchlist.from_pythia", "Watchlist.scan_pii",
                       "Watchlist.canaries", "Watchlist.sample", "Watchlist.duplicate_counts",
-                      "Watchlist.save", "Watchlist.load", "insert_canaries", "exposure"],
+                      "Watchlist.save", "Watchlist.load", "memwatch.watchlist.tags.tag_mask",
+                      "insert_canaries", "exposure"],
     "The monitor": ["MemWatch", "MemWatch.step", "MemWatch.finish", "MemWatch.check",
                     "MemWatch.state_dict", "MemWatch.load_state_dict", "AbortPolicy",
                     "History", "Decision", "Alert"],
@@ -33,10 +36,18 @@ def _resolve(path: str):
     import memwatch
     import memwatch.callbacks
 
+    if path.startswith("memwatch."):
+        module, _, name = path.rpartition(".")
+        return getattr(import_module(module), name)
     obj = memwatch
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _home(obj) -> str:
+    """Where `obj` is defined: ``memwatch.watchlist.planting.insert_canaries``."""
+    return f"{obj.__module__}.{obj.__qualname__}"
 
 
 def _signature(obj) -> str:
@@ -57,7 +68,8 @@ def render() -> str:
         for name in names:
             obj = _resolve(name)
             kind = "class" if inspect.isclass(obj) else "def"
-            lines += [f"### `{name}`", "", "```python",
+            title = name.removeprefix("memwatch.")
+            lines += [f"### `{title}`", "", f"Defined in `{_home(obj)}`.", "", "```python",
                       f"{kind} {name.split('.')[-1]}{_signature(obj)}", "```", "",
                       inspect.cleandoc(obj.__doc__ or "").strip(), ""]
     lines += ["## Command line", ""]

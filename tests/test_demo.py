@@ -28,6 +28,7 @@ def test_data_plants_every_pii_row_and_canary_as_often_as_promised():
             assert occurs >= 1, row_id
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("abort", [False, True])
 def test_demo_runs_and_writes_its_report(tmp_path, monkeypatch, abort):
     monkeypatch.setenv("WANDB_MODE", "offline")

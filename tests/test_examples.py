@@ -28,6 +28,7 @@ def _trained_to_the_end(stdout: str, steps: int) -> bool:
     return f"trained {steps} of {steps} steps" in stdout and "stopped at" not in stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, steps", [("plain_torch_loop.py", 40),
                                            ("lightning_pretrain.py", 40), ("hf_trainer.py", 20)])
 def test_example_reaches_its_last_step(script, steps, tmp_path):
@@ -41,6 +42,7 @@ def test_example_reaches_its_last_step(script, steps, tmp_path):
         assert "(the history continued: True)" in stdout
 
 
+@pytest.mark.slow
 def test_lightning_example_stops_for_its_stated_reason(tmp_path):
     stdout = _run([sys.executable, str(ROOT / "examples" / "lightning_pretrain.py"), "--abort",
                    "--steps", "200", "--out", str(tmp_path / "logs")], tmp_path)
@@ -50,6 +52,7 @@ def test_lightning_example_stops_for_its_stated_reason(tmp_path):
     assert "memwatch stops the run: rule tags=" in stdout and "action='alert'" in stdout
 
 
+@pytest.mark.slow
 def test_ddp_example_runs_on_two_processes(tmp_path):
     stdout = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                    "--standalone", str(ROOT / "examples" / "ddp_torchrun.py"),

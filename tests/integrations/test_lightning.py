@@ -143,6 +143,7 @@ def test_two_monitors_share_a_trainer_and_an_abort_before_min_steps_says_it_wait
         [5, 10, 15, 20]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_from_a_checkpoint_continues_the_history(tmp_path, recorder):
     full = monitor(every_n_steps=3, abort=AbortPolicy(tags=("canary",), action="alert"))
     fit(tmp_path / "full", 30, [MemWatchCallback(full)])

@@ -104,6 +104,7 @@ def test_abort_stops_training_with_the_reason(tmp_path, recorder):
     assert rec.of("alert")[-1].kind == "abort"
 
 
+@pytest.mark.slow
 def test_kill_and_resume_from_a_checkpoint_continues_the_history(tmp_path, recorder):
     policy = AbortPolicy(tags=("canary",), action="alert")
     full = monitor(every_n_steps=3, abort=policy)

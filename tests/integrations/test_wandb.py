@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 wandb = pytest.importorskip("wandb")
+pytestmark = pytest.mark.slow  # real offline W&B runs: seconds each to start and to finish
 
 from memwatch.sinks import WandbSink  # noqa: E402
 from memwatch.sinks.local import read_records  # noqa: E402
