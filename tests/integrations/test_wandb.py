@@ -280,8 +280,9 @@ def test_default_local_dir_is_named_after_the_run(tmp_path, monkeypatch, sink_ev
 def test_a_run_the_sink_starts_gives_up_on_the_server_after_init_timeout_s(tmp_path):
     # wandb's own default (90 s) would block the first training step that long when the
     # server does not answer; the sink's runs wait 15 s, unless told otherwise.
-    for kwargs, expected in (({}, 15.0), ({"init_timeout_s": 3}, 3.0),
-                             ({"init_kwargs": {"settings": wandb.Settings(init_timeout=7)}}, 7.0)):
+    # A run of the user's settings keeps the user's timeout over init_timeout_s.
+    for kwargs, expected in (({}, 15.0), ({"init_timeout_s": 3, "init_kwargs": {
+            "settings": wandb.Settings(init_timeout=7)}}, 7.0)):
         init = {"dir": str(tmp_path), **kwargs.pop("init_kwargs", {})}
         sink = WandbSink(project="memwatch-test", local_dir=tmp_path, init_kwargs=init, **kwargs)
         sink.on_start()

@@ -122,6 +122,7 @@ class WandbSink(Sink):
             wait_duration=self.alert_wait_s))
 
     def on_resume(self, step: int) -> None:
+        self._start()  # first, so that the local copy goes where the run's name says
         self.local.on_resume(step)
 
     def on_end(self, history, watchlist) -> None:
