@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from memwatch.forecast.fits import (
+    PYTHIA_SIZE_PREDICTORS,
     ScalingFit,
+    compare_sizes,
     fit_curve,
     fit_form,
     fit_recall_curve,
@@ -126,3 +128,27 @@ def test_saturating_fit_finds_the_ceiling_a_logistic_rise_points_to():
     # noiseless, even the start of the rise (below 1 % of the ceiling) points to it
     early = fit_saturating(x[:4], y[:4], upper=1000)
     assert early.cap == pytest.approx(300, rel=0.15)
+
+
+def test_the_papers_size_figures_fit_the_derived_log_linear_law():
+    x, _, r = np.array(PYTHIA_SIZE_PREDICTORS).T
+    fit = fit_form("loglinear", x, r)
+    # the reference's [derived] fit: recall ~ 0.846 + 0.297 log10 f, R^2 0.996
+    assert fit.a == pytest.approx(0.846, abs=0.005)
+    assert fit.b * np.log(10) == pytest.approx(0.297, abs=0.005)
+    assert fit.r2 == pytest.approx(0.996, abs=0.002)
+
+
+def test_compare_sizes_sets_a_suite_beside_the_paper():
+    fractions = np.array([0.01, 0.03, 0.1, 0.3])
+    recalls = 0.6 + 0.2 * np.log10(fractions)  # a suite whose proxies recall less
+    own, paper, rows = compare_sizes(fractions, recalls, kinds=("loglinear",))
+    assert own.predict(0.05) == pytest.approx(0.6 + 0.2 * np.log10(0.05))
+    assert [r.compute_fraction for r in rows] == pytest.approx(list(fractions))
+    for row in rows:
+        assert row.fitted_recall == pytest.approx(row.recall)
+        assert row.pythia_recall == pytest.approx(0.846 + 0.297 * np.log10(row.compute_fraction),
+                                                  abs=0.01)
+        assert row.pythia_recall > row.recall
+    with pytest.raises(ValueError, match="compute_fraction must be in"):
+        compare_sizes([2.0], [0.5])

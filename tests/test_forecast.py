@@ -413,3 +413,27 @@ def test_end_probability_without_per_row_methods_spreads_the_ratio_view():
     np.testing.assert_allclose(p[:3], t.precision_now)
     np.testing.assert_allclose(p[3:], (t.expected_final_memorized - 3 * t.precision_now) / 7)
     assert p.sum() == pytest.approx(t.expected_final_memorized)
+
+
+def wsd_rate(steps):
+    """A warmup-stable-decay learning rate over 1000 steps: constant, then to 0 from 850."""
+    return np.clip((1000 - np.asarray(steps, np.float64)) / 150, 0.0, 1.0)
+
+
+def test_a_decay_ahead_the_probes_have_not_seen_widens_the_upper_side_only():
+    h, _ = nll_trend_history()  # probed up to step 500 of 1000
+    plain = forecast(h, 1000).tags["*"]
+    flat = forecast(h, 1000, learning_rate=lambda s: np.ones(len(s))).tags["*"]
+    assert not flat.decay_ahead and flat == plain
+    wsd = forecast(h, 1000, learning_rate=wsd_rate).tags["*"]
+    assert wsd.decay_ahead
+    assert wsd.expected_final_memorized == plain.expected_final_memorized
+    assert wsd.expected_final_low == plain.expected_final_low
+    z = 1.6448536  # the upper side carries an extra log sd of 1.0
+    assert (np.log1p(min(wsd.expected_final_high, wsd.num_rows - 1)) - np.log1p(
+        wsd.expected_final_memorized) >= z * 1.0 or wsd.expected_final_high == wsd.num_rows)
+    # once the decay is under way the probes have seen it
+    late, _ = power_history(probe_steps=range(850, 951, 25))
+    assert not forecast(late, 1000, learning_rate=wsd_rate).tags["*"].decay_ahead
+    with pytest.raises(ValueError, match="one finite value per step"):
+        forecast(h, 1000, learning_rate=lambda s: np.ones(3))

@@ -48,6 +48,7 @@ BACKTEST_SD = 0.2
 BACKTESTS = 3
 MIN_CUT_ROWS = 5
 PRIOR_WEIGHT = {"trajectory": 4.0}
+DECAY_AHEAD = 0.5
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,12 @@ class TagForecast:
     num_rows / memorized_now: rows with the tag; of those, memorized at the latest probe.
     recall_now (low, high): share of the final memorized set already memorized, over the
         whole watchlist (rows still to come included).
+    decay_ahead: the learning rate (`forecast`'s ``learning_rate``) is still above
+        DECAY_AHEAD = 0.5 of its peak so far at the latest probe and falls below that
+        before the end (a decay the probes have not seen begin): rows seen in a
+        decay become more extractable than the run so far shows, which no method here
+        can forecast from before it, so the interval's upper side carries an unknown
+        error (log sd 1.0) on top of the others.
     recall_seen: the same share over the rows already seen (the paper's recall: it
         counts only rows the earlier checkpoint had seen); None unless `forecast` was
         given ``first_seen``. rows_seen: the tag's rows seen by the latest probe (None
@@ -107,6 +114,7 @@ class TagForecast:
     expected_final_low: float
     expected_final_high: float
     agreement: float
+    decay_ahead: bool = False
     recall_seen: float | None = None
     rows_seen: int | None = None
     estimates: tuple[Estimate, ...] = ()
@@ -144,6 +152,7 @@ class _Settings:
     prior: np.ndarray
     level: float
     n_boot: int
+    decay_ahead: bool = False
 
 
 @dataclass(frozen=True)
@@ -320,7 +329,8 @@ def _tag_forecast(tag: str, probes: _Probes, rows: dict[str, np.ndarray],
     else:
         expected = float(np.clip(np.expm1(center), 0.0, n_rows))
         lo = float(np.clip(np.expm1(center - z * sigma), 0.0, expected))
-        hi = float(np.clip(np.expm1(center + z * sigma), expected, n_rows))
+        up = np.sqrt(sigma ** 2 + MISSING_ERROR ** 2) if settings.decay_ahead else sigma
+        hi = float(np.clip(np.expm1(center + z * up), expected, n_rows))
     big = max(found.counts.values())
     agreement = 1.0 if big <= 0 else min(found.counts.values()) / big
     view = _combined_view(views, weights)
@@ -334,7 +344,7 @@ def _tag_forecast(tag: str, probes: _Probes, rows: dict[str, np.ndarray],
         precision_high=(float(np.quantile(view.precision_samples, 1 - q)) if n_boot
                         else view.precision),
         expected_final_memorized=expected, expected_final_low=lo, expected_final_high=hi,
-        agreement=float(agreement), recall_seen=view.recall_seen,
+        agreement=float(agreement), decay_ahead=settings.decay_ahead, recall_seen=view.recall_seen,
         rows_seen=None if seen_now is None else int(seen_now.sum()),
         estimates=tuple(Estimate(m, float(v), float(weights[m]), errors.get(m))
                         for m, v in sorted(found.counts.items())),
@@ -389,6 +399,22 @@ def _backtest_pairs(clock: np.ndarray, total_clock: float, counts: np.ndarray
     return pairs
 
 
+def _decay_ahead(learning_rate, steps: np.ndarray, total_steps: int) -> bool:
+    """Whether a decay lies ahead that has not begun: the rate at the latest probe is at
+    least DECAY_AHEAD times the peak so far, and it falls below that before the end
+    (False without a rate or probe)."""
+    if learning_rate is None or len(steps) == 0:
+        return False
+    past = np.arange(int(steps[0]), int(steps[-1]) + 1)
+    ahead = np.arange(int(steps[-1]) + 1, total_steps + 1)
+    rates = np.asarray(learning_rate(np.concatenate([past, ahead])), np.float64)
+    if rates.shape != (len(past) + len(ahead),) or not np.isfinite(rates).all():
+        raise ValueError("learning_rate(steps) must return one finite value per step; got "
+                         f"shape {rates.shape} for {len(past) + len(ahead)} steps")
+    floor = DECAY_AHEAD * rates[:len(past)].max()
+    return bool(len(ahead)) and rates[len(past) - 1] >= floor and rates[len(past):].min() < floor
+
+
 def _checked_first_seen(first_seen, n: int) -> np.ndarray:
     """float64 [n]: each row's first-seen step, checked (a number per row, not NaN)."""
     steps = np.asarray(first_seen, np.float64).ravel()
@@ -417,6 +443,7 @@ def forecast(
     with_risk: bool = True,
     compute=None,
     first_seen=None,
+    learning_rate=None,
     seed: int = 0,
 ) -> Forecast:
     """The `Forecast` of final memorization for all rows ("*") and every tag in `history`.
@@ -436,6 +463,8 @@ def forecast(
     `total_steps`: never). With it, the ratio method's recall is the paper's (over rows
     already seen) and `TagForecast.recall_seen` reports it beside ``recall_now`` (over
     the whole watchlist); for a `Watchlist.from_pythia` list it is ``index // 1024``.
+    `learning_rate`: vectorised step -> learning rate (any unit), to see a decay ahead
+    that the probes have not seen (`TagForecast.decay_ahead`); it does not set the clock.
     Deterministic for a given `seed`.
     """
     steps_all = np.asarray(history.steps, np.int64)
@@ -456,7 +485,8 @@ def forecast(
     total_clock = float(total_steps)
     if compute is not None:
         clock_all, total_clock = checked_clock(compute, steps_all, int(total_steps))
-    settings = _Settings(total_clock, table, level, n_boot)
+    settings = _Settings(total_clock, table, level, n_boot,
+                         _decay_ahead(learning_rate, steps_all, int(total_steps)))
     dups = checked_duplicates(duplicates, history.num_rows)
     seen = None
     if first_seen is not None:
