@@ -150,8 +150,10 @@ class IndexedDataset:
         base = _HEADER.size + 4 * self._n
         with open(self._idx_path, "rb", buffering=0) as f:
             for k, i in enumerate(indices.tolist()):
-                sizes[k] = np.frombuffer(os.pread(f.fileno(), 4, _HEADER.size + 4 * i), np.int32)
-                pointers[k] = np.frombuffer(os.pread(f.fileno(), 8, base + 8 * i), np.int64)
+                sizes[k] = int.from_bytes(os.pread(f.fileno(), 4, _HEADER.size + 4 * i),
+                                          "little", signed=True)
+                pointers[k] = int.from_bytes(os.pread(f.fileno(), 8, base + 8 * i), "little",
+                                             signed=True)
         return sizes, pointers
 
     def read_rows(self, indices: np.ndarray, length: int) -> np.ndarray:
