@@ -26,7 +26,17 @@ torchrun --standalone --nproc_per_node="$GPUS" -m memwatch.cli eval \
   --pythia-data "$DATA" --indices "$ROWS" --out "$OUT" --dtype fp16
 
 # Precision/recall of every checkpoint against the final 12B model, scaling fits, plots.
-# EleutherAI's published results can be analyzed beside (or instead of) memwatch's, e.g. the
-# EleutherAI/pythia-memorized-evals parquet splits: memwatch analyze "$OUT" pythia-memorized-evals/
 memwatch analyze "$OUT" --target pythia-12b-deduped@step143000 --out report
 echo "report: report/report.md"
+
+# Validate against EleutherAI's published results: put a download of the
+# EleutherAI/pythia-memorized-evals dataset (data/deduped.12b-00000-of-0000N-<hash>.parquet, ...)
+# and/or eval_memorization.py's CSVs (memorization_12b-deduped_143000/rank-*.csv) beside
+# memwatch's results. Each (model, step) then appears once per source, and the report's
+# "Agreement between sources" table gives memwatch's precision/recall against the published
+# set. The published sets were computed on the -v0 models (EleutherAI/pythia-12b-deduped-v0).
+PUBLISHED=${PUBLISHED:-}
+if [ -n "$PUBLISHED" ]; then
+  memwatch analyze "$OUT" "$PUBLISHED" --target pythia-12b-deduped@step143000 --out report-vs-published
+  echo "report: report-vs-published/report.md"
+fi

@@ -159,3 +159,20 @@ def test_bad_results_are_reported(results, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: skipped" in err and "cannot tell model and step from the name" in err
     assert "error: no results" in err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--target", "pythia-12b"], "argument --target: expected MODEL@REVISION[:SOURCE]"),
+    (["--target", "a@b", "--tokens-per-step", "0"],
+     "argument --tokens-per-step: expected a positive integer; got '0'"),
+    (["--target", "a@b", "--cont-len", "x"], "argument --cont-len: expected a positive integer"),
+])
+def test_malformed_arguments_fail_before_reading(tmp_path, capsys, args, expected):
+    with pytest.raises(SystemExit) as exit_:
+        main(["analyze", str(tmp_path), "--out", str(tmp_path / "r"), *args])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and err.startswith("memwatch analyze: error: ")
+    assert expected in err, err
+    with pytest.raises(SystemExit):
+        main(["analyze", str(tmp_path / "missing"), "--target", "a@b", "--out", "r"])
+    assert "missing does not exist" in capsys.readouterr().err

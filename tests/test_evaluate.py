@@ -302,3 +302,29 @@ def test_hub_checkpoints_load_offline_from_the_cache(suite, evaluated, tmp_path)
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "cannot load EleutherAI/pythia-70m at revision 'step999'" in err
     assert "revisions cached: step12, step24" in err
+
+
+def test_pythia_data_is_streamed_batch_by_batch(suite, evaluated, tmp_path, monkeypatch):
+    from memwatch.watchlist import Watchlist
+    from memwatch.watchlist.pythia import IndexedDataset
+
+    reads = []
+    real = IndexedDataset.read_rows
+
+    def recording(self, indices, length):
+        reads.append(len(indices))
+        return real(self, indices, length)
+
+    def refuse(*args, **kwargs):
+        pytest.fail("the rows were loaded whole instead of streamed")
+
+    monkeypatch.setattr(IndexedDataset, "read_rows", recording)
+    monkeypatch.setattr(IndexedDataset, "read", refuse)
+    monkeypatch.setattr(Watchlist, "from_pythia", refuse)
+    code = main(["eval", "--model", str(suite.root / "large"), "--revision", "step48",
+                 "--pythia-data", suite.prefix, "--indices", INDICES, "--out", str(tmp_path),
+                 "--batch-size", "16", "--no-progress"])
+    assert code == 0
+    assert reads == [len(ROWS), 16, 16]  # the up-front vocabulary check, then one per batch
+    rel = "large/step48.parquet"
+    assert _columns(tmp_path / rel) == _columns(evaluated / rel)

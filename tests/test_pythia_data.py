@@ -141,9 +141,12 @@ def test_index_ranges_take_any_slice_without_materialising():
         [146_431_998, 146_431_999]
 
 
-def test_streamed_rows_equal_the_memmap_rows(tmp_path):
+@pytest.mark.parametrize("span", [1 << 22, 4])  # one read of the span / a read per index
+def test_streamed_rows_equal_the_memmap_rows(tmp_path, monkeypatch, span):
+    import memwatch.watchlist.pythia as pythia
     from memwatch.posthoc.rows import PythiaRows
 
+    monkeypatch.setattr(pythia, "_SPAN_ENTRIES", span)
     seqs = _sequences(300, seq_len=80)
     write_indexed_dataset(tmp_path / "d", seqs)
     data = IndexedDataset(tmp_path / "d")

@@ -76,7 +76,7 @@ def run(args) -> int:
     try:
         runs = _load(args.results, progress=not args.no_progress)
         result = analyze(runs, args.target, args.tokens_per_step or PYTHIA_TOKENS_PER_STEP,
-                         args.cont_len)
+                         args.cont_len, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as err:
         print(f"memwatch analyze: error: {err}", file=sys.stderr)
         return 2

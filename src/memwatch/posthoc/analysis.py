@@ -245,7 +245,7 @@ def _predictor(name: str, pairs: Sequence[PairStats], target_compute: float) -> 
 
 
 def analyze(runs: Sequence[Run], target: str, tokens_per_step: int = PYTHIA_TOKENS_PER_STEP,
-            cont_len: int = CONT_LEN) -> Analysis:
+            cont_len: int = CONT_LEN, progress: bool = False) -> Analysis:
     """The `Analysis` of every run against the run named `target` (``MODEL@REVISION[:SOURCE]``).
 
     Smaller-model predictors: the last checkpoint of every model with fewer
@@ -253,9 +253,13 @@ def analyze(runs: Sequence[Run], target: str, tokens_per_step: int = PYTHIA_TOKE
     checkpoints before the target's step. Where a (model, checkpoint) comes from
     several sources, the predictors and histograms use one run of it (memwatch's,
     else pythia-csv's, else memorized-evals'); every run is in `pairs`.
+    `progress` shows a bar over the runs compared.
     """
+    from tqdm.auto import tqdm
+
     tgt = find_run(runs, target)
-    pairs = tuple(compare(r, tgt, tokens_per_step) for r in runs)
+    pairs = tuple(compare(r, tgt, tokens_per_step) for r in tqdm(
+        runs, desc=f"comparing with {tgt.label}", unit="run", disable=not progress))
     target_compute = compute_of(tgt, tokens_per_step)
     preferred: dict[str, Run] = {}
     for run in sorted(runs, key=_preference, reverse=True):

@@ -59,8 +59,11 @@ def pythia_id(index: int) -> str:
     """The watchlist id of sequence `index` of Pythia's training data (``pythia:<index>``)."""
     return f"pythia:{int(index)}"
 
-# Index entries checked per chunk when a file is opened: bounded memory whatever its size.
-_CHECK_CHUNK = 1 << 20
+
+# Index entries checked per chunk: bounded memory whatever the file's size.
+_CHECK_CHUNK = 1 << 18
+# Largest span of index entries read in one go for scattered indices (12 bytes each).
+_SPAN_ENTRIES = 1 << 22
 
 
 def _code_of(dtype) -> int:
@@ -152,6 +155,28 @@ class IndexedDataset:
                                               _HEADER.size + 4 * self._n + 8 * lo), np.int64)
         return sizes, pointers
 
+    def _entries_of(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sizes, pointers) of the listed sequences: one read of their span when it is
+        small enough, else two positioned reads per index."""
+        lo, hi = int(indices.min()), int(indices.max()) + 1
+        if lo < 0 or hi > self._n:
+            bad = int(indices[(indices < 0) | (indices >= self._n)][0])
+            raise IndexError(f"sequence index {bad} is out of range: {self.prefix} has "
+                             f"{self._n} sequences")
+        if hi - lo <= _SPAN_ENTRIES:
+            sizes, pointers = self._index_entries(lo, hi)
+            return sizes[indices - lo], pointers[indices - lo]
+        sizes = np.empty(len(indices), np.int32)
+        pointers = np.empty(len(indices), np.int64)
+        base = _HEADER.size + 4 * self._n
+        with open(self._idx_path, "rb", buffering=0) as f:
+            for k, i in enumerate(indices.tolist()):
+                sizes[k] = int.from_bytes(os.pread(f.fileno(), 4, _HEADER.size + 4 * i),
+                                          "little", signed=True)
+                pointers[k] = int.from_bytes(os.pread(f.fileno(), 8, base + 8 * i), "little",
+                                             signed=True)
+        return sizes, pointers
+
     def read_rows(self, indices: np.ndarray, length: int) -> np.ndarray:
         """[k, length] in the file's dtype: the first `length` tokens of each listed sequence.
 
@@ -163,18 +188,7 @@ class IndexedDataset:
         out = np.empty((len(indices), length), self.dtype)
         if not len(indices):
             return out
-        lo, hi = int(indices.min()), int(indices.max()) + 1
-        if lo < 0 or hi > self._n:
-            bad = lo if lo < 0 else hi - 1
-            raise IndexError(f"sequence index {bad} out of range for {self.prefix} "
-                             f"({self._n} sequences)")
-        if hi - lo <= 64 * len(indices):  # a dense batch: one read of its index entries
-            sizes, pointers = self._index_entries(lo, hi)
-            sizes, pointers = sizes[indices - lo], pointers[indices - lo]
-        else:
-            entries = [self._index_entries(int(i), int(i) + 1) for i in indices]
-            sizes = np.array([s[0] for s, _ in entries], np.int32)
-            pointers = np.array([p[0] for _, p in entries], np.int64)
+        sizes, pointers = self._entries_of(indices)
         short = np.flatnonzero(sizes < length)
         if len(short):
             i = int(indices[short[0]])
@@ -190,21 +204,14 @@ class IndexedDataset:
     def check_lengths(self, ranges: IndexRanges, length: int) -> None:
         """Raise ValueError naming the first selected sequence shorter than `length` (or
         IndexError for one out of range), reading the index in bounded chunks."""
-        for r in ranges.ranges:
-            if len(r) and (r[-1] >= self._n):
-                first = r[max(0, -(-(self._n - r.start) // r.step))]
-                raise IndexError(f"sequence index {first} is out of range: {self.prefix} has "
-                                 f"{self._n} sequences")
-            for lo in range(r.start, r.stop, _CHECK_CHUNK * r.step):
-                hi = min(r.stop, lo + _CHECK_CHUNK * r.step)
-                sizes, _ = self._index_entries(lo, min(self._n, hi))
-                sizes = sizes[::r.step]
-                short = np.flatnonzero(sizes < length)
-                if len(short):
-                    i = lo + int(short[0]) * r.step
-                    raise ValueError(f"watchlist sequence 'pythia:{i}' has {int(sizes[short[0]])} "
-                                     f"tokens in {self.prefix}.bin; prompt_len + cont_len = "
-                                     f"{length} needs at least {length}")
+        for lo in range(0, len(ranges), _CHECK_CHUNK):
+            indices = ranges.take(lo, min(len(ranges), lo + _CHECK_CHUNK))
+            sizes, _ = self._entries_of(indices)
+            short = np.flatnonzero(sizes < length)
+            if len(short):
+                raise ValueError(f"watchlist sequence 'pythia:{int(indices[short[0]])}' has "
+                                 f"{int(sizes[short[0]])} tokens in {self.prefix}.bin; "
+                                 f"prompt_len + cont_len = {length} needs at least {length}")
 
     def __getitem__(self, i: int) -> np.ndarray:
         """The tokens of sequence `i` (a read-only memmap view)."""
