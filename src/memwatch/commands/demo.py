@@ -18,6 +18,8 @@ def add_arguments(p) -> None:
                    help="stop training when planted PII becomes extractable")
     p.add_argument("--out", default="memwatch-demo", help="output folder (default ./memwatch-demo)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default 1 on CPU: faster for the tiny model)")
 
 
 def _demo_device(text: str) -> str:
