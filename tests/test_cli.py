@@ -16,6 +16,8 @@ BAD = [
     (["demo", "--steps", "ten"], "argument --steps: expected a positive integer"),
     (["demo", "--device", "gpu"], "argument --device: expected cpu or cuda"),
     (["demo", "--seed", "-1"], "argument --seed: expected an integer >= 0"),
+    (["demo", "--threads", "0"], "argument --threads: expected a positive integer"),
+    (["demo", "--out", "a-file"], "argument --out: expected a folder to write into"),
     (["demo", "--wandb", "maybe"], "argument --wandb: invalid choice"),
     (["bench", "--rows", "-5"], "argument --rows: expected a positive integer"),
     (["bench", "--memorized", "1.5"], "argument --memorized: expected a fraction"),
@@ -53,6 +55,7 @@ if NO_CUDA:
 @pytest.mark.parametrize("argv, expected", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_invocation_is_one_line_and_exit_2(argv, expected, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     err = capsys.readouterr().err

@@ -2,15 +2,44 @@
 
 import re
 from dataclasses import replace
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from memwatch.demos.data import fake_pii_records
+from memwatch.demos.report import outcome_sentences
 from memwatch.demos.run import DemoConfig, build_data, run_demo
+from memwatch.history import History
 
 # Small enough for seconds; canaries and PII seen 16-32 times an epoch are memorized by ~step 70.
 TINY = DemoConfig(steps=120, corpus_chars=20_000, vocab_size=512, records_per_level=1,
                   canaries_per_level=1, sample_rows=8, max_overhead=0.5)
+
+
+def _history(memorized_by_probe, tags):
+    """A History whose probes memorize exactly the given rows (1) and no others (0)."""
+    h = History([f"r{i}" for i in range(len(tags))], [(t,) for t in tags])
+    for k, row in enumerate(memorized_by_probe):
+        mem = np.array(row, dtype=bool)
+        h.update(10 * (k + 1), SimpleNamespace(match_prefix=np.where(mem, 32, 3),
+                                               scores=np.where(mem, 1.0, 0.1), nll=None), "exact")
+    return h
+
+
+def test_report_sentences_are_computed_from_the_run():
+    tags = ["pii:EMAIL_ADDRESS"] * 2 + ["pii:PHONE_NUMBER"] * 2 + ["canary", "sample"]
+    reps = np.array([8, 1, 8, 1, 8, 0])
+    h = _history([[1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0]], tags)
+    text = " ".join(outcome_sentences(h, reps))
+    assert ("Memorized at step 30: emails 2 of 2, phone numbers 0 of 2, canaries 0 of 1, "
+            "sampled training rows 0 of 1.") in text
+    assert "8x: 1 of 3, first at step 10 (median); 1x: 1 of 2, first at step 30 (median)" in text
+    assert "1 row(s) memorized at some probe were no longer memorized at the end" in text
+    nothing = outcome_sentences(_history([[0] * 6, [0] * 6], tags), reps)
+    assert nothing == ["Nothing on the watchlist was memorized in 20 steps (emails 0 of 2, "
+                       "phone numbers 0 of 2, canaries 0 of 1, sampled training rows 0 of 1): "
+                       "no row's continuation was reproduced in full at any probe."]
 
 
 def test_data_plants_every_pii_row_and_canary_as_often_as_promised():
@@ -39,7 +68,9 @@ def test_demo_runs_and_writes_its_report(tmp_path, monkeypatch, abort):
     assert "memwatch demo report" in text
     # canaries seen 32x per epoch are memorized within the run: --abort stops it there
     assert ("stopped early by the abort policy" in text) == abort
-    for png in ("memorization_over_time.png", "forecast_vs_actual.png"):
+    assert "Memorized at step" in text or "Nothing on the watchlist was memorized" in text
+    for png in ("memorization_over_time.png", "forecast_vs_actual.png",
+                "memorization_heatmap.png"):
         data = (report.parent / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
         assert f"]({png})" in text

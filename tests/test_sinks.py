@@ -196,6 +196,10 @@ def test_heatmap_shows_match_prefix_over_time(sink_events):
     top = [r.id for r in summarize(ev.history, ev.watchlist, max_rows=16)]
     rows = [ev.history.ids.index(i) for i in top]
     np.testing.assert_allclose(shown, ev.history.match_prefix[:, rows].T / 32)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == [f"{i} [{','.join(ev.history.tags[r])}]"
+                      for i, r in zip(top, rows, strict=True)]
+    assert fig.axes[0].get_xlabel() == "probe (training step)"
 
 
 def test_console_sink_names_swings_and_announces_each_row_once():

@@ -112,10 +112,10 @@ def evaluate(
         for i in hits:
             send(f"row:{history.ids[i]}", _row_alert(history, int(i), step, preview))
         if len(hits):
-            rows = "; ".join(_row_named(history, int(i), preview) for i in hits[:5])
+            named = "; ".join(_row_named(history, int(i), preview) for i in hits[:5])
             more = f"; and {len(hits) - 5} more" if len(hits) > 5 else ""
             triggers.append(f"rule tags={list(policy.tags)}: {len(hits)} watched row(s) "
-                            f"memorized: {rows}{more}")
+                            f"memorized: {named}{more}")
 
     for pattern, limit in policy.max_fraction.items():
         rows = history.tag_mask(pattern)

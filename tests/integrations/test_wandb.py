@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import struct
 import time
 from pathlib import Path
@@ -192,9 +193,11 @@ def test_nothing_raw_reaches_wandb(own_run, sink_events):
     assert found == {"row-00", "a***@g***.com", "pii:EMAIL_ADDRESS"}  # the grep does see text
 
 
-def test_raw_text_only_when_asked(tmp_path, sink_events):
+def test_raw_text_only_when_asked(tmp_path, sink_events, monkeypatch):
     from memwatch.watchlist import Watchlist
 
+    home = tmp_path / "home-data"  # stands for ~/.local/share/wandb, where staging went before
+    monkeypatch.setenv("WANDB_DATA_DIR", str(home))
     ev = sink_events
     wl = ev.watchlist
     raw = Watchlist(wl.tokens, wl.ids, wl.tags, [wl.redacted_preview(i) for i in range(len(wl))],
@@ -207,6 +210,11 @@ def test_raw_text_only_when_asked(tmp_path, sink_events):
     redacted_run, raw_run = (only_run(tmp_path / m).dir for m in ("redacted", "raw"))
     assert leaks(redacted_run, ev.emails) == []
     assert {s for _, s in leaks(raw_run, ev.emails)} == set(ev.emails)
+    # W&B's staged table copies sit in the run's own folder, none in the user's data dir
+    assert not home.exists() or not any(p.is_file() for p in home.rglob("*"))
+    staged = raw_run / "memwatch-staging"
+    assert {s for _, s in leaks(staged, ev.emails)} == set(ev.emails)
+    assert os.environ["WANDB_DATA_DIR"] == str(home)  # restored after logging
 
 
 def test_the_policy_alone_decides_which_rows_alert(tmp_path, sink_events):

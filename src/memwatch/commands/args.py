@@ -62,6 +62,14 @@ def existing_dir(text: str) -> str:
     return text
 
 
+def output_dir(text: str) -> str:
+    """A directory to write into: it may exist already, but must not be a file."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"expected a folder to write into, got {text!r}: it "
+                                         "is a file")
+    return text
+
+
 def step_range(text: str) -> tuple[int, int]:
     """``A:B`` with integers 0 <= A < B: the steps [A, B)."""
     a, sep, b = text.partition(":")

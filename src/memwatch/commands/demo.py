@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from memwatch.commands.args import device, nonnegative_int, positive_int
+import argparse
+
+from memwatch.commands.args import device, nonnegative_int, output_dir, positive_int
 
 HELP = ("Train a small GPT-NeoX on planted PII and canaries, watch it memorize them live "
         "(W&B offline), and write a report.")
@@ -16,14 +18,15 @@ def add_arguments(p) -> None:
                    help="W&B mode (default offline; online needs `wandb login`)")
     p.add_argument("--abort", action="store_true",
                    help="stop training when planted PII becomes extractable")
-    p.add_argument("--out", default="memwatch-demo", help="output folder (default ./memwatch-demo)")
+    p.add_argument("--out", type=output_dir, default="memwatch-demo",
+                   help="output folder (default ./memwatch-demo)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default 1 on CPU: faster for the tiny model)")
 
 
 def _demo_device(text: str) -> str:
     """cpu or cuda (the Lightning accelerator names), checked like any --device."""
-    import argparse
-
     if text not in ("cpu", "cuda"):
         raise argparse.ArgumentTypeError(f"expected cpu or cuda, got {text!r}")
     return device(text)

@@ -11,6 +11,7 @@ from memwatch.commands.args import (
     existing_dir,
     existing_file,
     nonnegative_int,
+    output_dir,
     positive_int,
     step_range,
     tokenizer_source,
@@ -46,7 +47,8 @@ def add_arguments(p) -> None:
     b.add_argument("--keep-text", action="store_true",
                    help="store raw text with the rows (off by default: text may hold PII)")
     b.add_argument("--seed", type=nonnegative_int, default=0)
-    b.add_argument("--out", required=True, help="directory to save the watchlist in")
+    b.add_argument("--out", type=output_dir, required=True,
+                   help="directory to save the watchlist in")
     s = sub.add_parser("show", help="print counts per tag and redacted previews")
     s.add_argument("path", type=existing_dir, help="a saved watchlist directory")
     s.add_argument("--limit", type=nonnegative_int, default=10, help="rows to preview (default 10)")

@@ -10,6 +10,15 @@ from pathlib import Path
 import numpy as np
 
 GROUPS = (("PII", "pii:*"), ("canaries", "canary"), ("sampled training rows", "sample"))
+# what a tag's rows are called in the report's sentences
+NAMES = {"pii:EMAIL_ADDRESS": "emails", "pii:PHONE_NUMBER": "phone numbers",
+         "pii:CREDIT_CARD": "card numbers", "pii:IP_ADDRESS": "IP addresses",
+         "pii:IBAN_CODE": "IBANs", "pii:US_SSN": "SSNs", "pii:URL": "URLs",
+         "pii:API_KEY": "API keys", "canary": "canaries", "sample": "sampled training rows"}
+
+
+def _tag_name(tag: str) -> str:
+    return NAMES.get(tag, tag)
 
 
 def _plot_over_time(history, repeats: np.ndarray, path: Path) -> None:
@@ -18,25 +27,70 @@ def _plot_over_time(history, repeats: np.ndarray, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    pii, canary = history.tag_mask("pii:*"), history.tag_mask("canary")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
     steps, mem = history.steps, history.memorized
     for label, pattern in GROUPS:
         mask = history.tag_mask(pattern)
         if mask.any():
-            a.plot(steps, mem[:, mask].mean(axis=1), marker=".", label=f"{label} ({mask.sum()})")
-    a.set(title="memorized fraction per tag", xlabel="training step", ylabel="memorized",
-          ylim=(-0.02, 1.02))
-    a.legend()
-    planted = repeats > 0
-    for r in sorted(set(repeats[planted].tolist())):
-        mask = repeats == r
-        b.plot(steps, mem[:, mask].mean(axis=1), marker=".", label=f"seen {r}x per epoch")
-    b.set(title="planted PII and canaries, by repetition", xlabel="training step",
-          ylabel="memorized", ylim=(-0.02, 1.02))
-    b.legend(fontsize=8)
+            axes[0].plot(steps, mem[:, mask].mean(axis=1), marker=".",
+                         label=f"{label} ({mask.sum()})")
+    axes[0].set(title="memorized fraction per tag", xlabel="training step", ylabel="memorized",
+                ylim=(-0.02, 1.02))
+    for ax, (label, kind) in zip(axes[1:], (("planted PII", pii), ("canaries", canary)),
+                                 strict=True):
+        for r in sorted(set(repeats[kind & (repeats > 0)].tolist())):
+            mask = kind & (repeats == r)
+            ax.plot(steps, mem[:, mask].mean(axis=1), marker=".",
+                    label=f"seen {r}x per epoch ({mask.sum()})")
+        ax.set(title=f"{label}, by repetition", xlabel="training step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_heatmap(history, path: Path) -> None:
+    from memwatch.sinks.summary import figure_png, heatmap_figure
+
+    path.write_bytes(figure_png(heatmap_figure(history)))
+
+
+def outcome_sentences(history, repeats: np.ndarray) -> list[str]:
+    """What happened in the run, in sentences computed from its history: memorized rows per
+    tag at the end, by repetition count, and rows forgotten along the way."""
+    final, ever = history.memorized[-1], history.memorized.any(axis=0)
+    first = history.first_memorized_step()
+    steps = int(history.steps[-1])
+    tags = sorted({t for row in history.tags for t in row},
+                  key=lambda t: (not t.startswith("pii:"), t != "canary", t))
+    counts = []
+    for tag in tags:
+        mask = history.tag_mask(tag)
+        counts.append(f"{_tag_name(tag)} {int(final[mask].sum())} of {int(mask.sum())}")
+    if not ever.any():
+        return [f"Nothing on the watchlist was memorized in {steps} steps "
+                f"({', '.join(counts)}): no row's continuation was reproduced in full at any "
+                "probe."]
+    out = [f"Memorized at step {steps}: {', '.join(counts)}."]
+    planted = repeats > 0
+    levels = []
+    for r in sorted(set(repeats[planted].tolist()), reverse=True):
+        mask = repeats == r
+        hit = first[mask][first[mask] >= 0]
+        when = f", first at step {int(np.median(hit))} (median)" if len(hit) else ""
+        levels.append(f"{r}x: {int(final[mask].sum())} of {int(mask.sum())}{when}")
+    if levels:
+        out.append("Planted PII and canaries by times seen per epoch — " + "; ".join(levels)
+                   + ".")
+    forgotten = int((ever & ~final).sum())
+    if forgotten:
+        out.append(f"{forgotten} row(s) memorized at some probe were no longer memorized at the "
+                   "end: memorization is not monotone during training, so the count can fall "
+                   "between probes.")
+    return out
 
 
 def _forecasts(history, total_steps: int):
@@ -77,6 +131,7 @@ def write_report(history, watchlist, repeats: dict[str, int], out_dir: Path,
     out_dir = Path(out_dir)
     reps = np.array([repeats.get(i, 0) for i in history.ids])
     _plot_over_time(history, reps, out_dir / "memorization_over_time.png")
+    _plot_heatmap(history, out_dir / "memorization_heatmap.png")
     fc = _forecasts(history, total_steps)
     _plot_forecast(history, fc, out_dir / "forecast_vs_actual.png")
 
@@ -95,8 +150,10 @@ def write_report(history, watchlist, repeats: dict[str, int], out_dir: Path,
             hit = first[mask][first[mask] >= 0]
             med = f"{int(np.median(hit))}" if len(hit) else "-"
             lines.append(f"| {label} | {mask.sum()} | {final[mask].sum()} | {med} |")
-    lines += ["", "![memorization over time](memorization_over_time.png)", "",
-              "Planted rows seen more often are memorized earlier; rows seen once are not.", ""]
+    lines += ["", *outcome_sentences(history, reps), "",
+              "![memorization over time](memorization_over_time.png)", "",
+              "Every watched row at every probe (tokens reproduced before the first miss):", "",
+              "![memorization heatmap](memorization_heatmap.png)", ""]
     if len(fc):
         step, est, lo, hi, recall = fc[len(fc) // 2]
         lines += [
@@ -107,9 +164,12 @@ def write_report(history, watchlist, repeats: dict[str, int], out_dir: Path,
     lines += ["## Memorized PII and canaries", "",
               "| id | tags | seen x/epoch | first memorized at step | preview (redacted) |",
               "|---|---|---|---|---|"]
-    for i in np.flatnonzero(final & (reps > 0)):
+    kept = np.flatnonzero(final & (reps > 0))
+    for i in kept:
         lines.append(f"| {history.ids[i]} | {', '.join(history.tags[i])} | {reps[i]} | "
                      f"{first[i]} | `{watchlist.redacted_preview(int(i))}` |")
+    if not len(kept):
+        lines.append("| (none at the end) | | | | |")
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

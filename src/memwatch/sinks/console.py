@@ -83,7 +83,7 @@ class ConsoleSink(Sink):
         if alert.kind == "abort":
             why = alert.text.removeprefix(f"step {alert.step}: ")
             hint = ("AbortPolicy(action='alert') only alerts" if alert.level == "ERROR"
-                    else "AbortPolicy(action='stop') would stop")
+                    else "action='alert': training goes on")
             self._print(f"{head}: {why} ({hint})")
             return
         if alert.kind in ("fraction", "forecast"):

@@ -94,7 +94,8 @@ def history_columns(history) -> dict[str, np.ndarray | list]:
 
 def heatmap_figure(history, max_rows: int = 64):
     """A matplotlib Figure: score (match_prefix / N) of the top `max_rows` rows at every
-    probe step, rows ordered by when they were first memorized. Needs matplotlib."""
+    probe, rows ordered by when they were first memorized and labelled ``id [tags]``
+    (never text); one column per probe, labelled with its training step. Needs matplotlib."""
     from matplotlib.figure import Figure
 
     rows = ranked_rows(history)[:max_rows]
@@ -107,9 +108,9 @@ def heatmap_figure(history, max_rows: int = 64):
     steps = history.steps
     ticks = np.unique(np.linspace(0, max(len(steps) - 1, 0), min(len(steps), 8)).astype(int))
     ax.set_xticks(ticks, [str(int(steps[t])) for t in ticks] if len(steps) else [])
-    if len(rows) <= 40:
-        ax.set_yticks(range(len(rows)), [history.ids[i] for i in rows], fontsize=6)
-    ax.set_xlabel("training step")
+    labels = [f"{history.ids[i]} [{','.join(history.tags[i]) or 'untagged'}]" for i in rows]
+    ax.set_yticks(range(len(rows)), labels, fontsize=6 if len(rows) <= 40 else 5)
+    ax.set_xlabel("probe (training step)")
     ax.set_ylabel(f"watchlist rows (top {len(rows)} of {history.num_rows})")
     ax.set_title("memorization over time (tokens reproduced before the first miss / N)")
     fig.colorbar(image, ax=ax, label="match_prefix / N")

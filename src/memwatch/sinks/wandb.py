@@ -9,7 +9,10 @@ memorization over time.
 Discreet: rows appear by id, tags and redacted preview; raw text only with
 ``log_text="raw"``. Never fatal: if W&B cannot start or a call raises, the sink
 warns once and goes on; a local copy of every record and alert (`LocalSink`) is
-always kept, since an offline run drops alerts silently.
+always kept, since an offline run drops alerts silently. W&B stages copies of logged
+tables before upload; the sink points that staging area (``WANDB_DATA_DIR``) into the
+run's own folder (``<run folder>/memwatch-staging``) while it logs, so no copy lands in the
+user's home, and the copies go when the run's folder goes.
 """
 
 from __future__ import annotations
@@ -182,6 +185,17 @@ class WandbSink(Sink):
     def _log(self, run, data: dict) -> None:
         """Log without ``step=``: rows join the user's next commit, so their step counter is
         never pushed forward; a second row of ours before that commit flushes the first."""
+        key, before = "WANDB_DATA_DIR", os.environ.get("WANDB_DATA_DIR")
+        os.environ[key] = str(staging_dir(run))  # wandb reads it when it stages a table
+        try:
+            self._log_now(run, data)
+        finally:
+            if before is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = before
+
+    def _log_now(self, run, data: dict) -> None:
         if self._owns_run:
             run.log(data)
             return
@@ -269,6 +283,11 @@ class WandbSink(Sink):
                 f"memwatch could not {what} on W&B ({type(err).__name__}: {err}); training goes "
                 f"on, and every record is kept in {self.local.records_path}",
                 RuntimeWarning, stacklevel=3)
+
+
+def staging_dir(run) -> Path:
+    """``<run folder>/memwatch-staging``: where W&B stages table copies for this run."""
+    return Path(run.dir).parent / "memwatch-staging"
 
 
 def default_local_dir(run=None) -> Path:
