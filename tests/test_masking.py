@@ -1,0 +1,138 @@
+"""Targeted loss masking: the window lookup (pure), policy actions, the monitor, the adapters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memwatch.masking import FlaggedWindows, MaskSpec, window_keys
+
+M = N = 32
+G = torch.Generator().manual_seed(0)
+ROWS = torch.randint(1, 500, (4, M + N), generator=G)  # flagged watchlist rows
+CONT = ROWS[:, M:]
+
+
+def brute_positions(ids: torch.Tensor, conts: torch.Tensor, window: int, every: int = 1):
+    """The documented rule, position by position: a window of a continuation inside one
+    sequence masks the positions it covers whose continuation offset is a multiple of `every`."""
+    out = torch.zeros(ids.shape, dtype=torch.bool)
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1] - window + 1):
+            for cont in conts:
+                for o in range(cont.shape[0] - window + 1):
+                    if torch.equal(ids[b, t:t + window], cont[o:o + window]):
+                        for j in range(window):
+                            if (o + j) % every == 0:
+                                out[b, t + j] = True
+    return out
+
+
+def batch_with(*placements, length: int = 96, seed: int = 1) -> torch.Tensor:
+    """Random text (ids 500-999, disjoint from the rows) with token runs placed at (b, t, run)."""
+    ids = torch.randint(500, 1000, (2, length), generator=torch.Generator().manual_seed(seed))
+    for b, t, run in placements:
+        ids[b, t:t + len(run)] = run
+    return ids
+
+
+def test_window_keys_are_the_polynomial_hash():
+    from memwatch.masking import BASE, MODULI
+
+    ids = torch.randint(0, 50304, (3, 40), generator=G)
+    keys = window_keys(ids, 7)
+    assert keys.shape == (3, 34)
+    for b, t in [(0, 0), (1, 17), (2, 33)]:
+        res = [sum(int(ids[b, t + j]) * pow(BASE, j, p) for j in range(7)) % p for p in MODULI]
+        assert int(keys[b, t]) == res[0] * MODULI[1] + res[1]
+    assert window_keys(ids, 41).shape == (3, 0)
+
+
+def test_a_whole_row_masks_its_continuation_and_not_its_prompt():
+    ids = batch_with((0, 10, ROWS[1]))
+    mask = FlaggedWindows(CONT, MaskSpec(window=16)).positions(ids)
+    expected = torch.zeros_like(mask)
+    expected[0, 10 + M:10 + M + N] = True
+    assert torch.equal(mask, expected)
+
+
+def test_a_row_split_across_two_sequences_is_masked_in_each_piece_of_at_least_window_tokens():
+    # sequence 0 ends with the prompt and the first 20 continuation tokens; sequence 1 starts
+    # with the other 12: both pieces hold >= 8 tokens (window 8), only the first >= 16.
+    ids = batch_with((0, 96 - M - 20, ROWS[2, :M + 20]), (1, 0, CONT[2, 20:]))
+    masks = {w: FlaggedWindows(CONT, MaskSpec(window=w)).positions(ids) for w in (8, 16)}
+    expected = torch.zeros_like(ids, dtype=torch.bool)
+    expected[0, 76:96] = True
+    expected[1, 0:12] = True
+    assert torch.equal(masks[8], expected)
+    expected[1, 0:12] = False
+    assert torch.equal(masks[16], expected)
+    assert torch.equal(masks[8], brute_positions(ids, CONT, 8))
+
+
+def test_every_kth_masks_the_same_continuation_offsets_at_every_occurrence():
+    ids = batch_with((0, 5, ROWS[0]), (1, 96 - 20, CONT[3, :20]), (1, 0, CONT[3, 20:]))
+    mask = FlaggedWindows(CONT, MaskSpec(window=8, every=4)).positions(ids)
+    expected = torch.zeros_like(mask)
+    expected[0, 5 + M:5 + M + N:4] = True  # offsets 0, 4, ..., 28 of row 0's continuation
+    expected[1, 76:96:4] = True  # offsets 0, 4, ..., 16 of row 3's
+    expected[1, 0:12:4] = True  # offsets 20, 24, 28
+    assert torch.equal(mask, expected)
+    assert torch.equal(mask, brute_positions(ids, CONT, 8, every=4))
+
+
+def test_random_batches_match_the_rule_exactly():
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(1, 40, (3, 120), generator=g)  # a small vocabulary: many partial matches
+    conts = torch.randint(1, 40, (6, 12), generator=g)
+    # (sequence, position, row, first, end): whole rows, pieces, a row cut across sequences
+    for b, t, r, a, z in [(0, 3, 0, 0, 12), (1, 50, 2, 3, 11), (2, 110, 4, 0, 10),
+                          (2, 0, 4, 10, 12)]:
+        ids[b, t:t + z - a] = conts[r, a:z]
+    for window, every in [(4, 1), (6, 3), (12, 1)]:
+        got = FlaggedWindows(conts, MaskSpec(window=window, every=every)).positions(ids)
+        assert torch.equal(got, brute_positions(ids, conts, window, every)), (window, every)
+
+
+def test_a_hash_collision_masks_nothing():
+    # Moduli 5 and 7: 35 possible keys, so most unrelated windows share a key with a flagged one.
+    ids = batch_with((0, 10, ROWS[1]))
+    small = FlaggedWindows(CONT, MaskSpec(window=8), moduli=(5, 7))
+    flagged_keys = set(window_keys(CONT, 8, (5, 7)).flatten().tolist())
+    batch_keys = window_keys(ids, 8, (5, 7))
+    genuine = {(0, t) for t in range(10 + M, 10 + M + N - 8 + 1)}
+    impostors = [(b, t) for b in range(2) for t in range(batch_keys.shape[1])
+                 if int(batch_keys[b, t]) in flagged_keys and (b, t) not in genuine]
+    assert len(impostors) > 20
+    exact = FlaggedWindows(CONT, MaskSpec(window=8))
+    assert torch.equal(small.positions(ids), exact.positions(ids))
+    assert small.multiplicity > 1  # distinct flagged windows share keys: each is tried
+
+
+def test_apply_sets_the_ignore_index_and_never_writes_into_its_inputs():
+    ids = batch_with((1, 0, ROWS[0]))
+    labels = ids.clone()
+    labels[0, :3] = -100  # padding the caller already ignores
+    before = labels.clone()
+    fw = FlaggedWindows(CONT)
+    out = fw.apply(ids, labels)
+    assert torch.equal(labels, before)
+    expected = before.clone()
+    expected[1, M:M + N] = -100
+    assert torch.equal(out, expected)
+    copied = ids.clone()
+    copied[1, M:M + N] = -100
+    assert torch.equal(fw.apply(ids), copied)
+    assert FlaggedWindows(CONT[:0]).apply(ids, labels) is labels
+    assert int(FlaggedWindows(CONT, MaskSpec(ignore_index=-1)).apply(ids)[1, M]) == -1
+    with pytest.raises(ValueError, match="aligned with the input ids"):
+        fw.apply(ids, labels[:, 1:])
+
+
+def test_bad_specs_fail_with_the_fix():
+    with pytest.raises(ValueError, match="window must be an int >= 1"):
+        MaskSpec(window=0)
+    with pytest.raises(ValueError, match="every must be an int >= 1"):
+        MaskSpec(every=1.5)
+    with pytest.raises(ValueError, match="use window <= 32"):
+        FlaggedWindows(CONT, MaskSpec(window=33))
