@@ -136,3 +136,86 @@ def test_bad_specs_fail_with_the_fix():
         MaskSpec(every=1.5)
     with pytest.raises(ValueError, match="use window <= 32"):
         FlaggedWindows(CONT, MaskSpec(window=33))
+
+
+# ---- the policy's per-tag actions (pure, on a History) ----------------------------------------
+P_IDS = ["c0", "c1", "p0", "p1", "s0", "s1"]
+P_TAGS = [("canary",), ("canary",), ("pii:EMAIL_ADDRESS",), ("pii:PHONE_NUMBER",),
+          ("sample",), ("sample",)]
+
+
+def add_probe(h, rows: dict[str, int]):
+    """Append a probe at the next step (10, 20, ...): {row id: match_prefix of 8}, others 0."""
+    from memwatch.probe import ProbeResult
+
+    prefix = torch.tensor([rows.get(i, 0) for i in P_IDS], dtype=torch.int16)
+    h.update(10 * (len(h) + 1), ProbeResult(prefix.float() / 8, prefix == 8, prefix,
+                                             mode="extractable"), "extractable")
+    return h
+
+
+def policy_run(policy, *probes, forecasts=None):
+    """Evaluate after each probe, carrying sent keys and streak, as the monitor does."""
+    from memwatch.history import History
+    from memwatch.policy import evaluate
+
+    h, out, sent, streak = History(P_IDS, P_TAGS, cont_len=8), [], frozenset(), 0
+    for rows in probes:
+        add_probe(h, rows)
+        fc = None if forecasts is None else forecasts(h)
+        v = evaluate(policy, h, sent, streak, fc, preview=lambda i: f"<redacted {P_IDS[i]}>")
+        sent, streak = v.sent, v.streak
+        out.append(v)
+    return out
+
+
+def test_actions_per_tag_alert_mask_abort_each_once():
+    from memwatch.policy import AbortPolicy
+
+    policy = AbortPolicy(actions={"pii:*": "mask", "canary": "alert", "sample": "abort"})
+    v = policy_run(policy, {"c0": 8}, {"c0": 8, "p0": 8}, {"p0": 8, "p1": 8}, {"p1": 8, "s1": 8})
+    assert [x.mask for x in v] == [(), (2,), (3,), ()]
+    assert [[(a.kind, a.row_ids) for a in x.alerts] for x in v] == [
+        [("memorized", ("c0",))], [("mask", ("p0",))], [("mask", ("p1",))],
+        [("memorized", ("s1",)), ("abort", ())]]
+    assert [x.abort for x in v] == [False, False, False, True]
+    assert "sample" in v[3].reason and "s1" in v[3].reason
+    mask_alert = v[1].alerts[0]
+    assert "<redacted p0>" in mask_alert.text and "memorized" in mask_alert.text
+    # the strongest action wins where patterns overlap; `tags` patterns abort unless renamed
+    both = AbortPolicy(tags=("canary",), actions={"*": "mask"})
+    w = policy_run(both, {"c1": 8, "s0": 8})[0]
+    assert w.mask == (4,) and w.abort
+
+
+def test_mask_at_risk_flags_rows_before_they_are_memorized():
+    from memwatch.forecast import forecast
+    from memwatch.policy import AbortPolicy
+
+    policy = AbortPolicy(tags=(), actions={"pii:*": "mask"}, mask_risk=0.6)
+    probes = ({"p0": 2, "p1": 1}, {"p0": 6, "p1": 2, "c0": 7})
+
+    def fc(h):
+        return forecast(h, 100, n_boot=0) if len(h) > 1 else None
+
+    v = policy_run(policy, *probes, forecasts=fc)
+    from memwatch.history import History
+
+    h = History(P_IDS, P_TAGS, cont_len=8)
+    risk = fc(add_probe(add_probe(h, probes[0]), probes[1])).risk
+    assert risk.score[2] >= 0.6 > risk.score[3]  # p0 rises fast, p1 does not
+    assert [x.mask for x in v] == [(), (2,)]  # c0 is at risk too, but its action is not mask
+    assert "at risk (p=" in v[1].alerts[0].text
+    assert policy_run(AbortPolicy(tags=(), actions={"pii:*": "mask"}), *probes,
+                      forecasts=fc)[1].mask == ()
+
+
+def test_bad_actions_fail_with_the_fix():
+    from memwatch.policy import AbortPolicy
+
+    with pytest.raises(ValueError, match=r"actions\['pii:\*'\] = 'drop'; give one of"):
+        AbortPolicy(actions={"pii:*": "drop"})
+    with pytest.raises(ValueError, match="add e.g. actions="):
+        AbortPolicy(mask_risk=0.5)
+    with pytest.raises(ValueError, match="not a probability"):
+        AbortPolicy(actions={"pii:*": "mask"}, mask_risk=1.5)
