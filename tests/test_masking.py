@@ -219,3 +219,123 @@ def test_bad_actions_fail_with_the_fix():
         AbortPolicy(mask_risk=0.5)
     with pytest.raises(ValueError, match="not a probability"):
         AbortPolicy(actions={"pii:*": "mask"}, mask_risk=1.5)
+
+
+# ---- the monitor in a plain loop --------------------------------------------------------------
+LOOP_M = LOOP_N = 8
+LOOP_CORPUS = None
+
+
+def loop_corpus():
+    from memwatch.demos.model import planted_corpus
+
+    global LOOP_CORPUS
+    if LOOP_CORPUS is None:
+        LOOP_CORPUS = planted_corpus([16] * 4 + [4] * 4 + [1] * 8, seq_len=16, vocab_size=512,
+                                     seed=0)
+    return LOOP_CORPUS
+
+
+def loop_monitor(**kwargs):
+    from memwatch.monitor import MemWatch
+    from memwatch.policy import AbortPolicy
+    from memwatch.watchlist import Watchlist
+
+    rows = loop_corpus().rows
+    tags = [("canary",)] * 4 + [("sample",)] * 12
+    wl = Watchlist(rows, [f"row-{i}" for i in range(len(rows))], tags)
+    policy = AbortPolicy(tags=(), actions={"canary": "mask"})
+    return MemWatch(wl, **{"prompt_len": LOOP_M, "cont_len": LOOP_N, "abort": policy,
+                           "every_n_steps": 1, **kwargs})
+
+
+def expected_labels(ids: torch.Tensor, flagged: set[int]) -> torch.Tensor:
+    """Whole watchlist rows as sequences: a flagged row's continuation positions are -100."""
+    rows = loop_corpus().rows
+    out = ids.clone()
+    for b in range(len(ids)):
+        for r in flagged:
+            if torch.equal(ids[b], rows[r]):
+                out[b, LOOP_M:] = -100
+    return out
+
+
+@pytest.fixture(scope="module")
+def masked_run(one_thread):
+    """30 steps of the tiny model, labels through `mon.mask`; records what each step trained on."""
+    from memwatch.demos.model import tiny_model
+    from memwatch.sinks.base import Sink
+
+    class Alerts(Sink):
+        def __init__(self):
+            self.alerts = []
+
+        def on_alert(self, alert):
+            self.alerts.append(alert)
+
+    mon, stream = loop_monitor(sinks=[Alerts()]), loop_corpus().stream(seed=0)
+    model = tiny_model(seed=0, hidden_size=64, num_layers=2).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    steps = []
+    for step in range(1, 31):
+        ids = stream[torch.arange((step - 1) * 8, step * 8) % len(stream)]
+        flagged = {int(r.split("-")[1]) for r in mon.flagged}
+        labels = mon.mask(ids, ids)
+        steps.append((ids, flagged, labels, labels is ids))
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        mon.step(model, step)
+        model.train()
+    return mon, steps
+
+
+def test_plain_loop_masks_exactly_the_flagged_rows_from_the_next_step_on(masked_run):
+    mon, steps = masked_run
+    assert mon.flagged and set(mon.flagged) <= {f"row-{i}" for i in range(4)}
+    first = next(k for k, (_, flagged, _, _) in enumerate(steps) if flagged)
+    assert all(same for _, _, _, same in steps[:first])  # nothing flagged: labels untouched
+    masked = 0
+    for ids, flagged, labels, _ in steps:
+        assert torch.equal(labels, expected_labels(ids, flagged))
+        masked += int((labels == -100).sum())
+    assert masked >= 3 * LOOP_N
+    # every flagged row was memorized at the probe that flagged it, and said so, redacted
+    h = mon.history
+    for row_id in mon.flagged:
+        i = mon.watchlist.ids.index(row_id)
+        assert h.memorized[:, i].any()
+
+
+def test_monitor_state_round_trip_keeps_the_flagged_rows(masked_run, tmp_path):
+    mon, steps = masked_run
+    torch.save(mon.state_dict(), tmp_path / "mon.pt")
+    fresh = loop_monitor()
+    fresh.load_state_dict(torch.load(tmp_path / "mon.pt", weights_only=True))
+    assert fresh.flagged == mon.flagged
+    ids = loop_corpus().rows[:8]
+    assert torch.equal(fresh.mask(ids), mon.mask(ids))
+    assert torch.equal(fresh.mask(ids), expected_labels(ids, {int(r[4:]) for r in mon.flagged}))
+    state = mon.state_dict()
+    state["flagged"] = ["row-99"]
+    with pytest.raises(ValueError, match="row-99"):
+        loop_monitor().load_state_dict(state)
+
+
+def test_mask_alert_names_rows_by_id_and_redacted_preview(masked_run):
+    mon, _ = masked_run
+    alerts = [a for a in mon.sinks[0].alerts if a.kind == "mask"]
+    assert alerts and sum(len(a.row_ids) for a in alerts) == len(mon.flagged)
+    for a in alerts:
+        for row_id in a.row_ids:
+            assert f"{row_id} (canary) memorized: [canary] 16 tokens" in a.text
+        row = mon.watchlist.tokens[mon.watchlist.ids.index(a.row_ids[0])]
+        assert " ".join(map(str, row[LOOP_M:LOOP_M + 4].tolist())) not in a.text
+
+
+def test_masking_needs_a_window_within_the_continuation():
+    from memwatch.masking import MaskSpec
+
+    with pytest.raises(ValueError, match="use window <= 8"):
+        loop_monitor(mask_spec=MaskSpec(window=9))
