@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -19,6 +19,10 @@ class MemWatchCallback(Callback):
     LightningModule's ``model`` attribute when it is a transformers model, else
     the LightningModule itself. Metrics go to the trainer's loggers as
     ``memwatch/<name>`` as well as to the monitor's sinks.
+
+    When the policy masks rows, a dict batch with ``input_ids`` and ``labels`` gets its
+    labels masked in ``on_train_batch_start`` (`MemWatch.mask`); any other batch needs
+    ``labels = monitor.mask(input_ids, labels)`` in ``training_step`` (warned once).
     """
 
     def __init__(self, monitor: MemWatch,
@@ -27,6 +31,7 @@ class MemWatchCallback(Callback):
         self.model_getter = model_getter
         self.reason = ""
         self._seen_step: int | None = None
+        self._told_mask = False
 
     def _model(self, pl_module: LightningModule) -> torch.nn.Module:
         if self.model_getter is not None:
@@ -43,6 +48,18 @@ class MemWatchCallback(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._seen_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch,
+                             batch_idx: int) -> None:
+        if not self.monitor.policy.masks:
+            return
+        if isinstance(batch, MutableMapping) and "input_ids" in batch and "labels" in batch:
+            batch["labels"] = self.monitor.mask(batch["input_ids"], batch["labels"])
+        elif not self._told_mask:
+            self._told_mask = True
+            rank_zero_warn("memwatch masks flagged rows only in dict batches with 'input_ids' "
+                           "and 'labels'; for this batch call `labels = monitor.mask(input_ids, "
+                           "labels)` in training_step")
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch,
                            batch_idx: int) -> None:
