@@ -129,16 +129,17 @@ class FlaggedWindows:
                              f"({cont.shape[1]} tokens); use window <= {cont.shape[1]}")
         self.num_rows = len(cont)
         runs = cont.unfold(1, width, 1) if len(cont) else cont.new_empty(0, 0, width)
-        offsets = torch.arange(runs.shape[1]).expand(runs.shape[:2])
-        windows, offsets = runs.reshape(-1, width).numpy(), offsets.reshape(-1).numpy()
-        # one entry per distinct window (the first row and offset that hold it)
-        windows, first = np.unique(windows, axis=0, return_index=True)
-        offsets = offsets[first]
-        keys = window_keys(torch.from_numpy(windows), width, self.moduli)[:, 0].numpy()
+        keys = window_keys(cont, width, self.moduli).reshape(-1).numpy()
+        offsets = torch.arange(runs.shape[1]).repeat(len(cont)).numpy()
+        windows = runs.reshape(-1, width).numpy()
         order = np.argsort(keys, kind="stable")
         keys, windows, offsets = keys[order], windows[order], offsets[order]
-        # distinct windows sharing a key (a collision inside the flagged set) are all kept;
-        # the lookup tries each of them
+        # one entry per distinct window (the first row and offset that hold it); distinct
+        # windows sharing a key (a collision inside the flagged set) are all kept, and the
+        # lookup tries each of them
+        repeat = (keys[1:] == keys[:-1]) & (windows[1:] == windows[:-1]).all(1)
+        keep = np.concatenate([[True], ~repeat]) if len(keys) else np.zeros(0, bool)
+        keys, windows, offsets = keys[keep], windows[keep], offsets[keep]
         self.multiplicity = int(np.unique(keys, return_counts=True)[1].max()) if len(keys) else 0
         self._cpu = (torch.from_numpy(keys), torch.from_numpy(windows), torch.from_numpy(offsets))
         self._on: dict[torch.device, tuple[torch.Tensor, ...]] = {}
