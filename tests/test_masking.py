@@ -339,3 +339,33 @@ def test_masking_needs_a_window_within_the_continuation():
 
     with pytest.raises(ValueError, match="use window <= 8"):
         loop_monitor(mask_spec=MaskSpec(window=9))
+
+
+def test_skip_flagged_drops_the_flagged_rows_from_a_sampler(masked_run):
+    from memwatch.masking import SkipFlagged
+
+    mon, _ = masked_run
+    rows = loop_corpus().rows
+    ds = torch.utils.data.TensorDataset(rows)
+    sampler = SkipFlagged(torch.utils.data.SequentialSampler(ds), mon, lambda i: f"row-{i}")
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, sampler=sampler)
+    got = torch.cat([b for (b,) in loader])
+    kept = [i for i in range(len(rows)) if f"row-{i}" not in mon.flagged]
+    assert len(kept) < len(rows) and torch.equal(got, rows[kept])
+
+
+def test_skip_flagged_reads_the_flagged_set_at_every_item():
+    from types import SimpleNamespace
+
+    from memwatch.masking import SkipFlagged
+
+    mon = SimpleNamespace(flagged=())
+    out = []
+    for ex in SkipFlagged([{"id": f"r{i}"} for i in range(6)] * 2, mon, lambda ex: ex["id"]):
+        out.append(ex["id"])
+        if len(out) == 3:
+            mon.flagged = ("r1", "r4")
+    assert out == ["r0", "r1", "r2", "r3", "r5", "r0", "r2", "r3", "r5"]
+    loader = torch.utils.data.DataLoader(SkipFlagged(range(4), mon, str), num_workers=1)
+    with pytest.raises(RuntimeError, match="wrap the sampler instead"):
+        next(iter(loader))

@@ -25,6 +25,10 @@ hash collision never masks text that is not flagged.
 occurrence, so the same tokens are never learned: the model cannot reproduce the
 continuation verbatim, and keeps learning from the rest of the text.
 
+`SkipFlagged` drops instead of masking, where the data pipeline knows each row's
+watchlist id (Pythia's preshuffled ``.bin`` data: the sequence index; a dataset with
+an id column).
+
 Labels follow the transformers convention: ``labels[b, t]`` is the target of the
 token at position ``t`` (the model shifts them), i.e. ``labels == input_ids`` where
 nothing is ignored.
@@ -32,6 +36,7 @@ nothing is ignored.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -196,3 +201,43 @@ class FlaggedWindows:
         if self.multiplicity == 0:
             return labels
         return labels.masked_fill(self.positions(input_ids), self.spec.ignore_index)
+
+
+class SkipFlagged(torch.utils.data.IterableDataset):
+    """Iterates `source`, leaving out the items whose row the monitor has flagged.
+
+    `source`: any iterable: a sampler's indices (``DataLoader(ds, sampler=SkipFlagged(
+    RandomSampler(ds), mon, lambda i: f"pythia:{i}"))``, Pythia's preshuffled data,
+    whose watchlist ids are ``pythia:<index>``) or the examples themselves
+    (``SkipFlagged(ds, mon, lambda ex: ex["id"])``). `row_id(item)` gives the item's
+    watchlist id. The flagged set is read at every item, so a row flagged mid-epoch is
+    dropped from then on (a DataLoader's prefetched batches aside). ``len()`` is the
+    source's, an upper bound. It must run in the main process, and not under
+    torch.distributed, where ranks dropping different rows would run different numbers
+    of batches and deadlock: mask there (`MemWatch.mask`).
+    """
+
+    def __init__(self, source: Iterable, monitor, row_id: Callable[[object], str]):
+        self.source, self.monitor, self.row_id = source, monitor, row_id
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self) -> Iterator:
+        from memwatch.distributed import rank_world
+
+        if torch.utils.data.get_worker_info() is not None:
+            raise RuntimeError("SkipFlagged runs in a DataLoader worker, where the rows the "
+                               "monitor flags never arrive; wrap the sampler instead (it runs "
+                               "in the main process), or use num_workers=0")
+        if rank_world()[1] > 1:
+            raise RuntimeError("SkipFlagged under torch.distributed would give ranks different "
+                               "numbers of batches (a deadlock); mask flagged rows instead: "
+                               "labels = monitor.mask(input_ids, labels)")
+        seen, skip = None, frozenset()
+        for item in self.source:
+            flagged = self.monitor.flagged
+            if flagged is not seen:
+                seen, skip = flagged, frozenset(flagged)
+            if not skip or self.row_id(item) not in skip:
+                yield item

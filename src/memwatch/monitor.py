@@ -124,6 +124,7 @@ class MemWatch:
                              f"continuation (cont_len={self.cont_len}); use window <= "
                              f"{self.cont_len}")
         self._flagged: tuple[int, ...] = ()
+        self._flagged_ids: tuple[str, ...] = ()
         self._windows: FlaggedWindows | None = None
         self.history = History(watchlist.ids, watchlist.tags, cont_len=self.cont_len)
         self._tags = sorted({t for row in watchlist.tags for t in row})
@@ -230,8 +231,9 @@ class MemWatch:
     # ---- masking flagged rows out of the loss ------------------------------------------------
     @property
     def flagged(self) -> tuple[str, ...]:
-        """Ids of the rows `mask` takes out of the loss, in watchlist order."""
-        return tuple(self.watchlist.ids[i] for i in self._flagged)
+        """Ids of the rows `mask` takes out of the loss, in watchlist order (the same tuple
+        object until the set changes)."""
+        return self._flagged_ids
 
     def mask(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The labels to train on: `labels` (default `input_ids`) with every occurrence of a
@@ -249,6 +251,7 @@ class MemWatch:
         if rows == self._flagged:
             return
         self._flagged = rows
+        self._flagged_ids = tuple(self.watchlist.ids[i] for i in rows)
         start = self.prompt_len
         cont = self.watchlist.tokens[list(rows), start:start + self.cont_len]
         self._windows = FlaggedWindows(cont, self.mask_spec) if rows else None
