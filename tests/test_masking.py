@@ -262,7 +262,7 @@ def expected_labels(ids: torch.Tensor, flagged: set[int]) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def masked_run(one_thread):
-    """30 steps of the tiny model, labels through `mon.mask`; records what each step trained on."""
+    """24 steps of the tiny model, labels through `mon.mask`; records what each step trained on."""
     from memwatch.demos.model import tiny_model
     from memwatch.sinks.base import Sink
 
@@ -273,11 +273,12 @@ def masked_run(one_thread):
         def on_alert(self, alert):
             self.alerts.append(alert)
 
-    mon, stream = loop_monitor(sinks=[Alerts()]), loop_corpus().stream(seed=0)
+    mon = loop_monitor(sinks=[Alerts()], every_n_steps=2)
+    stream = loop_corpus().stream(seed=0)
     model = tiny_model(seed=0, hidden_size=64, num_layers=2).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     steps = []
-    for step in range(1, 31):
+    for step in range(1, 25):
         ids = stream[torch.arange((step - 1) * 8, step * 8) % len(stream)]
         flagged = {int(r.split("-")[1]) for r in mon.flagged}
         labels = mon.mask(ids, ids)
