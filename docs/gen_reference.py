@@ -24,11 +24,13 @@ OBJECTS = {
                       "Watchlist.save", "Watchlist.load", "memwatch.watchlist.tags.tag_mask",
                       "insert_canaries", "exposure"],
     "The monitor": ["MemWatch", "MemWatch.step", "MemWatch.finish", "MemWatch.check",
-                    "MemWatch.state_dict", "MemWatch.load_state_dict", "AbortPolicy",
+                    "MemWatch.mask", "MemWatch.state_dict", "MemWatch.load_state_dict",
+                    "AbortPolicy", "MaskSpec",
                     "History", "Decision", "Alert"],
     "Forecast": ["forecast", "Forecast"],
     "Sinks": ["WandbSink", "LocalSink", "ConsoleSink", "Sink"],
-    "Framework adapters": ["callbacks.MemWatchCallback", "callbacks.MemWatchTrainerCallback"],
+    "Framework adapters": ["callbacks.MemWatchCallback", "callbacks.MemWatchTrainerCallback",
+                           "callbacks.MaskingCollator"],
 }
 
 

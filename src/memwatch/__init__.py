@@ -25,6 +25,7 @@ _LAZY = {
     "RowReport": "memwatch.events",
     "AbortPolicy": "memwatch.policy",
     "MemWatch": "memwatch.monitor",
+    "MaskSpec": "memwatch.masking",
     "Sink": "memwatch.sinks",
     "LocalSink": "memwatch.sinks",
     "ConsoleSink": "memwatch.sinks",

@@ -178,6 +178,20 @@ def agree(values: list[float]) -> bool:
     return bool(torch.equal(both[: len(t)], -both[len(t):]))
 
 
+def broadcast_ints(values: list[int]) -> list[int]:
+    """Rank 0's `values`, of any length, on every rank (the input itself without a process
+    group)."""
+    rank, world = rank_world()
+    if world == 1:
+        return list(values)
+    n = int(broadcast_floats([float(len(values))])[0])
+    if n == 0:
+        return []
+    t = torch.tensor(list(values) if rank == 0 else [0] * n, dtype=torch.int64, device=_device())
+    _collective(torch.distributed.broadcast, t, src=0)
+    return t.cpu().tolist()
+
+
 def barrier() -> None:
     """Every rank waits here until all have arrived (nothing without a process group).
 

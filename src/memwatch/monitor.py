@@ -15,6 +15,11 @@ when, `probe` measures, `History` remembers, `forecast` extrapolates,
 `policy.evaluate` judges, sinks report (on rank 0, never fatally).
 ``state_dict()`` / ``load_state_dict()`` carry history, schedule and the alerts
 already sent through a checkpoint (tensors and plain types only).
+
+When the policy flags rows for masking (``AbortPolicy(actions={"pii:*": "mask"})``),
+the loop also routes its labels through the monitor before the forward pass::
+
+    labels = mon.mask(input_ids, labels)   # flagged rows' continuations -> -100
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from memwatch.events import (
 from memwatch.forecast import forecast
 from memwatch.history import History
 from memwatch.lm import device_of, vocab_size
+from memwatch.masking import FlaggedWindows, MaskSpec
 from memwatch.policy import AbortPolicy, Verdict, evaluate
 from memwatch.probe import CONT_LEN, MODES, PROMPT_LEN, ProbeSpec
 from memwatch.schedule import Schedule
@@ -83,6 +89,9 @@ class MemWatch:
         to each step), the clock the forecast measures progress in; None: steps (which
         forecast better than the summed learning rate in the backtest, where rows recur
         through a cosine-decayed run).
+    mask_spec: how `mask` finds and masks flagged rows (`memwatch.masking.MaskSpec`);
+        None: windows of min(16, cont_len) tokens, every continuation token masked.
+        Rows are flagged only by an `AbortPolicy` with a ``"mask"`` action.
     """
 
     def __init__(
@@ -100,6 +109,7 @@ class MemWatch:
         with_nll: bool = False,
         batch_size: int | None = None,
         compute=None,
+        mask_spec: MaskSpec | None = None,
     ):
         if not isinstance(watchlist, Watchlist):
             raise TypeError(f"MemWatch needs a Watchlist; got a {type(watchlist).__name__}: wrap "
@@ -122,6 +132,16 @@ class MemWatch:
         self.exact_every, self.policy = exact_every, abort
         self.sinks = list(sinks)
         self.compute = compute
+        self.mask_spec = MaskSpec(window=min(16, spec.cont_len)) if mask_spec is None else mask_spec
+        if not isinstance(self.mask_spec, MaskSpec):
+            raise TypeError(f"mask_spec must be a MaskSpec; got {type(mask_spec).__name__}")
+        if self.mask_spec.window > spec.cont_len:
+            raise ValueError(f"MaskSpec.window={self.mask_spec.window} is longer than the "
+                             f"continuation (cont_len={spec.cont_len}); use window <= "
+                             f"{spec.cont_len}")
+        self._flagged: tuple[int, ...] = ()
+        self._flagged_ids: tuple[str, ...] = ()
+        self._windows: FlaggedWindows | None = None
         self.history = History(watchlist.ids, watchlist.tags, cont_len=spec.cont_len)
         self._tags = sorted({t for row in watchlist.tags for t in row})
         self._sent: frozenset[str] = frozenset()
@@ -249,6 +269,8 @@ class MemWatch:
         verdict = evaluate(self.policy, self.history, self._sent, self._streak, predicted,
                            self.watchlist.redacted_preview)
         self._sent, self._streak = verdict.sent, verdict.streak
+        if self.policy.masks:  # every rank masks with rank 0's flagged rows
+            self._flag(distributed.broadcast_ints(sorted({*self._flagged, *verdict.mask})))
         metrics = probe_metrics(
             self.history, self._tags, predicted, probe_seconds=probe_seconds,
             monitor_seconds=self.schedule.monitor_seconds + time.perf_counter() - t0,
@@ -299,6 +321,34 @@ class MemWatch:
         names = {id(s): type(s).__name__ for s in self.sinks}
         return {f"{names[sink]}.{method}": n for (sink, method), n in self._sink_failures.items()}
 
+    # ---- masking flagged rows out of the loss ------------------------------------------------
+    @property
+    def flagged(self) -> tuple[str, ...]:
+        """Ids of the rows `mask` takes out of the loss, in watchlist order (the same tuple
+        object until the set changes)."""
+        return self._flagged_ids
+
+    def mask(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The labels to train on: `labels` (default `input_ids`) with every occurrence of a
+        flagged row's continuation set to the ignore index (see `memwatch.masking`).
+
+        Runs on the batch's device. With no row flagged it returns `labels` (or
+        `input_ids`) itself, untouched; it never writes into its arguments.
+        """
+        if self._windows is None:
+            return input_ids if labels is None else labels
+        return self._windows.apply(input_ids, labels)
+
+    def _flag(self, rows) -> None:
+        rows = tuple(sorted(int(i) for i in rows))
+        if rows == self._flagged:
+            return
+        self._flagged = rows
+        self._flagged_ids = tuple(self.watchlist.ids[i] for i in rows)
+        start = self.spec.prompt_len
+        cont = self.watchlist.tokens[list(rows), start:start + self.spec.cont_len]
+        self._windows = FlaggedWindows(cont, self.mask_spec) if rows else None
+
     def _decision(self, step, new, verdict: Verdict, abort: bool, record) -> Decision:
         ids = tuple(self.history.ids[i] for i in np.flatnonzero(new))
         return Decision(step, True, ids, verdict.alerts, abort, verdict.reason, record)
@@ -306,14 +356,15 @@ class MemWatch:
     def _forecast(self):
         """The point forecast of the final memorized counts, when the run length is known.
 
-        No bootstrap bands and no risk ranking: with them a forecast costs seconds per
-        probe on 1000 rows, without them milliseconds (`memwatch analyze` draws the bands).
+        No bootstrap bands: with them a forecast costs seconds per probe on 1000 rows,
+        without them milliseconds (`memwatch analyze` draws the bands). The risk ranking
+        (fitted either way) is attached when the policy masks rows at risk.
         """
         if self.total_steps is None:
             return None
         try:
-            return forecast(self.history, self.total_steps, n_boot=0, with_risk=False,
-                            compute=self.compute)
+            return forecast(self.history, self.total_steps, n_boot=0,
+                            with_risk=self.policy.mask_risk is not None, compute=self.compute)
         except (ValueError, np.linalg.LinAlgError):  # too few probes to fit yet
             return None
 
@@ -348,6 +399,7 @@ class MemWatch:
             "schedule": self.schedule.state_dict(),
             "alerts_sent": sorted(self._sent),
             "streak": self._streak,
+            "flagged": list(self.flagged),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -377,6 +429,12 @@ class MemWatch:
         self.schedule.load_state_dict(state["schedule"])
         self._sent = frozenset(state["alerts_sent"])
         self._streak = int(state["streak"])
+        index = {row_id: i for i, row_id in enumerate(self.watchlist.ids)}
+        unknown = [row_id for row_id in state.get("flagged", ()) if row_id not in index]
+        if unknown:
+            raise ValueError(f"monitor state flags rows {unknown[:5]} for masking that this "
+                             "watchlist does not have; load it with the run's watchlist")
+        self._flag(index[row_id] for row_id in state.get("flagged", ()))
         self._last_time = self._last_step = None
         self._finished = self._closed = False
         self._sync_ranks = True

@@ -1,4 +1,4 @@
-"""When to alert and when to stop: `AbortPolicy` (config) and `evaluate` (a pure function).
+"""When to alert, mask and stop: `AbortPolicy` (config) and `evaluate` (a pure function).
 
 Three triggers, checked at every probe: a row with a watched tag is memorized;
 the memorized fraction of a tag pattern passes a threshold; the forecast of
@@ -6,6 +6,12 @@ the final memorized count passes a budget. Each alert is sent once per run
 (the caller keeps the keys of the alerts already sent, and they ride in the
 checkpoint); the abort fires once the triggers have held for ``patience``
 consecutive probes.
+
+Per tag pattern, `AbortPolicy.actions` picks what a memorized row does instead:
+``"alert"`` (alert once, no abort), ``"mask"`` (flag the row: `MemWatch.mask` takes its
+continuation out of the loss from then on, and the run goes on; with ``mask_risk`` a
+row is flagged as soon as the forecast's risk model ranks it at that probability,
+before it is memorized) or ``"abort"`` (alert and trigger the abort, what `tags` does).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from memwatch.events import Alert
 from memwatch.watchlist.tags import ALL_ROWS
 
 ACTIONS = ("stop", "alert")
+ROW_ACTIONS = ("alert", "mask", "abort")  # weakest to strongest: a row takes its strongest
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,14 @@ class AbortPolicy:
         training, for all rows (an int) or per forecast key (``"*"`` or a tag).
     patience: consecutive probes a trigger must hold before the abort fires.
     action: ``"stop"`` aborts the run; ``"alert"`` only sends the abort alert.
+    actions: tag pattern -> ``"alert"`` | ``"mask"`` | ``"abort"``, what a memorized row
+        with a matching tag does; it overrides `tags` for the patterns it names
+        (`tags` patterns mean ``"abort"``), and a row matching several patterns takes
+        the strongest action (abort > mask > alert). ``"mask"`` rows are flagged for
+        `MemWatch.mask` (one ``"mask"`` alert per probe lists them, redacted).
+    mask_risk: also flag a ``"mask"`` row once the forecast's risk model gives it at
+        least this probability of being memorized at the end (needs ``total_steps``);
+        None: flag rows when memorized only.
     """
 
     tags: tuple[str, ...] = ("pii:*", "canary")
@@ -42,6 +57,8 @@ class AbortPolicy:
     forecast_budget: Mapping[str, int] | int | None = None
     patience: int = 1
     action: str = "stop"
+    actions: Mapping[str, str] = field(default_factory=dict)
+    mask_risk: float | None = None
 
     def __post_init__(self):
         tags = (self.tags,) if isinstance(self.tags, str) else tuple(self.tags)
@@ -64,6 +81,29 @@ class AbortPolicy:
                              f"{self.patience!r}")
         if self.action not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}; got {self.action!r}")
+        object.__setattr__(self, "actions", dict(self.actions))
+        for pattern, act in self.actions.items():
+            if act not in ROW_ACTIONS:
+                raise ValueError(f"actions[{pattern!r}] = {act!r}; give one of {ROW_ACTIONS}")
+        if self.mask_risk is not None:
+            if not 0 <= self.mask_risk <= 1:
+                raise ValueError(f"mask_risk = {self.mask_risk} is not a probability in [0, 1]")
+            if not self.masks:
+                raise ValueError("mask_risk applies to rows whose action is 'mask', and no "
+                                 "pattern has it: add e.g. actions={'pii:*': 'mask'}")
+
+    @property
+    def masks(self) -> bool:
+        """Whether any tag pattern's action is ``"mask"`` (else the monitor never masks)."""
+        return "mask" in self.actions.values()
+
+    def row_actions(self, tag_mask: Callable[[str], np.ndarray], n: int) -> np.ndarray:
+        """int8 [n]: each row's action, an index into `ROW_ACTIONS` (-1: none)."""
+        level = np.full(n, -1, dtype=np.int8)
+        for pattern, act in {**{p: "abort" for p in self.tags}, **self.actions}.items():
+            rows = tag_mask(pattern)
+            level[rows] = np.maximum(level[rows], ROW_ACTIONS.index(act))
+        return level
 
 
 @dataclass(frozen=True)
@@ -75,6 +115,7 @@ class Verdict:
     reason: str = ""
     sent: frozenset[str] = frozenset()  # keys of every alert sent so far, these included
     streak: int = 0  # consecutive probes, up to this one, at which a trigger held
+    mask: tuple[int, ...] = ()  # rows newly flagged for masking at this probe (indices)
 
 
 def evaluate(
@@ -104,18 +145,22 @@ def evaluate(
             keys.add(key)
             alerts.append(alert)
 
-    if policy.tags:
-        watched = np.zeros(history.num_rows, dtype=bool)
-        for pattern in policy.tags:
-            watched |= history.tag_mask(pattern)
-        hits = np.flatnonzero(watched & memorized)
-        for i in hits:
-            send(f"row:{history.ids[i]}", _row_alert(history, int(i), step, preview))
-        if len(hits):
-            named = "; ".join(_row_named(history, int(i), preview) for i in hits[:5])
-            more = f"; and {len(hits) - 5} more" if len(hits) > 5 else ""
-            triggers.append(f"rule tags={list(policy.tags)}: {len(hits)} watched row(s) "
-                            f"memorized: {named}{more}")
+    level = policy.row_actions(history.tag_mask, history.num_rows)
+    alerting = np.isin(level, [ROW_ACTIONS.index("alert"), ROW_ACTIONS.index("abort")])
+    for i in np.flatnonzero(alerting & memorized):
+        send(f"row:{history.ids[i]}", _row_alert(history, int(i), step, preview))
+    hits = np.flatnonzero((level == ROW_ACTIONS.index("abort")) & memorized)
+    if len(hits):
+        watched = [p for p in policy.tags if policy.actions.get(p, "abort") == "abort"]
+        watched += [p for p, act in policy.actions.items() if act == "abort" and p not in watched]
+        named = "; ".join(_row_named(history, int(i), preview) for i in hits[:5])
+        more = f"; and {len(hits) - 5} more" if len(hits) > 5 else ""
+        triggers.append(f"rule tags={watched}: {len(hits)} watched row(s) "
+                        f"memorized: {named}{more}")
+    mask = _newly_flagged(policy, history, level, keys, forecast)
+    if mask:
+        keys.update(f"mask:{history.ids[i]}" for i in mask)
+        alerts.append(_mask_alert(history, mask, step, forecast, preview))
 
     for pattern, limit in policy.max_fraction.items():
         rows = history.tag_mask(pattern)
@@ -152,7 +197,33 @@ def evaluate(
         title = "memwatch stops the run" if stop else "memwatch would stop the run"
         send("abort", Alert("abort", "ERROR" if stop else "WARN", title, reason, step))
     return Verdict(tuple(alerts), fire and policy.action == "stop", reason, frozenset(keys),
-                   streak)
+                   streak, mask)
+
+
+def _newly_flagged(policy: AbortPolicy, history, level: np.ndarray, sent, forecast
+                   ) -> tuple[int, ...]:
+    """Rows whose action is "mask", memorized now (or at risk), and not flagged before."""
+    due = history.memorized[-1].copy()
+    risk = None if forecast is None else getattr(forecast, "risk", None)
+    if policy.mask_risk is not None and risk is not None:
+        due |= np.asarray(risk.score) >= policy.mask_risk
+    due &= level == ROW_ACTIONS.index("mask")
+    return tuple(int(i) for i in np.flatnonzero(due) if f"mask:{history.ids[i]}" not in sent)
+
+
+def _mask_alert(history, rows: tuple[int, ...], step: int, forecast, preview) -> Alert:
+    risk = None if forecast is None else getattr(forecast, "risk", None)
+    lines = []
+    for i in rows:
+        tags = ",".join(history.tags[i]) or "untagged"
+        why = ("memorized" if history.memorized[-1, i]
+               else f"at risk (p={float(risk.score[i]):.2f})")
+        shown = preview(i) if preview is not None else f"[{tags}]"
+        lines.append(f"{history.ids[i]} ({tags}) {why}: {shown}")
+    text = (f"from step {step} on, {len(rows)} row(s) are masked out of the training loss "
+            "wherever their continuation appears in a batch:\n" + "\n".join(lines))
+    return Alert("mask", "WARN", f"memwatch masks {len(rows)} row(s) out of the loss", text,
+                 step, tuple(history.ids[i] for i in rows))
 
 
 def _row_named(history, i: int, preview) -> str:

@@ -3,6 +3,7 @@ to the framework's stop signal. Plain PyTorch needs none: call ``mon.step(model,
 
     from memwatch.callbacks import MemWatchCallback          # Lightning
     from memwatch.callbacks import MemWatchTrainerCallback   # transformers.Trainer
+    from memwatch.callbacks import MaskingCollator           # masks flagged rows (Trainer)
 
 Each adapter is imported on first use, so this package imports no framework.
 """
@@ -13,6 +14,7 @@ from importlib import import_module
 _LAZY = {
     "MemWatchCallback": ("memwatch.callbacks.lightning", "lightning"),
     "MemWatchTrainerCallback": ("memwatch.callbacks.transformers", "hf"),
+    "MaskingCollator": ("memwatch.callbacks.transformers", "hf"),
 }
 
 __all__ = list(_LAZY)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from memwatch.monitor import MemWatch
 
@@ -22,6 +22,10 @@ class MemWatchCallback(Callback):
     monitor's state in the checkpoint: give each callback its own when two monitors
     share a Trainer. Lightning keeps training after a stop until ``min_steps`` /
     ``min_epochs`` are met; an abort then says so, and until when, in `reason`.
+
+    When the policy masks rows, a dict batch with ``input_ids`` and ``labels`` gets its
+    labels masked in ``on_train_batch_start`` (`MemWatch.mask`); any other batch needs
+    ``labels = monitor.mask(input_ids, labels)`` in ``training_step`` (warned once).
     """
 
     def __init__(self, monitor: MemWatch,
@@ -32,6 +36,7 @@ class MemWatchCallback(Callback):
         self.reason = ""
         self._key = state_key
         self._seen_step: int | None = None
+        self._told_mask = False
 
     @property
     def state_key(self) -> str:
@@ -54,6 +59,18 @@ class MemWatchCallback(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._seen_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch,
+                             batch_idx: int) -> None:
+        if not self.monitor.policy.masks:
+            return
+        if isinstance(batch, MutableMapping) and "input_ids" in batch and "labels" in batch:
+            batch["labels"] = self.monitor.mask(batch["input_ids"], batch["labels"])
+        elif not self._told_mask:
+            self._told_mask = True
+            rank_zero_warn("memwatch masks flagged rows only in dict batches with 'input_ids' "
+                           "and 'labels'; for this batch call `labels = monitor.mask(input_ids, "
+                           "labels)` in training_step")
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch,
                            batch_idx: int) -> None:

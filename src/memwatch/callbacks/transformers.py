@@ -1,4 +1,5 @@
-"""`MemWatchTrainerCallback`: drives a `MemWatch` from a `transformers.Trainer`."""
+"""`MemWatchTrainerCallback`: drives a `MemWatch` from a `transformers.Trainer`;
+`MaskingCollator`: masks flagged rows out of its batches' labels."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 import warnings
 
 import torch
-from transformers import TrainerCallback
+from transformers import TrainerCallback, default_data_collator
 
 from memwatch.monitor import MemWatch
 
@@ -62,3 +63,36 @@ class MemWatchTrainerCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.monitor.finish(model, state.global_step)
+
+
+class MaskingCollator:
+    """Wraps a data collator: each batch's ``labels`` come back with flagged rows masked.
+
+    ``Trainer(..., data_collator=MaskingCollator(monitor, collator))`` (`collator`
+    defaults to transformers' ``default_data_collator``). The monitor flags rows at its
+    probes, in the main process, so the collator must run there too
+    (``dataloader_num_workers=0``, the Trainer's default): a worker process would mask
+    with a stale copy of the flagged rows, and raises instead. The Trainer's data loader
+    collates one batch ahead, so a row flagged at a probe is masked from the second
+    step after it on (the Lightning and plain-loop adapters: from the next step).
+    """
+
+    def __init__(self, monitor: MemWatch, collator=None):
+        self.monitor = monitor
+        self.collator = default_data_collator if collator is None else collator
+        self._told = False
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        if not self.monitor.policy.masks:
+            return batch
+        if torch.utils.data.get_worker_info() is not None:
+            raise RuntimeError("MaskingCollator runs in a DataLoader worker, where the rows the "
+                               "monitor flags never arrive; set dataloader_num_workers=0")
+        if "input_ids" in batch and "labels" in batch:
+            batch["labels"] = self.monitor.mask(batch["input_ids"], batch["labels"])
+        elif not self._told:
+            self._told = True
+            warnings.warn("MaskingCollator masks only batches with 'input_ids' and 'labels'; "
+                          f"this collator gives {sorted(batch)}", stacklevel=2)
+        return batch
