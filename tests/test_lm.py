@@ -85,7 +85,10 @@ def test_teacher_forced_path_is_one_pass_and_equal(name):
     assert count.tokens == ROWS * (M + N - 1)  # the NLL's pass also finds the first misses
     assert res.memorized.tolist() == [True] * 4 + [False] * (ROWS - 4)
     spec = mw.probe(model, rows, mode="exact", strategy="speculative", with_nll=True)
-    tf = mw.probe(model, rows, mode="exact", strategy="teacher_forced", with_nll=True)
+    with TokenCounter(model) as count:
+        tf = mw.probe(model, rows, mode="exact", strategy="teacher_forced", with_nll=True)
+    # one pass, then the 8 diverged rows decode in one fixed batch: one token per row and step
+    assert count.tokens == ROWS * (M + N - 1) + (ROWS - 4) * (N - 1)
     assert torch.equal(tf.scores, spec.scores) and torch.equal(tf.greedy, spec.greedy)
     assert torch.equal(tf.match_prefix, spec.match_prefix)
     torch.testing.assert_close(tf.nll, spec.nll, rtol=1e-5, atol=1e-5)

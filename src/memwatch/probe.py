@@ -249,15 +249,33 @@ def _teacher_forced_batch(lm, tokens, M, N, exact, eos, with_nll, vocab, lockste
     match_prefix = _first_miss(pred, cont)
     greedy = cont.clone() if exact else None
     if exact:
-        pending = {}
-        for p in torch.unique(match_prefix[match_prefix < N]).tolist():
-            rows = torch.nonzero(match_prefix == p).squeeze(1)
-            pending[p] = [(rows, lm.crop(lm.select(state, rows), M + p), pred[rows, p])]
-        if pending or lockstep:
-            row0 = torch.zeros(1, dtype=torch.long, device=tokens.device)
-            spare = lm.crop(lm.select(state, row0), M) if lockstep else None
-            _decode_diverged(lm, pending, greedy, M, N, eos, spare)
+        _decode_in_place(lm, state, match_prefix, pred, greedy, M, N, eos, lockstep)
     return match_prefix, greedy, nll[:, 0], nll.mean(dim=1) if with_nll else None
+
+
+def _decode_in_place(lm, state, match_prefix, pred, greedy, M, N, eos, lockstep=False):
+    """Greedy-decode the diverged rows in one fixed batch on the cache of their true prefix.
+
+    Every diverged row sits in the batch from the first divergence point t0 on; a row
+    diverged at p > t feeds its own next token at step t (the truth before p, its first
+    wrong token at p), so its cache stays its own and the batch never changes shape: no
+    rows are selected or concatenated while decoding, and each step is one forward of
+    one token per row. With `lockstep` the sweep runs all N - 1 steps (row 0 stands in
+    when no row diverged), so the number of model calls does not depend on the data.
+    """
+    rows = torch.nonzero(match_prefix < N).squeeze(1)
+    if not len(rows) and not lockstep:
+        return
+    p = match_prefix[rows]
+    if not len(rows):  # lockstep without a diverged row: a spare row, never written
+        rows, p = torch.zeros(1, dtype=torch.long, device=greedy.device), p.new_full((1,), N)
+    greedy[rows[p < N], p[p < N]] = pred[rows[p < N], p[p < N]]  # the first wrong tokens
+    t0 = 0 if lockstep else int(p.min())
+    state = lm.crop(lm.select(state, rows), M + t0)
+    for t in range(t0, N - 1):
+        state, logits = lm.extend(state, greedy[rows, t:t + 1], keep=1)
+        joined = p <= t
+        greedy[rows[joined], t + 1] = _argmax(logits[joined, -1], eos)
 
 
 def _speculative_batch(lm, tokens, M, N, exact, eos, lockstep=False):
