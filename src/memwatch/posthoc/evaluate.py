@@ -300,7 +300,7 @@ def _score_slice(model, rows: RowSource, start, end, rank_dir, meta, config, bar
     vocab = vocab_size(model)
     while done < end:
         hi = min(done + step, end)
-        index, ids, tags, tokens = rows.batch(done, hi)
+        index, ids, tags, tokens = rows.batch(done, hi, config.prompt_len + config.cont_len)
         if vocab is not None and int(tokens.max()) >= vocab:
             row = int((tokens >= vocab).any(1).nonzero()[0, 0])
             raise ValueError(f"watchlist sequence {ids[row]!r} has a token id >= {vocab}, the "
