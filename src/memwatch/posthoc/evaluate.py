@@ -3,7 +3,10 @@
 One parquet per (model, revision) at ``<out>/<model name>/<revision>.parquet`` with
 columns ``index`` (the row's sequence index in the training data, or its watchlist
 position), ``id``, ``score``, ``match_prefix``, ``nll`` and ``tags``; the run's
-settings ride in the file's schema metadata under ``memwatch``.
+settings ride in the file's schema metadata under ``memwatch``
+(`memwatch.posthoc.results` owns the format). Rows come from a row source
+(`memwatch.posthoc.rows`): a watchlist in memory, or Pythia's data streamed batch by
+batch, so memory does not grow with the number of rows.
 
 Resumable: rows are scored in batches and every batch is written to its own file
 (``<revision>.parts/rank<r>-of-<w>/<start>-<end>.parquet``, atomically) before the
