@@ -156,7 +156,7 @@ def test_streamed_rows_equal_the_memmap_rows(tmp_path, monkeypatch, span):
     rows = PythiaRows(tmp_path / "d", "10:300:7")
     assert rows.check(64)[0] == int(max(s[:64].max() for s in seqs[10:300:7][:1024]))
     wl = Watchlist.from_pythia(tmp_path / "d", "10:300:7")
-    index, ids, tags, tokens = rows.batch(3, 20)
+    index, ids, tags, tokens = rows.batch(3, 20, 64)
     assert ids == wl.ids[3:20] and tags == wl.tags[3:20]
     assert index.tolist() == [int(i[7:]) for i in wl.ids[3:20]]
     assert tokens.dtype == wl.tokens.dtype and bool((tokens == wl.tokens[3:20]).all())

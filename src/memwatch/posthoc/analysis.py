@@ -50,6 +50,11 @@ class PairStats:
     def key(self) -> str:
         return f"{self.model}@{self.revision}"
 
+    @property
+    def series(self) -> str:
+        """The model, plus the source when not memwatch: one heatmap row, one plotted line."""
+        return self.model + (self.label[len(self.key):] if self.label else "")
+
 
 @dataclass(frozen=True)
 class Agreement:
@@ -126,17 +131,13 @@ class Analysis:
 
         One row per model and source: ``pythia-1b``, ``pythia-1b [memorized-evals]``.
         """
-        rows = list(dict.fromkeys(_row_name(p) for p in self.pairs))
+        rows = list(dict.fromkeys(p.series for p in self.pairs))
         revisions = sorted(dict.fromkeys(p.revision for p in self.pairs),
                            key=lambda r: (step_of(r) is None, step_of(r) or 0, r))
         out = np.full((len(rows), len(revisions)), np.nan)
         for p in self.pairs:
-            out[rows.index(_row_name(p)), revisions.index(p.revision)] = getattr(p, attr)
+            out[rows.index(p.series), revisions.index(p.revision)] = getattr(p, attr)
         return rows, revisions, out
-
-
-def _row_name(p: PairStats) -> str:
-    return p.model + (p.label[len(p.key):] if p.label else "")
 
 
 def set_precision_recall(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:

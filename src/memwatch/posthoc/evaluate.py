@@ -3,7 +3,10 @@
 One parquet per (model, revision) at ``<out>/<model name>/<revision>.parquet`` with
 columns ``index`` (the row's sequence index in the training data, or its watchlist
 position), ``id``, ``score``, ``match_prefix``, ``nll`` and ``tags``; the run's
-settings ride in the file's schema metadata under ``memwatch``.
+settings ride in the file's schema metadata under ``memwatch``
+(`memwatch.posthoc.results` owns the format). Rows come from a row source
+(`memwatch.posthoc.rows`): a watchlist in memory, or Pythia's data streamed batch by
+batch, so memory does not grow with the number of rows.
 
 Resumable: rows are scored in batches and every batch is written to its own file
 (``<revision>.parts/rank<r>-of-<w>/<start>-<end>.parquet``, atomically) before the
@@ -300,7 +303,7 @@ def _score_slice(model, rows: RowSource, start, end, rank_dir, meta, config, bar
     vocab = vocab_size(model)
     while done < end:
         hi = min(done + step, end)
-        index, ids, tags, tokens = rows.batch(done, hi)
+        index, ids, tags, tokens = rows.batch(done, hi, config.prompt_len + config.cont_len)
         if vocab is not None and int(tokens.max()) >= vocab:
             row = int((tokens >= vocab).any(1).nonzero()[0, 0])
             raise ValueError(f"watchlist sequence {ids[row]!r} has a token id >= {vocab}, the "

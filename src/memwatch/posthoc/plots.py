@@ -86,7 +86,7 @@ def memorized_fraction(analysis: Analysis, path: Path) -> Path:
     by_model: dict[str, list] = {}
     for p in analysis.pairs:
         if p.step is not None and np.isfinite(p.fraction):
-            by_model.setdefault(p.model, []).append((p.step, p.fraction))
+            by_model.setdefault(p.series, []).append((p.step, p.fraction))
     for model, points in by_model.items():
         steps, fractions = zip(*sorted(points), strict=True)
         ax.plot(steps, fractions, marker="o", label=model)

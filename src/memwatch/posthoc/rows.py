@@ -1,7 +1,7 @@
 """The rows `memwatch eval` scores, read batch by batch: a watchlist in memory, or Pythia's data.
 
-A row source answers `len`, `batch(lo, hi)` (index, ids, tags and int64 tokens of
-rows [lo, hi)), `check(need)` (fail fast on unusable rows) and
+A row source answers `len`, `batch(lo, hi, need)` (index, ids, tags and the first
+`need` tokens, int64, of rows [lo, hi)), `check(need)` (fail fast on unusable rows) and
 `update_fingerprint(h, need)` (what identifies the rows, for resuming).
 `PythiaRows` streams: it holds the selected indices as ranges and reads each batch
 from the ``.bin`` when asked (uint16 on disk, converted to int64 per batch), so
@@ -44,9 +44,9 @@ class WatchlistRows:
     def __len__(self) -> int:
         return len(self.watchlist)
 
-    def batch(self, lo: int, hi: int):
+    def batch(self, lo: int, hi: int, need: int):
         wl = self.watchlist
-        return self.index[lo:hi], wl.ids[lo:hi], wl.tags[lo:hi], wl.tokens[lo:hi]
+        return self.index[lo:hi], wl.ids[lo:hi], wl.tags[lo:hi], wl.tokens[lo:hi, :need]
 
     def check(self, need: int) -> tuple[int, str]:
         """Raise ValueError for a row shorter than `need`; returns (the largest token id,
@@ -81,9 +81,9 @@ class PythiaRows:
     def __len__(self) -> int:
         return len(self.ranges)
 
-    def batch(self, lo: int, hi: int):
+    def batch(self, lo: int, hi: int, need: int):
         index = self.ranges.take(lo, hi)
-        tokens = self.data.read_rows(index, self._need)
+        tokens = self.data.read_rows(index, need)
         return (index, [pythia_id(i) for i in index.tolist()], [self.tags] * len(index),
                 torch.from_numpy(tokens.astype(np.int64)))
 
@@ -91,9 +91,8 @@ class PythiaRows:
         """Raise for a selected sequence out of range or shorter than `need` (the whole
         index is read in bounded chunks); returns (the largest token id of the first
         1024 rows, where it is); every batch is checked again before it is scored."""
-        self._need = need
         self.data.check_lengths(self.ranges, need)
-        _, ids, _, tokens = self.batch(0, min(len(self), 1024))
+        _, ids, _, tokens = self.batch(0, min(len(self), 1024), need)
         return _largest(tokens, ids)
 
     def update_fingerprint(self, h, need: int) -> None:
