@@ -129,6 +129,7 @@ def probe_sharded(model, tokens: torch.Tensor, prompt_len: int, cont_len: int, m
                 f"see the warning of rank {failed_ranks[0]}"
             raise ProbeFailed(f"the probe failed{where} ({what})") from error
         if oom_ranks:
+            error = None  # its traceback holds the failed batch's tensors: free them first
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             bs //= 2  # every rank halves together and redoes the batch: they stay in lockstep
