@@ -73,7 +73,7 @@ def test_probes_without_nll_are_skipped():
 
 
 def test_a_capped_calibration_sample_gives_the_same_answer(monkeypatch):
-    import memwatch.forecast.trajectory as trajectory
+    from memwatch.forecast import trajectory  # (mw.forecast is the function, not the package)
 
     mem, nll, clock, final = linear_rows(n=5000)  # 6 window probes x 5000 rows > the cap
     capped = end_probabilities(mem, nll, clock, 1000.0)
