@@ -82,6 +82,7 @@ def test_eval_writes_reference_scores_for_every_checkpoint(suite, evaluated):
     assert memorized > 0, "the suite memorized nothing: the comparison above proves little"
 
 
+@pytest.mark.slow
 def test_resume_after_crash_gives_identical_results(suite, evaluated, tmp_path, monkeypatch):
     calls = []
     real_probe = ev.probe
@@ -144,6 +145,7 @@ def test_watchlist_file_gives_the_same_results(suite, evaluated, tmp_path):
         _columns(evaluated / "large" / "step48.parquet")
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one(suite, evaluated, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

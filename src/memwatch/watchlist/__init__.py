@@ -145,24 +145,13 @@ class Watchlist:
         after the last full window is dropped. `tokenizer` is any fast Hugging Face
         tokenizer (offset mapping needed); no special tokens are added.
         """
-        from memwatch.watchlist.text import windows
-
-        tags = (tags,) if isinstance(tags, str) else tuple(tags)
-        L = prompt_len + cont_len
-        rows, ids, spans, kept = [], [], [], []
-        for win in windows(texts, tokenizer, L):
-            t = win.text_index
-            rows.append(win.tokens)
-            ids.append(f"{id_prefix}:{t}:{win.index}")
-            spans.append((t, win.start, win.end))
-            kept.append(win.text if keep_text else None)
-            if max_rows is not None and len(rows) >= max_rows:
-                break
-        if not rows:
-            raise ValueError(f"no text has prompt_len + cont_len = {L} tokens: the watchlist "
-                             "would be empty; give longer texts or smaller lengths")
-        return cls(torch.tensor(rows, dtype=torch.long), ids, [tags] * len(rows), spans=spans,
-                   texts=kept if keep_text else None)
+        wl = cls._from_windows(enumerate(texts), tokenizer, prompt_len + cont_len, tags,
+                               keep_text, max_rows, id_prefix)
+        if wl is None:
+            raise ValueError(f"no text has prompt_len + cont_len = {prompt_len + cont_len} "
+                             "tokens: the watchlist would be empty; give longer texts or "
+                             "smaller lengths")
+        return wl
 
     @classmethod
     def from_dataset(cls, ds, text_column: str = "text", tokenizer=None,
@@ -177,40 +166,39 @@ class Watchlist:
         ``ds.shuffle(seed, buffer_size=shuffle_buffer)`` and read until `sample`
         rows are found (ids ``ds:<position in that stream>:<window>``).
         """
+        from memwatch.watchlist.text import dataset_texts
+
         if tokenizer is None:
             raise ValueError("from_dataset needs tokenizer=... to turn texts into token rows")
-        from datasets import Dataset
-
-        if isinstance(ds, Dataset):
-            if text_column not in ds.column_names:
-                raise ValueError(f"dataset has no column {text_column!r}; it has "
-                                 f"{ds.column_names}")
-            order = np.random.default_rng(seed).permutation(len(ds))
-            source = ((int(i), ds[int(i)][text_column]) for i in order)
-        else:
-            if sample is None:
-                raise ValueError("a streaming dataset needs sample=<rows> (it may never end)")
-            source = enumerate(row[text_column] for row in
-                               ds.shuffle(seed=seed, buffer_size=shuffle_buffer))
-        parts = []
-        found = 0
-        for index, text in source:
-            if sample is not None and found >= sample:
-                break
-            try:
-                part = cls.from_texts([text], tokenizer, tags, prompt_len, cont_len, keep_text,
-                                      None if sample is None else sample - found,
-                                      id_prefix=id_prefix)
-            except ValueError:
-                continue  # a text shorter than one window
-            part.ids = [f"{id_prefix}:{index}:{i.rsplit(':', 1)[1]}" for i in part.ids]
-            part.spans = [(index, s, e) for _, s, e in part.spans]
-            parts.append(part)
-            found += len(part)
-        if not parts:
+        source = dataset_texts(ds, text_column, sample, seed, shuffle_buffer)
+        wl = cls._from_windows(source, tokenizer, prompt_len + cont_len, tags, keep_text, sample,
+                               id_prefix)
+        if wl is None:
             raise ValueError(f"no text in column {text_column!r} has prompt_len + cont_len = "
                              f"{prompt_len + cont_len} tokens")
-        return _concat(parts)
+        return wl
+
+    @classmethod
+    def _from_windows(cls, texts: Iterable[tuple[int, str]], tokenizer, length: int,
+                      tags: Sequence[str] | str, keep_text: bool, max_rows: int | None,
+                      id_prefix: str) -> Watchlist | None:
+        """Rows ``<id_prefix>:<text number>:<window>`` from numbered texts; None if none."""
+        from memwatch.watchlist.text import windows
+
+        tags = (tags,) if isinstance(tags, str) else tuple(tags)
+        rows, ids, spans, kept = [], [], [], []
+        for win in windows(texts, tokenizer, length):
+            t = win.text_index
+            rows.append(win.tokens)
+            ids.append(f"{id_prefix}:{t}:{win.index}")
+            spans.append((t, win.start, win.end))
+            kept.append(win.text if keep_text else None)
+            if max_rows is not None and len(rows) >= max_rows:
+                break
+        if not rows:
+            return None
+        return cls(torch.tensor(rows, dtype=torch.long), ids, [tags] * len(rows), spans=spans,
+                   texts=kept if keep_text else None)
 
     @classmethod
     def from_pythia(cls, path_prefix: str | os.PathLike, indices, prompt_len: int = PROMPT_LEN,

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
+import numpy as np
+
 
 class Window(NamedTuple):
-    """One window of `length` tokens cut from text number `text_index`."""
+    """One window of tokens cut from text number `text_index`."""
 
     text_index: int
     index: int  # the window's position in its text (0, 1, ...)
@@ -32,13 +34,13 @@ def encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
-def windows(texts: Iterable[str], tokenizer, length: int) -> Iterator[Window]:
+def windows(texts: Iterable[tuple[int, str]], tokenizer, length: int) -> Iterator[Window]:
     """Each text's consecutive, non-overlapping windows of `length` tokens, text by text.
 
-    A text shorter than one window gives none; the tail after the last full window is
-    dropped.
+    `texts` holds (number, text) pairs, e.g. ``enumerate(texts)``. A text shorter than
+    one window gives none; the tail after the last full window is dropped.
     """
-    for t, text in enumerate(texts):
+    for t, text in texts:
         if not isinstance(text, str):
             raise TypeError(f"text {t} is a {type(text).__name__}, not a str")
         token_ids, offsets = encode(tokenizer, text)
@@ -46,3 +48,24 @@ def windows(texts: Iterable[str], tokenizer, length: int) -> Iterator[Window]:
             s = w * length
             start, end = offsets[s][0], offsets[s + length - 1][1]
             yield Window(t, w, token_ids[s : s + length], start, end, text[start:end])
+
+
+def dataset_texts(ds, text_column: str, sample: int | None, seed: int,
+                  shuffle_buffer: int) -> Iterator[tuple[int, str]]:
+    """(number, text) pairs of a `datasets.Dataset` or IterableDataset, in a seeded order.
+
+    A `Dataset` is read in a seeded random order of its rows, numbered by row. An
+    `IterableDataset` (streaming) is shuffled with ``ds.shuffle(seed, buffer_size=
+    shuffle_buffer)`` and numbered by position in that stream; it needs `sample` (the
+    reader stops once it has that many rows), since it may never end.
+    """
+    from datasets import Dataset
+
+    if isinstance(ds, Dataset):
+        if text_column not in ds.column_names:
+            raise ValueError(f"dataset has no column {text_column!r}; it has {ds.column_names}")
+        order = np.random.default_rng(seed).permutation(len(ds))
+        return ((int(i), ds[int(i)][text_column]) for i in order)
+    if sample is None:
+        raise ValueError("a streaming dataset needs sample=<rows> (it may never end)")
+    return enumerate(row[text_column] for row in ds.shuffle(seed=seed, buffer_size=shuffle_buffer))
