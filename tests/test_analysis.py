@@ -164,7 +164,7 @@ def test_bad_results_are_reported(results, tmp_path, capsys):
 @pytest.mark.parametrize("args, expected", [
     (["--target", "pythia-12b"], "argument --target: expected MODEL@REVISION[:SOURCE]"),
     (["--target", "a@b", "--tokens-per-step", "0"],
-     "argument --tokens-per-step: expected a positive integer; got '0'"),
+     "argument --tokens-per-step: expected a positive integer, got '0'"),
     (["--target", "a@b", "--cont-len", "x"], "argument --cont-len: expected a positive integer"),
 ])
 def test_malformed_arguments_fail_before_reading(tmp_path, capsys, args, expected):

@@ -207,8 +207,8 @@ def _bad_argument(capsys, tmp_path, *args) -> str:
 @pytest.mark.parametrize("flag, value, expected", [
     ("--indices", "5:5", "argument --indices: '5:5' selects no sequence"),
     ("--indices", "0:x", "argument --indices: index range '0:x' is not 'i' or"),
-    ("--batch-size", "0", "argument --batch-size: expected 'auto' or a positive integer; got '0'"),
-    ("--prompt-len", "-3", "argument --prompt-len: expected a positive integer; got '-3'"),
+    ("--batch-size", "0", "argument --batch-size: expected 'auto' or a positive integer, got '0'"),
+    ("--prompt-len", "-3", "argument --prompt-len: expected a positive integer, got '-3'"),
 ])
 def test_malformed_arguments_fail_before_loading(suite, tmp_path, capsys, no_scoring, flag,
                                                   value, expected):

@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from memwatch.commands.args import positive_int
 from memwatch.probe import CONT_LEN
 
 HELP = ("Compare every (model, checkpoint) in result folders (memwatch's or EleutherAI's) "
@@ -27,16 +28,6 @@ def _target(text: str) -> str:
     return text
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
-
-
 def add_arguments(p) -> None:
     p.add_argument("results", nargs="+", type=_existing, help="result folders or files")
     p.add_argument("--target", required=True, type=_target, metavar="MODEL@REVISION[:SOURCE]",
@@ -44,9 +35,9 @@ def add_arguments(p) -> None:
                         "(memwatch, pythia-csv, memorized-evals) picks one of several runs of "
                         "that checkpoint (default: memwatch's, then pythia-csv's)")
     p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--tokens-per-step", type=_positive, default=None,
+    p.add_argument("--tokens-per-step", type=positive_int, default=None,
                    help="tokens per optimizer step for compute (default Pythia's 2,097,152)")
-    p.add_argument("--cont-len", type=_positive, default=CONT_LEN,
+    p.add_argument("--cont-len", type=positive_int, default=CONT_LEN,
                    help=f"continuation length, for the histogram bins (default {CONT_LEN})")
     p.add_argument("--no-progress", action="store_true")
 

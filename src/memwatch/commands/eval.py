@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from memwatch.commands.args import positive_int
 from memwatch.probe import CONT_LEN, PROMPT_LEN
 
 HELP = ("Probe every (model, revision) over a watchlist or Pythia's training data; one "
@@ -16,22 +17,10 @@ def _batch_size(text: str) -> int | None:
     if text == "auto":
         return None
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer; got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or a positive integer, got {text!r}") from None
 
 
 def _indices(text: str):
@@ -66,8 +55,8 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--batch-size", default=None, type=_batch_size, metavar="N|auto",
                    help="rows per probe batch, also the unit a crash can lose (default auto)")
-    p.add_argument("--prompt-len", type=_positive, default=PROMPT_LEN)
-    p.add_argument("--cont-len", type=_positive, default=CONT_LEN)
+    p.add_argument("--prompt-len", type=positive_int, default=PROMPT_LEN)
+    p.add_argument("--cont-len", type=positive_int, default=CONT_LEN)
     p.add_argument("--no-nll", action="store_true", help="skip the NLL column (written as NaN)")
     p.add_argument("--cache-dir", help="transformers cache for hub checkpoints")
     p.add_argument("--device", help="default: this rank's GPU if any, else cpu")
