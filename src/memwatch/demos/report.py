@@ -126,8 +126,11 @@ def _plot_forecast(history, fc: np.ndarray, path: Path) -> None:
 
 
 def write_report(history, watchlist, repeats: dict[str, int], out_dir: Path,
-                 total_steps: int, stopped_early: bool = False) -> Path:
-    """Write `report.md` and its PNG plots into `out_dir`; returns the report's path."""
+                 total_steps: int, stopped_early: bool = False, stop_reason: str = "") -> Path:
+    """Write `report.md` and its PNG plots into `out_dir`; returns the report's path.
+
+    `stop_reason`: the abort policy's reason when it stopped the run (ids, tags and
+    redacted previews only)."""
     out_dir = Path(out_dir)
     reps = np.array([repeats.get(i, 0) for i in history.ids])
     _plot_over_time(history, reps, out_dir / "memorization_over_time.png")
@@ -140,7 +143,8 @@ def write_report(history, watchlist, repeats: dict[str, int], out_dir: Path,
     lines = [
         "# memwatch demo report", "",
         f"{len(history)} probes over {int(history.steps[-1])} training steps"
-        + (" (stopped early by the abort policy)." if stopped_early else "."), "",
+        + (f" (stopped early by the abort policy{': ' + stop_reason if stop_reason else ''})."
+           if stopped_early else "."), "",
         "| rows | count | memorized at the end | first memorized (median step) |",
         "|---|---|---|---|",
     ]
@@ -150,7 +154,7 @@ def write_report(history, watchlist, repeats: dict[str, int], out_dir: Path,
             hit = first[mask][first[mask] >= 0]
             med = f"{int(np.median(hit))}" if len(hit) else "-"
             lines.append(f"| {label} | {mask.sum()} | {final[mask].sum()} | {med} |")
-    lines += ["", *outcome_sentences(history, reps), "",
+    lines += ["", *[x for sentence in outcome_sentences(history, reps) for x in (sentence, "")],
               "![memorization over time](memorization_over_time.png)", "",
               "Every watched row at every probe (tokens reproduced before the first miss):", "",
               "![memorization heatmap](memorization_heatmap.png)", ""]

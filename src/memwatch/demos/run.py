@@ -141,14 +141,16 @@ def _run(cfg: DemoConfig) -> Path:
     # with_nll: the per-row NLL trends give the forecast its trajectory estimate
     monitor = mw.MemWatch(wl, total_steps=cfg.steps, max_overhead=cfg.max_overhead,
                           abort=policy, sinks=sinks, with_nll=True)
+    callback = MemWatchCallback(monitor)
     trainer = L.Trainer(max_steps=cfg.steps, accelerator=cfg.device, devices=1, logger=False,
-                        enable_checkpointing=False, callbacks=[MemWatchCallback(monitor)],
+                        enable_checkpointing=False, callbacks=[callback],
                         enable_model_summary=False, log_every_n_steps=50)
     trainer.fit(LitCausalLM(model, lr=cfg.lr),
                 stream_loader(data.stream, cfg.batch_size, seed=cfg.seed))
     monitor.close()  # finishes the W&B run the sink started
     report = write_report(monitor.history, wl, data.repeats, out, total_steps=cfg.steps,
-                          stopped_early=trainer.global_step < cfg.steps)
+                          stopped_early=trainer.global_step < cfg.steps,
+                          stop_reason=callback.reason)
     print(f"\nreport: {report.resolve()}")
     return report
 
