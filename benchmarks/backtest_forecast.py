@@ -289,6 +289,11 @@ def latent_rows(run: dict) -> str:
                      f"/{int((final & (run['placement'] == w)).sum())}" for w in PLACEMENTS)
 
 
+def pr(pair) -> str:
+    """'precision/recall', or 'n/a' where not measured."""
+    return "n/a" if np.isnan(pair[0]) else f"{pair[0]:.2f}/{pair[1]:.2f}"
+
+
 def report(run: dict, schedule: str, seed: int, total_steps: int) -> list[dict]:
     """Print one seed's comparison at each stop; return the rows for the summary."""
     final = run["match_prefix"][-1] == 32
@@ -315,7 +320,7 @@ def report(run: dict, schedule: str, seed: int, total_steps: int) -> list[dict]:
         out.append({"kind": "rows", "schedule": schedule, "stop": frac, **r})
         line += (f" rows seen {r['seen']} ({r['final_seen']} memorized at the end):"
                  f" memorized-now P/R {r['now'][0]:.2f}/{r['now'][1]:.2f},"
-                 f" ranked at equal P {r['ranked'][0]:.2f}/{r['ranked'][1]:.2f},"
+                 f" ranked at equal P {pr(r['ranked'])},"
                  f" at P>=0.9 {r['P>=0.9'][0]:.2f}/{r['P>=0.9'][1]:.2f},"
                  f" p>=0.5 {r['p>=0.5'][0]:.2f}/{r['p>=0.5'][1]:.2f}, ECE {r['ece']:.3f},"
                  f" sum of p {r['sum_p']:.0f}")
@@ -349,7 +354,7 @@ def print_summary(rows: list[dict], seeds) -> None:
 
             print(f"  {schedule}, stop {frac:.0%}, rows seen (mean over seeds):"
                   f" memorized-now P/R {mean('now', 0):.2f}/{mean('now', 1):.2f};"
-                  f" ranked at equal P {mean('ranked', 0):.2f}/{mean('ranked', 1):.2f};"
+                  f" ranked at equal P {pr((mean('ranked', 0), mean('ranked', 1)))};"
                   f" at P>=0.9 {mean('P>=0.9', 0):.2f}/{mean('P>=0.9', 1):.2f};"
                   f" p>=0.5 {mean('p>=0.5', 0):.2f}/{mean('p>=0.5', 1):.2f};"
                   f" ECE {mean('ece'):.3f} (max {max(r['ece'] for r in sel):.3f})")
