@@ -21,8 +21,10 @@ history up to that step:
   count, its relative error, whether the interval covers the truth, whether a decay lies
   ahead that the probes have not seen begin (``decay ahead``: the forecast is given the
   schedule's ``learning_rate``), the estimates with their weights; and the error with
-  the cumulative learning rate as the clock, and with probes without the continuation's
-  NLL (``first-token NLL``, what a monitor with the default probes has);
+  the cumulative learning rate as the clock, with probes without the continuation's
+  NLL (``first-token NLL``, what a monitor with the default probes has), and with each
+  row's first-seen step given (``first_seen``: the ratio method's recall is then the
+  paper's, over rows seen);
 - the rows, judged the paper's way, over the rows seen by the stop: precision / recall
   against the final memorized set of "memorized now" (the paper's predictor), of the
   ranking by `Forecast.end_probability` cut at the same precision (read off its
@@ -66,6 +68,7 @@ WARMUP, DECAY = 0.05, 0.15
 STOPS = (0.16, 0.25, 0.3, 0.5, 0.75)
 COUNT_STOPS = (0.25, 0.5, 0.75)
 MIN_NOW = 5
+CLOCKS = ("steps", "cumulative LR", "first-token NLL", "first_seen")
 
 
 def planted_stream(rows_per_repeat: int, total_steps: int, batch_size: int, seed: int):
@@ -231,14 +234,16 @@ def count_forecast(run: dict, schedule: str, total_steps: int, frac: float, cloc
                    ) -> dict:
     """{final, low, high, err, covered} of the final-count forecast at `frac` of training.
 
-    clock: "steps", "cumulative LR", or "first-token NLL" (steps, probes without the
-    continuation's NLL, as a monitor with the default probes has them)."""
+    clock: "steps", "cumulative LR", "first-token NLL" (steps, probes without the
+    continuation's NLL, as a monitor with the default probes has them), or "first_seen"
+    (steps, the forecast told when each row is first trained on)."""
     final = int((run["match_prefix"][-1] == 32).sum())
     tags = row_tags(run["repeats"], run["placement"])
     compute = cumulative_lr(schedule, total_steps) if clock == "cumulative LR" else None
     h = history_until(run, tags, int(frac * total_steps), clock != "first-token NLL")
+    first_seen = run["first_seen"] if clock == "first_seen" else None
     t = mw.forecast(h, total_steps, duplicates=run["repeats"], compute=compute,
-                    with_risk=False,
+                    with_risk=False, first_seen=first_seen,
                     learning_rate=lambda s: lr_factor(schedule, s, total_steps)).tags["*"]
     return {"decay_ahead": t.decay_ahead, "final": t.expected_final_memorized,
             "low": t.expected_final_low,
@@ -284,6 +289,11 @@ def latent_rows(run: dict) -> str:
                      f"/{int((final & (run['placement'] == w)).sum())}" for w in PLACEMENTS)
 
 
+def pr(pair) -> str:
+    """'precision/recall', or 'n/a' where not measured."""
+    return "n/a" if np.isnan(pair[0]) else f"{pair[0]:.2f}/{pair[1]:.2f}"
+
+
 def report(run: dict, schedule: str, seed: int, total_steps: int) -> list[dict]:
     """Print one seed's comparison at each stop; return the rows for the summary."""
     final = run["match_prefix"][-1] == 32
@@ -293,7 +303,7 @@ def report(run: dict, schedule: str, seed: int, total_steps: int) -> list[dict]:
     for frac in STOPS:
         line = f"stop {frac:.0%}:"
         if frac in COUNT_STOPS:
-            for clock in ("steps", "cumulative LR", "first-token NLL"):
+            for clock in CLOCKS:
                 c = count_forecast(run, schedule, total_steps, frac, clock)
                 out.append({"kind": "count", "schedule": schedule, "clock": clock,
                             "stop": frac, **c})
@@ -310,7 +320,7 @@ def report(run: dict, schedule: str, seed: int, total_steps: int) -> list[dict]:
         out.append({"kind": "rows", "schedule": schedule, "stop": frac, **r})
         line += (f" rows seen {r['seen']} ({r['final_seen']} memorized at the end):"
                  f" memorized-now P/R {r['now'][0]:.2f}/{r['now'][1]:.2f},"
-                 f" ranked at equal P {r['ranked'][0]:.2f}/{r['ranked'][1]:.2f},"
+                 f" ranked at equal P {pr(r['ranked'])},"
                  f" at P>=0.9 {r['P>=0.9'][0]:.2f}/{r['P>=0.9'][1]:.2f},"
                  f" p>=0.5 {r['p>=0.5'][0]:.2f}/{r['p>=0.5'][1]:.2f}, ECE {r['ece']:.3f},"
                  f" sum of p {r['sum_p']:.0f}")
@@ -323,7 +333,7 @@ def print_summary(rows: list[dict], seeds) -> None:
     and inside its interval, and the per-row precision / recall and calibration."""
     print(f"summary over seeds {list(seeds)}:")
     for schedule in dict.fromkeys(r["schedule"] for r in rows):
-        for clock in ("steps", "cumulative LR", "first-token NLL"):
+        for clock in CLOCKS:
             for frac in COUNT_STOPS:
                 sel = [r for r in rows if r["kind"] == "count" and r["schedule"] == schedule
                        and r["clock"] == clock and r["stop"] == frac]
@@ -344,7 +354,7 @@ def print_summary(rows: list[dict], seeds) -> None:
 
             print(f"  {schedule}, stop {frac:.0%}, rows seen (mean over seeds):"
                   f" memorized-now P/R {mean('now', 0):.2f}/{mean('now', 1):.2f};"
-                  f" ranked at equal P {mean('ranked', 0):.2f}/{mean('ranked', 1):.2f};"
+                  f" ranked at equal P {pr((mean('ranked', 0), mean('ranked', 1)))};"
                   f" at P>=0.9 {mean('P>=0.9', 0):.2f}/{mean('P>=0.9', 1):.2f};"
                   f" p>=0.5 {mean('p>=0.5', 0):.2f}/{mean('p>=0.5', 1):.2f};"
                   f" ECE {mean('ece'):.3f} (max {max(r['ece'] for r in sel):.3f})")

@@ -286,6 +286,30 @@ def _combined_view(views: dict[str, _RecallView], weights: dict[str, float]) -> 
     )
 
 
+def _combination(found: _Found, weights: dict[str, float], errors: dict[str, float],
+                 now: int, n_rows: int, settings: _Settings) -> tuple[float, float, float]:
+    """(expected final count, low, high): the weighted mean of the estimates in log, and
+    its log-normal interval (see docs/concepts.md, "Interval")."""
+    if now == 0 and list(found.counts) == ["ratio"]:
+        return 0.0, 0.0, 0.0  # nothing memorized and nothing on its way: nothing to scale up
+    logs = {m: np.log1p(v) for m, v in found.counts.items()}
+    center = sum(weights[m] * logs[m] for m in found.counts)
+    spread = sum(weights[m] * (logs[m] - center) ** 2 for m in found.counts)
+    # without a backtest every method's error is unknown: MISSING_ERROR
+    past_err = ERROR_FLOOR ** 2 + sum(weights[m] * errors.get(m, MISSING_ERROR) ** 2
+                                      for m in found.counts)
+    boot = 0.0
+    if settings.n_boot:
+        finals = np.log1p(found.ratio.final_samples(now, n_rows))
+        boot = float(np.var(finals)) * weights.get("ratio", 0.0) ** 2
+    z = NormalDist().inv_cdf(0.5 + settings.level / 2)
+    sigma = float(np.sqrt(spread + past_err + boot))
+    up = np.sqrt(sigma ** 2 + MISSING_ERROR ** 2) if settings.decay_ahead else sigma
+    expected = float(np.clip(np.expm1(center), 0.0, n_rows))
+    return (expected, float(np.clip(np.expm1(center - z * sigma), 0.0, expected)),
+            float(np.clip(np.expm1(center + z * up), expected, n_rows)))
+
+
 def _tag_forecast(tag: str, probes: _Probes, rows: dict[str, np.ndarray],
                   backtests: list[_Backtest], settings: _Settings, rng) -> TagForecast:
     """`rows`: {per-row method: float [n] end-of-training probabilities} of the methods
@@ -311,29 +335,11 @@ def _tag_forecast(tag: str, probes: _Probes, rows: dict[str, np.ndarray],
                       for m, p in rows.items()})
     errors, misfit = _backtest(found.counts, backtests, settings.prior) if backtests else ({}, None)
     weights = _weights(found.counts, misfit)
-    logs = {m: np.log1p(v) for m, v in found.counts.items()}
-    center = sum(weights[m] * logs[m] for m in found.counts)
-    spread = sum(weights[m] * (logs[m] - center) ** 2 for m in found.counts)
-    # without a backtest every method's error is unknown: MISSING_ERROR
-    past_err = ERROR_FLOOR ** 2 + sum(weights[m] * errors.get(m, MISSING_ERROR) ** 2
-                                      for m in found.counts)
-    boot = 0.0
-    if n_boot:
-        finals = np.log1p(ratio.final_samples(now, n_rows))
-        boot = float(np.var(finals)) * weights.get("ratio", 0.0) ** 2
-    z = NormalDist().inv_cdf(0.5 + settings.level / 2)
-    sigma = float(np.sqrt(spread + past_err + boot))
-    q = (1 - settings.level) / 2
-    if now == 0 and list(found.counts) == ["ratio"]:
-        expected = lo = hi = 0.0
-    else:
-        expected = float(np.clip(np.expm1(center), 0.0, n_rows))
-        lo = float(np.clip(np.expm1(center - z * sigma), 0.0, expected))
-        up = np.sqrt(sigma ** 2 + MISSING_ERROR ** 2) if settings.decay_ahead else sigma
-        hi = float(np.clip(np.expm1(center + z * up), expected, n_rows))
+    expected, lo, hi = _combination(found, weights, errors, now, n_rows, settings)
     big = max(found.counts.values())
     agreement = 1.0 if big <= 0 else min(found.counts.values()) / big
     view = _combined_view(views, weights)
+    q = (1 - settings.level) / 2
     return TagForecast(
         tag=tag, step=t_now, compute_fraction=r_now, num_rows=n_rows, memorized_now=now,
         recall_now=view.recall,

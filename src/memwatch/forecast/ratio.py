@@ -12,7 +12,7 @@ the compute fraction reached now. They come from two sources, blended:
 - the prior (default `PYTHIA_PRIOR`, the paper's table), which carries the
   estimate while the run's own evidence is thin.
 
-The derivation and the blend's weights are in docs/concepts.md ("The ratio estimate").
+The derivation and the blend's weights are in docs/concepts.md ("How the forecast is made").
 """
 
 from __future__ import annotations
