@@ -327,6 +327,28 @@ def test_forecast_runs_on_the_compute_clock_given():
         forecast(mons[1].history, 40, compute=lambda s: -np.asarray(s, np.float64))
 
 
+def test_forecast_is_told_first_seen_steps_and_the_learning_rate():
+    n = len(watchlist())
+    first = np.where(np.arange(n) % 2 == 0, 0.0, np.inf)  # half the rows are never seen
+
+    def lr(steps):  # constant, then a decay the probes below never reach
+        return np.where(np.asarray(steps, np.float64) < 32, 1.0, 0.1)
+
+    mon = monitor(every_n_steps=3, total_steps=40, first_seen=first, learning_rate=lr)
+    model, opt = fresh()
+    _, decisions = loop(model, opt, 24, mon)
+    last = decisions[-1].record.metrics["forecast/expected_final_memorized"]
+    direct = forecast(mon.history, 40, n_boot=0, with_risk=False, first_seen=first,
+                      learning_rate=lr)
+    assert last == pytest.approx(direct.tags["*"].expected_final_memorized)
+    assert direct.tags["*"].decay_ahead
+    with pytest.raises(ValueError, match=f"first_seen gives each watchlist row's first "
+                                         f"training step: {n} values; got shape \\(2,\\)"):
+        monitor(first_seen=[1, 2])
+    with pytest.raises(TypeError, match="learning_rate must be vectorised"):
+        monitor(learning_rate=lambda step: 1.0)
+
+
 # ---- never hurt the run ---------------------------------------------------------------------
 def fail_probes(model, error, when) -> list[int]:
     """Make the model's eval-mode forwards (the probe's) raise `error` when `when(rows)`;

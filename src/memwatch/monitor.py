@@ -89,6 +89,13 @@ class MemWatch:
         to each step), the clock the forecast measures progress in; None: steps (which
         forecast better than the summed learning rate in the backtest, where rows recur
         through a cosine-decayed run).
+    first_seen: per watchlist row, the step at which training first sees it (inf: never),
+        so the forecast also reports the paper's recall over rows already seen
+        (`TagForecast.recall_seen`); for rows of `Watchlist.from_pythia` trained in
+        Pythia's order it is ``index // 1024``.
+    learning_rate: vectorised step -> learning rate, so the forecast flags a decay
+        ahead that the probes have not seen yet (`TagForecast.decay_ahead`) and widens
+        its interval.
     mask_spec: how `mask` finds and masks flagged rows (`memwatch.masking.MaskSpec`);
         None: windows of min(16, cont_len) tokens, every continuation token masked.
         Rows are flagged only by an `AbortPolicy` with a ``"mask"`` action.
@@ -109,6 +116,8 @@ class MemWatch:
         with_nll: bool = False,
         batch_size: int | None = None,
         compute=None,
+        first_seen=None,
+        learning_rate=None,
         mask_spec: MaskSpec | None = None,
     ):
         if not isinstance(watchlist, Watchlist):
@@ -120,6 +129,12 @@ class MemWatch:
                 raise ValueError(f"{name} counts optimizer steps: an int >= 1 or None; "
                                  f"got {value!r}")
         _check_compute(compute)
+        _check_compute(learning_rate, "learning_rate")
+        if first_seen is not None:
+            first_seen = np.asarray(first_seen, dtype=np.float64)
+            if first_seen.shape != (len(watchlist),):
+                raise ValueError(f"first_seen gives each watchlist row's first training step: "
+                                 f"{len(watchlist)} values; got shape {first_seen.shape}")
         if exact_every is not None and (not isinstance(exact_every, int) or exact_every < 1):
             raise ValueError(f"exact_every counts probes: an int >= 1 or None; got {exact_every!r}")
         abort = AbortPolicy() if abort is None else abort
@@ -131,7 +146,7 @@ class MemWatch:
         self.schedule = Schedule(total_steps, every_n_steps, max_overhead)
         self.exact_every, self.policy = exact_every, abort
         self.sinks = list(sinks)
-        self.compute = compute
+        self.compute, self.first_seen, self.learning_rate = compute, first_seen, learning_rate
         self.mask_spec = MaskSpec(window=min(16, spec.cont_len)) if mask_spec is None else mask_spec
         if not isinstance(self.mask_spec, MaskSpec):
             raise TypeError(f"mask_spec must be a MaskSpec; got {type(mask_spec).__name__}")
@@ -364,7 +379,8 @@ class MemWatch:
             return None
         try:
             return forecast(self.history, self.total_steps, n_boot=0,
-                            with_risk=self.policy.mask_risk is not None, compute=self.compute)
+                            with_risk=self.policy.mask_risk is not None, compute=self.compute,
+                            first_seen=self.first_seen, learning_rate=self.learning_rate)
         except (ValueError, np.linalg.LinAlgError):  # too few probes to fit yet
             return None
 
@@ -445,20 +461,20 @@ def _is_count(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
-def _check_compute(compute) -> None:
-    """Raise unless `compute` maps an array of steps to an array of as many numbers."""
-    if compute is None:
+def _check_compute(fn, name: str = "compute") -> None:
+    """Raise unless `fn` maps an array of steps to an array of as many numbers."""
+    if fn is None:
         return
     steps = np.array([1.0, 2.0, 4.0])
     try:
-        out = np.asarray(compute(steps), dtype=np.float64)
+        out = np.asarray(fn(steps), dtype=np.float64)
     except Exception as err:  # noqa: BLE001 - reported with the fix, before training
-        raise TypeError(f"compute must be vectorised (an array of steps -> an array of "
-                        f"cumulative compute, e.g. numpy arithmetic); compute(np.array([1., 2., "
-                        f"4.])) raised {type(err).__name__}: {err}") from err
+        raise TypeError(f"{name} must be vectorised (an array of steps -> an array of numbers, "
+                        f"e.g. numpy arithmetic); {name}(np.array([1., 2., 4.])) raised "
+                        f"{type(err).__name__}: {err}") from err
     if out.shape != steps.shape:
-        raise TypeError(f"compute must be vectorised (an array of steps -> an array of "
-                        f"cumulative compute); compute(np.array([1., 2., 4.])) returned shape "
+        raise TypeError(f"{name} must be vectorised (an array of steps -> an array of "
+                        f"numbers); {name}(np.array([1., 2., 4.])) returned shape "
                         f"{out.shape}, not (3,)")
 
 

@@ -455,7 +455,7 @@ def forecast(
     """The `Forecast` of final memorization for all rows ("*") and every tag in `history`.
 
     `total_steps`: the step training will end at (>= the latest probe's step).
-    `prior`: (compute fraction, precision, recall) rows; None uses `PYTHIA_PRIOR`.
+    `prior`: (compute fraction, precision, recall) rows; None uses `PYTHIA_PRIOR` (Pythia-12B's).
     `level`: interval coverage; `n_boot`: bootstrap replicates over rows, for the ratio
     method and the recall/precision intervals (0: sampling noise is left out: the
     recall/precision intervals collapse to the point, and the final count's interval
