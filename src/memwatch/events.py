@@ -27,7 +27,7 @@ class RowReport:
 class Alert:
     """Something a person should look at; `text` never holds raw watchlist text."""
 
-    kind: str  # "memorized" | "fraction" | "forecast" | "abort"
+    kind: str  # "memorized" | "fraction" | "forecast" | "mask" | "abort"
     level: str  # "INFO" | "WARN" | "ERROR" (wandb.AlertLevel names)
     title: str
     text: str
