@@ -31,7 +31,7 @@ class RowReport:
 class Alert:
     """Something a person should look at; `text` never holds raw watchlist text."""
 
-    kind: str  # "memorized" | "fraction" | "forecast" | "abort" | "probe_failed"
+    kind: str  # "memorized" | "fraction" | "forecast" | "mask" | "abort" | "probe_failed"
     level: str  # "INFO" | "WARN" | "ERROR" (wandb.AlertLevel names)
     title: str
     text: str

@@ -132,7 +132,6 @@ class FlaggedWindows:
         if len(cont) and cont.shape[1] < width:
             raise ValueError(f"MaskSpec.window={width} is longer than the continuation "
                              f"({cont.shape[1]} tokens); use window <= {cont.shape[1]}")
-        self.num_rows = len(cont)
         runs = cont.unfold(1, width, 1) if len(cont) else cont.new_empty(0, 0, width)
         keys = window_keys(cont, width, self.moduli).reshape(-1).numpy()
         offsets = torch.arange(runs.shape[1]).repeat(len(cont)).numpy()
@@ -190,7 +189,7 @@ class FlaggedWindows:
     def apply(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """`labels` (default: a copy of `input_ids`) with the flagged positions set to ignore.
 
-        Returns a new tensor when anything is masked, `labels` itself otherwise; never
+        Returns a new tensor when a row is flagged, `labels` itself when none is; never
         writes into its arguments (labels are often the input ids themselves).
         """
         labels = input_ids.clone() if labels is None else labels
