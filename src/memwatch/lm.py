@@ -146,11 +146,26 @@ class CachedLM:
         return self._forward(tokens, state, keep)
 
     def features(self, tokens, keep):
-        """(state, features of the last `keep` positions): hidden states when split, else logits."""
+        """(state, features of the last `keep` positions): hidden states when split, else logits.
+
+        Split: the model's own forward runs (its hooks and wrappers with it), projecting
+        one position; a hook on its base model keeps the final hidden states, which
+        `project` turns into logits a few positions at a time.
+        """
         if not self.split:
             return self.prefill(tokens, keep)
-        state, out = self._call(self.model.base_model, tokens, None)
-        return state, out.last_hidden_state[:, -keep:]
+        captured = {}
+
+        def grab(_module, _args, out):
+            captured["hidden"] = out.last_hidden_state if hasattr(out, "last_hidden_state") \
+                else out[0]
+
+        handle = self.model.base_model.register_forward_hook(grab)
+        try:
+            state, _ = self._call(self.model, tokens, None, logits_to_keep=1)
+        finally:
+            handle.remove()
+        return state, captured["hidden"][:, -keep:]
 
     def project(self, features):
         return self._head(features) if self.split else features
@@ -241,7 +256,7 @@ def _trial(model, cache_arg: str) -> tuple[CachedLM | None, bool]:
         if state.get_seq_length() != 3 or not _close(last[:, -1], full[:, -1]):
             return None, True
         head = model.get_output_embeddings()
-        if head is not None and getattr(model, "base_model", model) is not model:
+        if head is not None and lm._keep and getattr(model, "base_model", model) is not model:
             split = CachedLM(model, cache_arg, split=True)
             _, feats = split.features(ids, keep=3)
             if _close(split.project(feats), full):
