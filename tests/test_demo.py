@@ -86,3 +86,20 @@ def test_demo_runs_and_writes_its_report(tmp_path, monkeypatch, abort):
         blob = path.read_bytes()
         for secret in secrets:
             assert secret.encode() not in blob, f"{secret} leaked into {path}"
+
+
+@pytest.mark.slow
+def test_demo_act_mask_compares_with_the_unmitigated_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    report = run_demo(replace(TINY, out_dir=tmp_path / "demo", mask=True))
+    text = report.read_text()
+    section = text[text.index("## Masking"):]
+    rows = re.findall(r"\| (PII|canaries) \| \d+ \| (\d+) \| (\d+) \|", section)
+    assert {label for label, _, _ in rows} == {"PII", "canaries"}, section
+    masked = [int(m) for _, m, _ in rows]
+    unmitigated = [int(u) for _, _, u in rows]
+    assert sum(unmitigated) > 0  # without action the frequent planted rows are memorized
+    assert sum(masked) < sum(unmitigated), section
+    assert int(re.search(r"(\d+) planted row\(s\) were masked", section)[1]) > 0
+    assert (tmp_path / "demo" / "unmitigated" / "records").is_dir()

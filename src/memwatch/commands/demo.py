@@ -16,8 +16,10 @@ def add_arguments(p) -> None:
     p.add_argument("--device", type=_demo_device, default="cpu", help="cpu (default) or cuda")
     p.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline",
                    help="W&B mode (default offline; online needs `wandb login`)")
-    p.add_argument("--abort", action="store_true",
-                   help="stop training when planted PII becomes extractable")
+    p.add_argument("--act", choices=["alert", "abort", "mask"], default="alert",
+                   help="what a memorized (mask: at-risk) planted row does: alert (default), "
+                        "abort the run, or mask it out of the loss (trains twice to compare)")
+    p.add_argument("--abort", action="store_true", help="the same as --act abort")
     p.add_argument("--out", type=output_dir, default="memwatch-demo",
                    help="output folder (default ./memwatch-demo)")
     p.add_argument("--seed", type=nonnegative_int, default=0)

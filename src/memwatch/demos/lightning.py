@@ -19,8 +19,11 @@ class LitCausalLM(L.LightningModule):
         self.lr = lr
 
     def training_step(self, batch, batch_idx):
-        (ids,) = batch
-        loss = self.model(input_ids=ids, labels=ids).loss
+        if isinstance(batch, dict):  # labels apart: `MemWatchCallback` may mask them
+            ids, labels = batch["input_ids"], batch["labels"]
+        else:
+            (ids,), labels = batch, batch[0]
+        loss = self.model(input_ids=ids, labels=labels).loss
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -28,7 +31,18 @@ class LitCausalLM(L.LightningModule):
         return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.0)
 
 
-def stream_loader(stream: torch.Tensor, batch_size: int, seed: int = 0) -> DataLoader:
-    """A shuffling DataLoader over token rows [n, seq_len], seeded for reproducibility."""
+def stream_loader(stream: torch.Tensor, batch_size: int, seed: int = 0,
+                  as_dict: bool = False) -> DataLoader:
+    """A shuffling DataLoader over token rows [n, seq_len], seeded for reproducibility.
+
+    `as_dict`: batches are ``{"input_ids", "labels"}`` (labels a copy), the form whose
+    labels `MemWatchCallback` masks when the policy masks rows."""
+    collate = _as_dict if as_dict else None
     return DataLoader(TensorDataset(stream), batch_size=batch_size, shuffle=True,
-                      generator=torch.Generator().manual_seed(seed), drop_last=True)
+                      generator=torch.Generator().manual_seed(seed), drop_last=True,
+                      collate_fn=collate)
+
+
+def _as_dict(items) -> dict:
+    ids = torch.stack([row for (row,) in items])
+    return {"input_ids": ids, "labels": ids.clone()}

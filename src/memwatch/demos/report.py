@@ -125,12 +125,34 @@ def _plot_forecast(history, fc: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
+def _masking_section(history, unmitigated, flagged: tuple[str, ...]) -> list[str]:
+    """The masked run's memorized counts beside the same run's without masking."""
+    final, base = history.memorized[-1], unmitigated.memorized[-1]
+    lines = ["", "## Masking", "",
+             f"{len(flagged)} planted row(s) were masked out of the loss, each from the probe "
+             "that memorized it or gave it at least 50 % of being memorized at the end. "
+             "The same run without masking (same seed, data and steps) is in "
+             "`unmitigated/`:", "",
+             "| rows | count | memorized at the end, masked | without masking |",
+             "|---|---|---|---|"]
+    for label, pattern in GROUPS:
+        rows = history.tag_mask(pattern)
+        if rows.any():
+            lines.append(f"| {label} | {rows.sum()} | {final[rows].sum()} | "
+                         f"{base[unmitigated.tag_mask(pattern)].sum()} |")
+    return lines + ["", "Masking stops a flagged row from being learned further; what the "
+                    "model memorized before the row was flagged can fade but is not undone "
+                    "(see docs/masking.md)."]
+
+
 def write_report(history, watchlist, repeats: dict[str, int], out_dir: Path,
-                 total_steps: int, stopped_early: bool = False, stop_reason: str = "") -> Path:
+                 total_steps: int, stopped_early: bool = False, stop_reason: str = "",
+                 unmitigated=None, flagged: tuple[str, ...] = ()) -> Path:
     """Write `report.md` and its PNG plots into `out_dir`; returns the report's path.
 
     `stop_reason`: the abort policy's reason when it stopped the run (ids, tags and
-    redacted previews only)."""
+    redacted previews only). `unmitigated`: the `History` of the same run trained
+    without masking, and `flagged` the ids masked in this one: adds a comparison."""
     out_dir = Path(out_dir)
     reps = np.array([repeats.get(i, 0) for i in history.ids])
     _plot_over_time(history, reps, out_dir / "memorization_over_time.png")
@@ -154,6 +176,8 @@ def write_report(history, watchlist, repeats: dict[str, int], out_dir: Path,
             hit = first[mask][first[mask] >= 0]
             med = f"{int(np.median(hit))}" if len(hit) else "-"
             lines.append(f"| {label} | {mask.sum()} | {final[mask].sum()} | {med} |")
+    if unmitigated is not None:
+        lines += _masking_section(history, unmitigated, flagged)
     lines += ["", *[x for sentence in outcome_sentences(history, reps) for x in (sentence, "")],
               "![memorization over time](memorization_over_time.png)", "",
               "Every watched row at every probe (tokens reproduced before the first miss):", "",

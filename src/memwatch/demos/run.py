@@ -44,6 +44,7 @@ class DemoConfig:
     device: str = "cpu"
     wandb: str = "offline"  # "offline" | "online" | "disabled"
     abort: bool = False
+    mask: bool = False  # mask planted PII and canaries out of the loss once at risk
     seed: int = 0
     threads: int | None = None
 
@@ -101,24 +102,46 @@ def _offset(tokens: torch.Tensor, row: torch.Tensor) -> int:
 
 
 def run_demo(cfg: DemoConfig) -> Path:
-    """Train, watch, report; returns the path of the Markdown report."""
+    """Train, watch, report; returns the path of the Markdown report.
+
+    With `cfg.mask` the same run is trained twice, first without any action (into
+    ``<out_dir>/unmitigated``), and the report compares the two.
+    """
     threads = cfg.threads or (1 if cfg.device == "cpu" else torch.get_num_threads())
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(cfg)
+        baseline = None
+        if cfg.mask:
+            print("memwatch demo: first the same run without masking, for comparison")
+            baseline = _train(replace(cfg, mask=False, abort=False, wandb="disabled",
+                                      out_dir=Path(cfg.out_dir) / "unmitigated"))[0].history
+            print("memwatch demo: now with masking")
+        return _run(cfg, baseline)
     finally:
         torch.set_num_threads(before)
 
 
-def _run(cfg: DemoConfig) -> Path:
+def _run(cfg: DemoConfig, baseline=None) -> Path:
+    from memwatch.demos.report import write_report
+
+    monitor, callback, trainer, data = _train(cfg)
+    report = write_report(monitor.history, data.watchlist, data.repeats, Path(cfg.out_dir),
+                          total_steps=cfg.steps, stopped_early=trainer.global_step < cfg.steps,
+                          stop_reason=callback.reason, unmitigated=baseline,
+                          flagged=monitor.flagged)
+    print(f"\nreport: {report.resolve()}")
+    return report
+
+
+def _train(cfg: DemoConfig):
+    """(monitor, callback, trainer, data) of one watched training run."""
     import lightning as L
 
     import memwatch as mw
     from memwatch.callbacks import MemWatchCallback
     from memwatch.demos.lightning import LitCausalLM, stream_loader
     from memwatch.demos.model import tiny_model
-    from memwatch.demos.report import write_report
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,7 +160,11 @@ def _run(cfg: DemoConfig) -> Path:
     else:  # the W&B sink keeps the same local copy, and the alerts an offline run cannot send
         sinks.append(mw.WandbSink(project="memwatch-demo", local_dir=out / "records",
                                   init_kwargs={"mode": cfg.wandb, "dir": str(out)}))
-    policy = mw.AbortPolicy(action="stop" if cfg.abort else "alert")
+    # --act mask: a planted row leaves the loss once the forecast gives it >= 50 % of
+    # being memorized at the end, or once it is memorized
+    actions = {"pii:*": "mask", "canary": "mask"} if cfg.mask else {}
+    policy = mw.AbortPolicy(action="stop" if cfg.abort else "alert", actions=actions,
+                            mask_risk=0.5 if cfg.mask else None)
     # with_nll: the per-row NLL trends give the forecast its trajectory estimate
     monitor = mw.MemWatch(wl, total_steps=cfg.steps, max_overhead=cfg.max_overhead,
                           abort=policy, sinks=sinks, with_nll=True)
@@ -145,18 +172,16 @@ def _run(cfg: DemoConfig) -> Path:
     trainer = L.Trainer(max_steps=cfg.steps, accelerator=cfg.device, devices=1, logger=False,
                         enable_checkpointing=False, callbacks=[callback],
                         enable_model_summary=False, log_every_n_steps=50)
+    # masking: dict batches, whose labels the callback masks before each training step
     trainer.fit(LitCausalLM(model, lr=cfg.lr),
-                stream_loader(data.stream, cfg.batch_size, seed=cfg.seed))
+                stream_loader(data.stream, cfg.batch_size, seed=cfg.seed, as_dict=cfg.mask))
     monitor.close()  # finishes the W&B run the sink started
-    report = write_report(monitor.history, wl, data.repeats, out, total_steps=cfg.steps,
-                          stopped_early=trainer.global_step < cfg.steps,
-                          stop_reason=callback.reason)
-    print(f"\nreport: {report.resolve()}")
-    return report
+    return monitor, callback, trainer, data
 
 
 def config_from_args(args) -> DemoConfig:
     cfg = DemoConfig()
     return replace(cfg, out_dir=Path(args.out), steps=args.steps or cfg.steps,
-                   device=args.device, wandb=args.wandb, abort=args.abort, seed=args.seed,
+                   device=args.device, wandb=args.wandb, abort=args.abort or args.act == "abort",
+                   mask=args.act == "mask", seed=args.seed,
                    threads=args.threads)
