@@ -269,8 +269,14 @@ def write_indexed_dataset(prefix: str | os.PathLike, sequences: Sequence[Sequenc
     with open(prefix + ".bin", "wb") as f:
         for a in arrays:
             f.write(a.tobytes())
+    return _write_index(prefix, code, sizes, pointers, docs)
+
+
+def _write_index(prefix: str, code: int, sizes: np.ndarray, pointers: np.ndarray,
+                 docs: np.ndarray) -> str:
+    """Write the ``.idx`` file: header, sizes (int32), byte pointers (int64), doc index."""
     with open(prefix + ".idx", "wb") as f:
-        f.write(_HEADER.pack(MAGIC, VERSION, code, n, len(docs)))
+        f.write(_HEADER.pack(MAGIC, VERSION, code, len(sizes), len(docs)))
         f.write(sizes.tobytes())
         f.write(pointers.tobytes())
         f.write(docs.tobytes())
@@ -288,12 +294,7 @@ def _write_rows(prefix: str, rows: np.ndarray, code: int, doc_idx) -> str:
     pointers = np.arange(n, dtype=np.int64) * length * dtype.itemsize
     docs = np.arange(n + 1, dtype=np.int64) if doc_idx is None else np.asarray(doc_idx, np.int64)
     rows.astype(dtype, copy=False).tofile(prefix + ".bin")
-    with open(prefix + ".idx", "wb") as f:
-        f.write(_HEADER.pack(MAGIC, VERSION, code, n, len(docs)))
-        f.write(sizes.tobytes())
-        f.write(pointers.tobytes())
-        f.write(docs.tobytes())
-    return prefix
+    return _write_index(prefix, code, sizes, pointers, docs)
 
 
 class IndexRanges:
