@@ -234,8 +234,8 @@ def _teacher_forced_batch(lm, tokens, M, N, exact, eos, with_nll, vocab, lockste
     Greedy decoding equals the truth up to the first miss, so the argmax of the
     teacher-forced logits at continuation position i is the greedy token there for
     every row not yet diverged: the first position where it differs from the truth is
-    `match_prefix`, exactly. The same logits give the continuation's NLL. Rows that
-    diverged at p keep the cache of the true prefix cropped to M + p, and decode on.
+    `match_prefix`, exactly. The same logits give the continuation's NLL. In exact mode
+    the diverged rows then decode on the cache of their true prefix (`_decode_in_place`).
     """
     cont = tokens[:, M:M + N]
     state, feats = lm.features(tokens[:, :M + N - 1], keep=N)
