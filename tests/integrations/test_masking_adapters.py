@@ -10,27 +10,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from planted import CORPUS, TAGS, M, N, Rows
 
-from memwatch.demos.model import planted_corpus, tiny_model
+from memwatch.demos.model import tiny_model
 from memwatch.monitor import MemWatch
 from memwatch.policy import AbortPolicy
 from memwatch.watchlist import Watchlist
 
-M = N = 8
 STEPS = 24
-CORPUS = planted_corpus([16] * 4 + [4] * 4 + [1] * 8, seq_len=M + N, vocab_size=512, seed=0)
-STREAM = CORPUS.stream(seed=0)
-TAGS = [("canary",)] * 4 + [("sample",)] * 12
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-class Rows(torch.utils.data.Dataset):
-    def __len__(self):
-        return len(STREAM)
-
-    def __getitem__(self, i):
-        return {"input_ids": STREAM[i], "labels": STREAM[i].clone()}
 
 
 def monitor() -> MemWatch:

@@ -7,31 +7,19 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
+from planted import CORPUS, TAGS, M, N, Rows  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from memwatch.callbacks import MemWatchTrainerCallback  # noqa: E402
 from memwatch.callbacks.transformers import STATE_FILE  # noqa: E402
-from memwatch.demos.model import planted_corpus, tiny_model  # noqa: E402
+from memwatch.demos.model import tiny_model  # noqa: E402
 from memwatch.monitor import MemWatch  # noqa: E402
 from memwatch.policy import AbortPolicy  # noqa: E402
 from memwatch.probe import reference_probe  # noqa: E402
 from memwatch.watchlist import Watchlist  # noqa: E402
 
-M = N = 8
-CORPUS = planted_corpus([16] * 4 + [4] * 4 + [1] * 8, seq_len=M + N, vocab_size=512, seed=0)
-STREAM = CORPUS.stream(seed=0)
-TAGS = [("canary",)] * 4 + [("sample",)] * 12
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-class Rows(torch.utils.data.Dataset):
-    def __len__(self):
-        return len(STREAM)
-
-    def __getitem__(self, i):
-        return {"input_ids": STREAM[i], "labels": STREAM[i]}
 
 
 class Losses(TrainerCallback):
