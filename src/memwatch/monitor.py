@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 
 import numpy as np
 import torch
@@ -353,6 +353,14 @@ class MemWatch:
         if self._windows is None:
             return input_ids if labels is None else labels
         return self._windows.apply(input_ids, labels)
+
+    def mask_batch(self, batch) -> bool:
+        """Mask a dict batch's ``labels`` (by its ``input_ids``) in place, as the adapters do;
+        False when the batch is not a mapping with both keys (nothing is masked then)."""
+        if not (isinstance(batch, MutableMapping) and "input_ids" in batch and "labels" in batch):
+            return False
+        batch["labels"] = self.mask(batch["input_ids"], batch["labels"])
+        return True
 
     def _flag(self, rows) -> None:
         rows = tuple(sorted(int(i) for i in rows))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -64,9 +64,7 @@ class MemWatchCallback(Callback):
                              batch_idx: int) -> None:
         if not self.monitor.policy.masks:
             return
-        if isinstance(batch, MutableMapping) and "input_ids" in batch and "labels" in batch:
-            batch["labels"] = self.monitor.mask(batch["input_ids"], batch["labels"])
-        elif not self._told_mask:
+        if not self.monitor.mask_batch(batch) and not self._told_mask:
             self._told_mask = True
             rank_zero_warn("memwatch masks flagged rows only in dict batches with 'input_ids' "
                            "and 'labels'; for this batch call `labels = monitor.mask(input_ids, "

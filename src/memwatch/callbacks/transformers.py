@@ -89,9 +89,7 @@ class MaskingCollator:
         if torch.utils.data.get_worker_info() is not None:
             raise RuntimeError("MaskingCollator runs in a DataLoader worker, where the rows the "
                                "monitor flags never arrive; set dataloader_num_workers=0")
-        if "input_ids" in batch and "labels" in batch:
-            batch["labels"] = self.monitor.mask(batch["input_ids"], batch["labels"])
-        elif not self._told:
+        if not self.monitor.mask_batch(batch) and not self._told:
             self._told = True
             warnings.warn("MaskingCollator masks only batches with 'input_ids' and 'labels'; "
                           f"this collator gives {sorted(batch)}", stacklevel=2)
