@@ -73,16 +73,17 @@ def run(args) -> int:
     return 0
 
 
-def path_line(model, rows: torch.Tensor, prompt_len: int = 32, cont_len: int = 32) -> str:
+def path_line(model, rows: torch.Tensor, prompt_len: int = PROMPT_LEN,
+              cont_len: int = CONT_LEN) -> str:
     """One line naming the versions, the runner, each mode's strategy and its tokens per row."""
     import transformers
 
-    from memwatch.lm import TokenCounter, runner
+    from memwatch.lm import TokenCounter, device_of, runner
     from memwatch.probe import choose_strategy
 
     with _Preserved(model):
         lm = runner(model)
-    dev = next(model.parameters()).device
+    dev = device_of(model)
     parts = []
     for label, mode, nll in (("extractable", "extractable", False), ("exact", "exact", False),
                              ("extractable+nll", "extractable", True)):
