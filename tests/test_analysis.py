@@ -21,12 +21,13 @@ PLOTS = ["correlation.png", "memorized_fraction.png", "precision.png", "recall.p
 @pytest.fixture(scope="module")
 def results(suite, tmp_path_factory):
     from memwatch.posthoc.evaluate import EvalConfig, evaluate, resolve_checkpoints
+    from memwatch.probe import ProbeSpec
     from memwatch.watchlist import Watchlist
 
     out = tmp_path_factory.mktemp("results")
     ckpts = [c for m in ("small", "large") for c in resolve_checkpoints(str(suite.root / m))]
     evaluate(ckpts, Watchlist.from_pythia(suite.prefix, "0:128:2"), out,
-             config=EvalConfig(mode="extractable", with_nll=False), progress=False)
+             config=EvalConfig(ProbeSpec(mode="extractable")), progress=False)
     return out
 
 

@@ -403,6 +403,8 @@ def test_a_probe_out_of_memory_halves_the_batch_then_skips(recorder):
         torch.testing.assert_close(torch.from_numpy(mon.history.match_prefix[-1]).long(),
                                    expected.long())
         assert raised[0] == (16 if batch_size is None else 8) and set(raised) <= {16, 8}
+        raised.clear()
+        assert mon.step(model, 2).probed and not raised  # starts at the size that worked
     rec = recorder()
     mon = monitor(every_n_steps=1, sinks=[rec])
     fail_probes(model, torch.OutOfMemoryError("CUDA out of memory (simulated)"), lambda r: True)

@@ -114,13 +114,14 @@ def published(suite, tmp_path_factory):
     """memwatch's results of one checkpoint named as Pythia's, beside the same checkpoint's
     published results: eval_memorization.py CSVs and a memorized-evals split."""
     from memwatch.posthoc.evaluate import Checkpoint, EvalConfig, evaluate
+    from memwatch.probe import ProbeSpec
     from memwatch.watchlist import Watchlist
 
     root = tmp_path_factory.mktemp("published")
     ckpt = Checkpoint(str(suite.root / "large"), "step48", "pythia-70m-deduped",
                       str(suite.root / "large" / "step48"))
     (path,) = evaluate([ckpt], Watchlist.from_pythia(suite.prefix, "0:128"), root / "memwatch",
-                       config=EvalConfig(mode="extractable", with_nll=False), progress=False)
+                       config=EvalConfig(ProbeSpec(mode="extractable")), progress=False)
     table = pq.read_table(path)
     index, scores = table["index"].to_numpy(), table["score"].to_numpy()
     memorized = index[table["match_prefix"].to_numpy() == 32]

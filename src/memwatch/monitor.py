@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import MutableMapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ from memwatch.history import History
 from memwatch.lm import device_of, vocab_size
 from memwatch.masking import FlaggedWindows, MaskSpec
 from memwatch.policy import AbortPolicy, Verdict, evaluate
-from memwatch.probe import CONT_LEN, MODES, PROMPT_LEN, ProbeSpec
+from memwatch.probe import CONT_LEN, PROMPT_LEN, BatchSize, ProbeSpec
 from memwatch.schedule import Schedule
 from memwatch.watchlist import Watchlist
 
@@ -124,10 +125,6 @@ class MemWatch:
             raise TypeError(f"MemWatch needs a Watchlist; got a {type(watchlist).__name__}: wrap "
                             "token rows with memwatch.Watchlist.from_tokens(rows)")
         spec = ProbeSpec(prompt_len, cont_len, mode, bool(with_nll), batch_size)  # names the value
-        for name, value in (("total_steps", total_steps), ("every_n_steps", every_n_steps)):
-            if value is not None and not _is_count(value):
-                raise ValueError(f"{name} counts optimizer steps: an int >= 1 or None; "
-                                 f"got {value!r}")
         _check_compute(compute)
         _check_compute(learning_rate, "learning_rate")
         if first_seen is not None:
@@ -135,16 +132,15 @@ class MemWatch:
             if first_seen.shape != (len(watchlist),):
                 raise ValueError(f"first_seen gives each watchlist row's first training step: "
                                  f"{len(watchlist)} values; got shape {first_seen.shape}")
-        if exact_every is not None and (not isinstance(exact_every, int) or exact_every < 1):
-            raise ValueError(f"exact_every counts probes: an int >= 1 or None; got {exact_every!r}")
         abort = AbortPolicy() if abort is None else abort
         if not isinstance(abort, AbortPolicy):
             raise TypeError(f"abort must be an AbortPolicy; got {type(abort).__name__}")
         watchlist.validate(spec.prompt_len, spec.cont_len)
         self.watchlist = watchlist
         self.spec = spec
-        self.schedule = Schedule(total_steps, every_n_steps, max_overhead)
-        self.exact_every, self.policy = exact_every, abort
+        self._batch_size = BatchSize(spec.batch_size)  # remembers a size that ran out of memory
+        self.schedule = Schedule(total_steps, every_n_steps, max_overhead, exact_every)
+        self.policy = abort
         self.sinks = list(sinks)
         self.compute, self.first_seen, self.learning_rate = compute, first_seen, learning_rate
         self.mask_spec = MaskSpec(window=min(16, spec.cont_len)) if mask_spec is None else mask_spec
@@ -177,9 +173,7 @@ class MemWatch:
 
     @total_steps.setter
     def total_steps(self, value: int | None) -> None:
-        if value is not None and value < 1:
-            raise ValueError(f"total_steps must be >= 1 or None; got {value}")
-        self.schedule.total_steps = None if value is None else int(value)
+        self.schedule.total_steps = value
 
     def check(self, model: torch.nn.Module) -> None:
         """Raise before training if the model cannot be probed: its parameters are on the meta
@@ -224,10 +218,7 @@ class MemWatch:
         if done or not self.schedule.due(step):
             self._last_time = time.perf_counter()
             return Decision(step)
-        last = self.total_steps is not None and step >= self.total_steps
-        nth = self.exact_every is not None and (self.schedule.probes + 1) % self.exact_every == 0
-        exact = last or nth
-        decision = self._probe(model, step, "exact" if exact else self.spec.mode)
+        decision = self._probe(model, step, self.schedule.mode(step, self.spec.mode))
         self._last_time = time.perf_counter()
         return decision
 
@@ -265,11 +256,9 @@ class MemWatch:
     # ---- one probe ---------------------------------------------------------------------------
     def _probe(self, model: torch.nn.Module, step: int, mode: str) -> Decision:
         t0 = time.perf_counter()
-        spec = self.spec
         try:
-            result = distributed.probe_sharded(
-                unwrap(model), self.watchlist.tokens, spec.prompt_len, spec.cont_len, mode,
-                spec.with_nll, spec.batch_size)
+            result = distributed.probe_sharded(unwrap(model), self.watchlist.tokens,
+                                               replace(self.spec, mode=mode), self._batch_size)
         except distributed.ProbeFailed as err:  # every rank gets it: all skip this probe
             return self._skipped(step, err, time.perf_counter() - t0)
         probe_seconds = time.perf_counter() - t0
@@ -311,8 +300,7 @@ class MemWatch:
                       "failed so far); training goes on", step)
         self._emit("on_alert", alert)
         self.schedule.observe_other(seconds)
-        if not self.schedule.every_n_steps:  # try again later, further off after each failure
-            self.schedule.next_step = max(self.schedule.next_step, step + max(1, step // 2))
+        self.schedule.back_off(step)
         return Decision(step, alerts=(alert,))
 
     def _check_ranks_agree(self, step: int) -> None:
@@ -447,8 +435,6 @@ class MemWatch:
                 f"monitor has prompt_len={self.spec.prompt_len}, cont_len={self.spec.cont_len}: "
                 "build the MemWatch with the saved lengths (match counts at other lengths mean "
                 "nothing)")
-        if list(hist.get("ids", ())) == self.history.ids:  # otherwise History names the mismatch
-            _check_history_arrays(hist, self.spec.cont_len)
         self.history.load_state_dict(hist)
         self.schedule.load_state_dict(state["schedule"])
         self._sent = frozenset(state["alerts_sent"])
@@ -463,10 +449,6 @@ class MemWatch:
         self._finished = self._closed = False
         self._sync_ranks = True
         self._emit("on_resume", int(self.history.steps[-1]) if len(self.history) else 0)
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
 def _check_compute(fn, name: str = "compute") -> None:
@@ -485,20 +467,3 @@ def _check_compute(fn, name: str = "compute") -> None:
                         f"numbers); {name}(np.array([1., 2., 4.])) returned shape "
                         f"{out.shape}, not (3,)")
 
-
-def _check_history_arrays(hist: dict, cont_len: int) -> None:
-    """Raise naming the field if a saved history's arrays disagree in shape or range."""
-    steps = hist["steps"]
-    k, n = len(steps), len(hist["ids"])
-    if len(hist["modes"]) != k or any(m not in MODES for m in hist["modes"]):
-        raise ValueError(f"saved history has {len(hist['modes'])} modes {hist['modes'][:3]}... "
-                         f"for {k} steps; each must be one of {MODES}")
-    for key in ("match_prefix", "match_count", "nll", "nll_first"):
-        if key in hist and tuple(hist[key].shape) != (k, n):
-            raise ValueError(f"saved history's {key} has shape {tuple(hist[key].shape)}; "
-                             f"{k} steps x {n} rows needs ({k}, {n})")
-    for key in ("match_prefix", "match_count"):
-        values = hist[key]
-        if len(values) and (int(values.min()) < 0 or int(values.max()) > cont_len):
-            raise ValueError(f"saved history's {key} holds {int(values.max())}; with "
-                             f"cont_len={cont_len} it must lie in [0, {cont_len}]")
