@@ -73,6 +73,10 @@ def test_recall_vs_compute_uses_both_predictor_families(results):
     assert result.smaller_models.compute.tolist() == [compute_of(small, TOKENS_PER_STEP)]
     assert result.checkpoints.keys == ("large@step12", "large@step24")
     assert result.checkpoints.fit is not None
+    fit, at = result.checkpoints, result.checkpoints.compute
+    assert len(fit.fit.samples) == 200  # the bootstrap the plot draws as a band
+    low, high = fit.band(at, result.target_compute)
+    assert (low <= high).all() and ((0 <= low) & (high <= 1)).all()
     by_key = {p.key: p for p in result.pairs}
     assert result.checkpoints.recall.tolist() == [by_key["large@step12"].recall,
                                                   by_key["large@step24"].recall]

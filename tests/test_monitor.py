@@ -12,7 +12,7 @@ from memwatch.demos.model import planted_corpus, tiny_model
 from memwatch.forecast import forecast
 from memwatch.monitor import MemWatch
 from memwatch.policy import AbortPolicy
-from memwatch.probe import probe, reference_probe
+from memwatch.probe import ProbeSpec, probe, reference_probe
 from memwatch.sinks import LocalSink
 from memwatch.sinks.base import Sink
 from memwatch.sinks.local import read_records
@@ -42,9 +42,14 @@ def watchlist() -> Watchlist:
     return Watchlist(CORPUS.rows, [f"row-{i}" for i in range(len(CORPUS.rows))], TAGS)
 
 
+PROBE_SETTINGS = ("prompt_len", "cont_len", "mode", "with_nll", "batch_size")
+
+
 def monitor(**kwargs) -> MemWatch:
-    kwargs = {"prompt_len": M, "cont_len": N, "abort": NO_ABORT, **kwargs}
-    return MemWatch(watchlist(), **kwargs)
+    """A monitor on the test watchlist; the probe's settings may be given loose here."""
+    spec = {"prompt_len": M, "cont_len": N, "mode": "extractable",
+            **{k: kwargs.pop(k) for k in PROBE_SETTINGS if k in kwargs}}
+    return MemWatch(watchlist(), **{"abort": NO_ABORT, "probe": ProbeSpec(**spec), **kwargs})
 
 
 def fresh(dropout: float = 0.0):
@@ -293,6 +298,17 @@ def test_token_outside_the_vocab_fails_before_training():
     model, _ = fresh()
     with pytest.raises(ValueError, match="'row-5' has token id 9999 at position 3"):
         mon.check(model)
+
+
+def test_the_probe_settings_given_loose_still_work_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="probe=ProbeSpec"):
+        old = MemWatch(watchlist(), prompt_len=M, cont_len=N, with_nll=1, batch_size=4)
+    assert old.spec == ProbeSpec(M, N, mode="extractable", with_nll=True, batch_size=4)
+    assert MemWatch(watchlist(), probe=ProbeSpec(M, N)).spec.mode == "exact"
+    with pytest.raises(TypeError, match="not beside it"):
+        MemWatch(watchlist(), probe=ProbeSpec(M, N), mode="exact")
+    with pytest.raises(TypeError, match="probe must be a ProbeSpec"):
+        MemWatch(watchlist(), probe={"prompt_len": M})
 
 
 def test_rejects_bad_arguments():

@@ -185,6 +185,15 @@ def test_undefined_precision_and_recall_are_nan():
     p, r = set_precision_recall(some, none)
     assert p == 0.0 and np.isnan(r)
     assert set_precision_recall(some, np.array([1, 1, 0, 0], bool)) == (0.5, 0.5)
+    pred = np.array([1, 1, 0, 0, 1], bool)
+    target = np.array([1, 0, 1, 0, 1], bool)
+    assert set_precision_recall(pred, target) == pytest.approx((2 / 3, 2 / 3))
+    many = np.stack([pred, target, np.zeros(5, bool)])  # broadcasts over leading axes
+    p, r = set_precision_recall(many[:, None], many[None])
+    assert p.shape == r.shape == (3, 3)
+    np.testing.assert_allclose(np.diag(r)[:2], 1.0)
+    assert np.isnan(p[2]).all() and np.isnan(r[:, 2]).all()  # nothing claimed / nothing to find
+    assert np.isfinite(p[:2, :2]).all() and np.isfinite(r[:2, :2]).all()
 
 
 def test_step_of_revision():

@@ -196,12 +196,6 @@ class History:
             self._nll_first = np.full(self._nll.shape, _NO_NLL, dtype=np.float16)
         self._len = len(self._steps)
 
-    @classmethod
-    def from_state_dict(cls, state: dict) -> History:
-        h = cls(state["ids"], state["tags"], cont_len=int(state["cont_len"]))
-        h.load_state_dict(state)
-        return h
-
 
 def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

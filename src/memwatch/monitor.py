@@ -46,9 +46,11 @@ from memwatch.history import History
 from memwatch.lm import device_of, vocab_size
 from memwatch.masking import FlaggedWindows, MaskSpec
 from memwatch.policy import AbortPolicy, Verdict, evaluate
-from memwatch.probe import CONT_LEN, PROMPT_LEN, BatchSize, ProbeSpec
+from memwatch.probe import BatchSize, ProbeSpec
 from memwatch.schedule import Schedule
+from memwatch.sinks.fanout import Fanout
 from memwatch.watchlist import Watchlist
+from memwatch.watchlist.tags import tag_set
 
 STATE_FORMAT = 1
 
@@ -67,64 +69,59 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 class MemWatch:
     """Probes a model on a watchlist during training; see the module docstring for the loop.
 
-    watchlist: the `Watchlist` to probe (validated against the lengths here, and
-        against the model's vocabulary at `check` / the first `step`).
-    total_steps: optimizer steps in the run, if known (enables the forecast and
-        an exact probe at the last step); adapters fill it in from the framework.
-    every_n_steps: probe at every multiple of this step instead of the
-        overhead-bounded schedule.
-    max_overhead: the share of training wall time the monitor may use.
-    mode: ``"extractable"`` (cheap; memorized and match_prefix exact) or ``"exact"``
-        (full Pythia scores) for scheduled probes; the final probe is always exact.
-    exact_every: make every k-th scheduled probe exact.
-    abort: the `AbortPolicy`.
-    sinks: `Sink`s that receive records, alerts and the final history (rank 0 only).
-    prompt_len, cont_len, with_nll, batch_size: passed to `probe`; with `mode` they
-        make the monitor's `spec`, one `ProbeSpec` validated here. The forecast's
-        per-row ``trajectory`` estimate (the most accurate one in
-        `benchmarks/backtest_forecast.py`) follows each row's NLL: by default the first
-        continuation token's, which every probe measures almost free; ``with_nll=True``
-        gives it the whole continuation's (a better forecast) at the cost of one
-        teacher-forced forward per probe, so the overhead budget affords fewer probes.
-    compute: vectorised step -> cumulative compute (e.g. the learning rate summed up
-        to each step), the clock the forecast measures progress in; None: steps (which
-        forecast better than the summed learning rate in the backtest, where rows recur
-        through a cosine-decayed run).
-    first_seen: per watchlist row, the step at which training first sees it (inf: never),
-        so the forecast also reports the paper's recall over rows already seen
-        (`TagForecast.recall_seen`); for rows of `Watchlist.from_pythia` trained in
-        Pythia's order it is ``index // 1024``.
-    learning_rate: vectorised step -> learning rate, so the forecast flags a decay
-        ahead that the probes have not seen yet (`TagForecast.decay_ahead`) and widens
-        its interval.
-    mask_spec: how `mask` finds and masks flagged rows (`memwatch.masking.MaskSpec`);
-        None: windows of min(16, cont_len) tokens, every continuation token masked.
-        Rows are flagged only by an `AbortPolicy` with a ``"mask"`` action.
+    The parameters come in groups:
+
+    - what: ``watchlist``, the `Watchlist` to probe (validated against the probe's
+      lengths here, and against the model's vocabulary at `check` / the first `step`).
+    - when (the `Schedule`): ``total_steps``, optimizer steps in the run if known (enables
+      the forecast and an exact probe at the last step; adapters fill it in);
+      ``every_n_steps``, a fixed cadence instead of the overhead-bounded schedule;
+      ``max_overhead``, the share of training wall time the monitor may use;
+      ``exact_every``, make every k-th scheduled probe exact.
+    - acting: ``abort``, the `AbortPolicy` (alerts, masking, stopping); ``sinks``, the
+      `Sink`s that receive records, alerts and the final history (rank 0 only);
+      ``mask_spec``, how `mask` finds and masks flagged rows (`memwatch.masking.MaskSpec`;
+      None: windows of min(16, cont_len) tokens, every continuation token masked).
+    - how to probe: ``probe``, one `ProbeSpec` (default ``ProbeSpec(mode="extractable")``:
+      memorized and match_prefix exact, cheap; the final probe is always exact). The
+      forecast's per-row ``trajectory`` estimate follows each row's NLL: by default the
+      first continuation token's, which every probe measures almost free;
+      ``with_nll=True`` gives it the whole continuation's (a better forecast in
+      `benchmarks/backtest_forecast.py`) at the cost of one teacher-forced forward per
+      probe, so the overhead budget affords fewer probes.
+    - what the forecast knows of the run: ``compute``, vectorised step -> cumulative
+      compute (e.g. the summed learning rate), the clock the forecast measures progress
+      in (None: steps, which forecast better in the backtest); ``first_seen``, per row the
+      step at which training first sees it (inf: never), for the recall over rows already
+      seen (`TagForecast.recall_seen`; ``index // 1024`` for `Watchlist.from_pythia` rows
+      in Pythia's order); ``learning_rate``, vectorised step -> learning rate, so the
+      forecast flags a decay ahead (`TagForecast.decay_ahead`) and widens its interval.
+
+    The probe's settings given loose (``mode``, ``prompt_len``, ``cont_len``,
+    ``with_nll``, ``batch_size``) still work, with a DeprecationWarning, for one release.
     """
 
     def __init__(
         self,
-        watchlist,
-        total_steps: int | None = None,
+        watchlist: Watchlist,
+        total_steps: int | None = None,  # when: the Schedule's settings
         every_n_steps: int | None = None,
         max_overhead: float = 0.01,
-        mode: str = "extractable",
-        exact_every: int | None = None,
-        abort: AbortPolicy | None = None,
+        abort: AbortPolicy | None = None,  # acting: the policy and where it reports
         sinks: Sequence = (),
-        prompt_len: int = PROMPT_LEN,
-        cont_len: int = CONT_LEN,
-        with_nll: bool = False,
-        batch_size: int | None = None,
-        compute=None,
+        *,
+        probe: ProbeSpec | None = None,  # how to probe
+        exact_every: int | None = None,
+        compute=None,  # what the forecast knows of the run
         first_seen=None,
         learning_rate=None,
         mask_spec: MaskSpec | None = None,
+        **retired,
     ):
         if not isinstance(watchlist, Watchlist):
             raise TypeError(f"MemWatch needs a Watchlist; got a {type(watchlist).__name__}: wrap "
                             "token rows with memwatch.Watchlist.from_tokens(rows)")
-        spec = ProbeSpec(prompt_len, cont_len, mode, bool(with_nll), batch_size)  # names the value
+        spec = _probe_spec(probe, retired)
         _check_compute(compute)
         _check_compute(learning_rate, "learning_rate")
         if first_seen is not None:
@@ -141,7 +138,8 @@ class MemWatch:
         self._batch_size = BatchSize(spec.batch_size)  # remembers a size that ran out of memory
         self.schedule = Schedule(total_steps, every_n_steps, max_overhead, exact_every)
         self.policy = abort
-        self.sinks = list(sinks)
+        self._fanout = Fanout(sinks)
+        self.sinks = self._fanout.sinks
         self.compute, self.first_seen, self.learning_rate = compute, first_seen, learning_rate
         self.mask_spec = MaskSpec(window=min(16, spec.cont_len)) if mask_spec is None else mask_spec
         if not isinstance(self.mask_spec, MaskSpec):
@@ -154,13 +152,12 @@ class MemWatch:
         self._flagged_ids: tuple[str, ...] = ()
         self._windows: FlaggedWindows | None = None
         self.history = History(watchlist.ids, watchlist.tags, cont_len=spec.cont_len)
-        self._tags = sorted({t for row in watchlist.tags for t in row})
+        self._tags = tag_set(watchlist.tags)
         self._sent: frozenset[str] = frozenset()
         self._streak = 0
         self._checked_vocab: int | None = None
         self._last_time: float | None = None
         self._last_step: int | None = None
-        self._sink_failures: dict[tuple[int, str], int] = {}
         self._probe_failures = 0
         self._warned: set[str] = set()  # one-off warnings already given
         self._sync_ranks = True  # compare state across ranks at the next step
@@ -240,8 +237,8 @@ class MemWatch:
         self._emit("on_end", self.history, self.watchlist)
         self.close()
         self.schedule.observe_other(time.perf_counter() - t0)
-        if self._sink_failures:
-            failed = ", ".join(f"{name} {n}x" for name, n in self._failure_counts().items())
+        if self._fanout.failures:
+            failed = ", ".join(f"{name} {n}x" for name, n in self._fanout.failure_counts().items())
             warnings.warn(f"memwatch sink calls failed during this run: {failed}",
                           RuntimeWarning, stacklevel=2)
         distributed.barrier()
@@ -320,10 +317,6 @@ class MemWatch:
             self._warned.add(key)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
 
-    def _failure_counts(self) -> dict[str, int]:
-        names = {id(s): type(s).__name__ for s in self.sinks}
-        return {f"{names[sink]}.{method}": n for (sink, method), n in self._sink_failures.items()}
-
     # ---- masking flagged rows out of the loss ------------------------------------------------
     @property
     def flagged(self) -> tuple[str, ...]:
@@ -381,24 +374,7 @@ class MemWatch:
             return None
 
     def _emit(self, method: str, *args) -> None:
-        """Call `method` on every sink, on rank 0; a failing call warns once per (sink, method),
-        is counted (`finish` reports the counts) and skipped."""
-        if distributed.rank_world()[0] != 0:
-            return
-        for sink in self.sinks:
-            try:
-                hook = getattr(sink, method, None)  # a duck-typed sink may lack newer hooks
-                if hook is None:
-                    continue
-                with torch.random.fork_rng(devices=[]):  # a sink must not shift training's RNG
-                    hook(*args)
-            except Exception as err:  # noqa: BLE001 - a sink must never stop training
-                key = (id(sink), method)
-                self._sink_failures[key] = self._sink_failures.get(key, 0) + 1
-                if self._sink_failures[key] == 1:
-                    warnings.warn(f"memwatch sink {type(sink).__name__}.{method} failed "
-                                  f"({type(err).__name__}: {err}); training goes on",
-                                  RuntimeWarning, stacklevel=3)
+        self._fanout.emit(method, *args)
 
     # ---- persistence: tensors and plain types, loadable with torch.load(weights_only=True) ---
     def state_dict(self) -> dict:
@@ -467,3 +443,27 @@ def _check_compute(fn, name: str = "compute") -> None:
                         f"numbers); {name}(np.array([1., 2., 4.])) returned shape "
                         f"{out.shape}, not (3,)")
 
+
+_RETIRED_PROBE_SETTINGS = ("mode", "prompt_len", "cont_len", "with_nll", "batch_size")
+
+
+def _probe_spec(spec: ProbeSpec | None, retired: dict) -> ProbeSpec:
+    """The monitor's `ProbeSpec`: `spec`, or one built from the retired loose settings."""
+    unknown = sorted(set(retired) - set(_RETIRED_PROBE_SETTINGS))
+    if unknown:
+        raise TypeError(f"MemWatch got unexpected keyword argument(s) {unknown}; it takes "
+                        "watchlist, total_steps, every_n_steps, max_overhead, abort, sinks, "
+                        "probe, exact_every, compute, first_seen, learning_rate, mask_spec")
+    if spec is not None and not isinstance(spec, ProbeSpec):
+        raise TypeError(f"probe must be a ProbeSpec; got {type(spec).__name__}")
+    if not retired:
+        return ProbeSpec(mode="extractable") if spec is None else spec
+    if spec is not None:
+        raise TypeError(f"MemWatch takes the probe's settings in probe=ProbeSpec(...); give "
+                        f"{sorted(retired)} there, not beside it")
+    warnings.warn(f"MemWatch({', '.join(f'{k}=' for k in sorted(retired))}...) is deprecated: "
+                  "pass probe=ProbeSpec(...) (memwatch.ProbeSpec)", DeprecationWarning,
+                  stacklevel=3)
+    settings = {"mode": "extractable", **retired}
+    settings["with_nll"] = bool(settings.get("with_nll", False))
+    return ProbeSpec(**settings)

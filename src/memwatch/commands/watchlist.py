@@ -17,6 +17,7 @@ from memwatch.commands.args import (
     tokenizer_source,
 )
 from memwatch.probe import CONT_LEN, PROMPT_LEN
+from memwatch.watchlist.canaries import DEFAULT_TEMPLATE
 
 HELP = "Build a watchlist (text windows, PII, canaries, Pythia sequences) or show one."
 
@@ -35,7 +36,7 @@ def add_arguments(p) -> None:
     b.add_argument("--pii", action="store_true", help="add one row per PII hit in --texts")
     b.add_argument("--canaries", type=nonnegative_int, default=0, metavar="N",
                    help="add N canaries")
-    b.add_argument("--template", default="My secret is {secret}", help="canary template")
+    b.add_argument("--template", default=DEFAULT_TEMPLATE, help="canary template")
     b.add_argument("--pythia", type=_pythia_prefix, metavar="PREFIX",
                    help="Megatron .idx/.bin prefix")
     b.add_argument("--indices", type=_index_range,

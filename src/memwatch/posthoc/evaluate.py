@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -289,17 +290,6 @@ def _batch_files(rank_dir: Path) -> list[tuple[int, int, Path]]:
     return sorted(out)
 
 
-def _remove_tree(path: Path) -> None:
-    if not path.exists():
-        return
-    for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
-        if p.is_dir():
-            p.rmdir()
-        else:
-            p.unlink()
-    path.rmdir()
-
-
 # --------------------------------------------------------------------------------------------
 # Scoring one checkpoint.
 # --------------------------------------------------------------------------------------------
@@ -409,13 +399,13 @@ def evaluate(
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             _merge([p for _, _, p in _batch_files(rank_dir)], meta, rank_file)
-            _remove_tree(rank_dir)
+            shutil.rmtree(rank_dir, ignore_errors=True)
         barrier()
         if rank == 0:
             shards = [parts / f"rank{r:05d}-of-{world_size:05d}.parquet" for r in range(world_size)]
             shards = [p for p in shards if p.exists()]
             meta["params"] = read_meta(shards[0]).get("params")
             _merge(shards, meta, final)
-            _remove_tree(parts)
+            shutil.rmtree(parts, ignore_errors=True)
         barrier()
     return paths

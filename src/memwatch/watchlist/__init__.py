@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from memwatch.probe import CONT_LEN, PROMPT_LEN
-from memwatch.watchlist.tags import tag_mask
+from memwatch.watchlist.canaries import DEFAULT_TEMPLATE, canary_rows
+from memwatch.watchlist.tags import tag_label, tag_mask
 
 FORMAT = "memwatch.watchlist"
 FORMAT_VERSION = 1
@@ -278,7 +279,7 @@ class Watchlist:
                    kept if keep_text else None)
 
     @classmethod
-    def canaries(cls, n: int, template: str = "My secret is {secret}", tokenizer=None,
+    def canaries(cls, n: int, template: str = DEFAULT_TEMPLATE, tokenizer=None,
                  seed: int = 0, prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
                  vocab_size: int | None = None) -> Watchlist:
         """`n` synthetic canaries (tag ``canary``, ids ``canary#<k>``), secrets at prompt_len.
@@ -288,18 +289,7 @@ class Watchlist:
         be planted in text data, but previews hide the secret. Without a tokenizer
         rows are random token ids below `vocab_size`. See `memwatch.watchlist.canaries`.
         """
-        from memwatch.watchlist.canaries import make_canaries
-
-        made = make_canaries(n, template, tokenizer, seed, prompt_len, cont_len, vocab_size)
-        head = template.partition("{secret}")[0].strip()
-        ids = [f"canary#{k}" for k in range(n)]
-        previews = [f"canary {head} ***".replace("  ", " ") if tokenizer is not None
-                    else "canary (random tokens)" for _ in made]
-        texts = [c.text for c in made] if tokenizer is not None else None
-        spans = [(k, *c.secret_span) for k, c in enumerate(made)] if tokenizer is not None \
-            else None
-        return cls(torch.stack([c.tokens for c in made]), ids, [("canary",)] * n, previews,
-                   spans, texts)
+        return cls(*canary_rows(n, template, tokenizer, seed, prompt_len, cont_len, vocab_size))
 
     # ----------------------------------------------------------------------------------------
     # Views
@@ -352,8 +342,7 @@ class Watchlist:
         """A preview of row `i` safe to show in logs and dashboards (no raw PII)."""
         if self._previews is not None and self._previews[i] is not None:
             return self._previews[i]
-        tags = ",".join(self.tags[i]) or "untagged"
-        return f"[{tags}] {self.tokens.shape[1]} tokens"
+        return f"[{tag_label(self.tags[i])}] {self.tokens.shape[1]} tokens"
 
     def select(self, mask_or_index) -> Watchlist:
         """The rows picked by a bool mask or an index array, in that order."""

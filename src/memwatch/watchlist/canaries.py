@@ -58,6 +58,24 @@ def make_canaries(n: int, template: str = DEFAULT_TEMPLATE, tokenizer=None, seed
     return [_text_canary(template, tokenizer, rng, prompt_len, cont_len) for _ in range(n)]
 
 
+def canary_rows(n: int, template: str = DEFAULT_TEMPLATE, tokenizer=None, seed: int = 0,
+                prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
+                vocab_size: int | None = None) -> tuple:
+    """`Watchlist` constructor arguments (tokens, ids, tags, previews, spans, texts) of `n`
+    canaries from `make_canaries`: tag ``canary``, ids ``canary#<k>``, previews that hide
+    the secret, and (text canaries) the synthetic text and the secret's character span."""
+    made = make_canaries(n, template, tokenizer, seed, prompt_len, cont_len, vocab_size)
+    head = template.partition("{secret}")[0].strip()
+    ids = [f"canary#{k}" for k in range(n)]
+    previews = [f"canary {head} ***".replace("  ", " ") if tokenizer is not None
+                else "canary (random tokens)" for _ in made]
+    texts = [c.text for c in made] if tokenizer is not None else None
+    spans = [(k, *c.secret_span) for k, c in enumerate(made)] if tokenizer is not None \
+        else None
+    return (torch.stack([c.tokens for c in made]), ids, [("canary",)] * n, previews, spans,
+            texts)
+
+
 def _text_canary(template, tokenizer, rng, M, N, attempts: int = 50) -> Canary:
     head, _, tail = template.partition("{secret}")
     for _ in range(attempts):

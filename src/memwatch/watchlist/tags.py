@@ -20,3 +20,13 @@ def tag_mask(tags: Sequence[Sequence[str]], pattern: str) -> np.ndarray:
     if pattern == ALL_ROWS:
         return np.ones(len(tags), dtype=bool)
     return np.array([any(fnmatchcase(t, pattern) for t in row) for row in tags], dtype=bool)
+
+
+def tag_label(row_tags: Sequence[str]) -> str:
+    """How logs and alerts name one row's tags: joined by commas, or ``untagged``."""
+    return ",".join(row_tags) or "untagged"
+
+
+def tag_set(tags: Sequence[Sequence[str]]) -> list[str]:
+    """Every tag some row carries, sorted (the keys per-tag metrics and forecasts use)."""
+    return sorted({t for row in tags for t in row})
