@@ -244,6 +244,7 @@ def test_mode_and_index_are_checked(suite, tmp_path, no_scoring):
                     index=np.arange(3))
 
 
+@pytest.mark.slow
 def test_pythia_example_script_parses():
     from pathlib import Path
 
@@ -285,6 +286,7 @@ print("STDERR", repr(err.getvalue()))
 """
 
 
+@pytest.mark.slow
 def test_hub_checkpoints_load_offline_from_the_cache(suite, evaluated, tmp_path):
     cache = tmp_path / "hf" / "hub"
     for repo_id, name in (("EleutherAI/pythia-70m", "small"), ("EleutherAI/pythia-160m", "large")):

@@ -3,20 +3,13 @@ import io
 import numpy as np
 import pytest
 import torch
+from probe_results import probe_result
 
-import memwatch as mw
 from memwatch.history import History
 
 
 def _result(prefix, counts, nll=None, N=4, nll_first=None):
-    prefix = torch.tensor(prefix, dtype=torch.int16)
-    scores = torch.tensor(counts, dtype=torch.float32) / N
-
-    def t(x):
-        return None if x is None else torch.tensor(x, dtype=torch.float32)
-
-    return mw.ProbeResult(scores=scores, memorized=prefix == N, match_prefix=prefix,
-                          nll=t(nll), nll_first=t(nll_first))
+    return probe_result(prefix, np.asarray(counts) / N, nll, nll_first, cont_len=N)
 
 
 def _history(probes=20):

@@ -7,8 +7,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from planted import CORPUS, STREAM, TAGS, M, N
 
-from memwatch.demos.model import planted_corpus, tiny_model
+from memwatch.demos.model import tiny_model
 from memwatch.forecast import forecast
 from memwatch.monitor import MemWatch
 from memwatch.policy import AbortPolicy
@@ -18,12 +19,7 @@ from memwatch.sinks.base import Sink
 from memwatch.sinks.local import read_records
 from memwatch.watchlist import Watchlist
 
-M = N = 8
 BATCH = 8
-# Four canaries seen often (memorized within a few dozen steps), four seen sometimes, eight once.
-CORPUS = planted_corpus([16] * 4 + [4] * 4 + [1] * 8, seq_len=M + N, vocab_size=512, seed=0)
-STREAM = CORPUS.stream(seed=0)
-TAGS = [("canary",)] * 4 + [("sample",)] * 12
 NO_ABORT = AbortPolicy(tags=())
 
 

@@ -171,22 +171,6 @@ def checked_clock(compute, steps: np.ndarray, total_steps: int) -> tuple[np.ndar
     return values[:-1], float(values[-1])
 
 
-def rank_at_risk(history, total_steps: int, duplicates=None, compute=None) -> RiskRanking:
-    """The `RiskRanking` of every row of `history` at its latest probe, for training ending at
-    `total_steps`.
-
-    `duplicates` (int [n], optional) is each row's duplicate count in the training
-    data. `compute` (optional, vectorised step -> cumulative compute, e.g. the summed
-    learning rate) sets the clock the horizon is measured in; None measures it in steps.
-    With no probe at all every score is 0 and ``fitted`` is False.
-    """
-    dups = checked_duplicates(duplicates, history.num_rows)
-    clock, total = history.steps.astype(np.float64), float(total_steps)
-    if compute is not None:
-        clock, total = checked_clock(compute, history.steps, int(total_steps))
-    return risk_at(history, len(history) - 1, clock, total, dups)
-
-
 def risk_at(history, last: int, clock: np.ndarray, total: float, dups=None,
             columns=None) -> RiskRanking:
     """The `RiskRanking` as known at probe index `last`, for training ending at clock `total`.
