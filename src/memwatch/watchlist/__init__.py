@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from memwatch.probe import CONT_LEN, PROMPT_LEN
-from memwatch.watchlist.tags import tag_mask
+from memwatch.watchlist.tags import CANARY_IN, CANARY_OUT, tag_mask
 
 FORMAT = "memwatch.watchlist"
 FORMAT_VERSION = 1
@@ -280,26 +280,38 @@ class Watchlist:
     @classmethod
     def canaries(cls, n: int, template: str = "My secret is {secret}", tokenizer=None,
                  seed: int = 0, prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
-                 vocab_size: int | None = None) -> Watchlist:
+                 vocab_size: int | None = None, audit: bool = False, design: str = "random",
+                 token_pool=None) -> Watchlist:
         """`n` synthetic canaries (tag ``canary``, ids ``canary#<k>``), secrets at prompt_len.
 
         With a tokenizer each row is random filler words, the template and a random
         digit secret; the canary text is synthetic and kept (`texts`) so that it can
         be planted in text data, but previews hide the secret. Without a tokenizer
         rows are random token ids below `vocab_size`. See `memwatch.watchlist.canaries`.
-        """
-        from memwatch.watchlist.canaries import make_canaries
 
-        made = make_canaries(n, template, tokenizer, seed, prompt_len, cont_len, vocab_size)
+        audit: draw each canary in or out of training with probability ½ (seeded by
+            `seed`) and tag it ``canary:in`` or ``canary:out``: plant only the in half
+            (`insert_canaries` does), and `memwatch.audit` turns the two halves' scores
+            into AUROC, TPR at low FPR and a one-run ε lower bound (Steinke et al. 2023).
+        design: ``"random"`` (above) or ``"new_tokens"``: secrets of ids from `token_pool`,
+            ids reserved for the canaries (after Panda et al. 2025; token rows, no text).
+        """
+        from memwatch.watchlist.canaries import make_canaries, membership
+
+        made = make_canaries(n, template, tokenizer, seed, prompt_len, cont_len, vocab_size,
+                             design, token_pool)
         head = template.partition("{secret}")[0].strip()
         ids = [f"canary#{k}" for k in range(n)]
-        previews = [f"canary {head} ***".replace("  ", " ") if tokenizer is not None
+        has_text = tokenizer is not None and design == "random"
+        previews = [f"canary {head} ***".replace("  ", " ") if has_text
                     else "canary (random tokens)" for _ in made]
-        texts = [c.text for c in made] if tokenizer is not None else None
-        spans = [(k, *c.secret_span) for k, c in enumerate(made)] if tokenizer is not None \
-            else None
-        return cls(torch.stack([c.tokens for c in made]), ids, [("canary",)] * n, previews,
-                   spans, texts)
+        texts = [c.text for c in made] if has_text else None
+        spans = [(k, *c.secret_span) for k, c in enumerate(made)] if has_text else None
+        tags = [("canary",)] * n
+        if audit:
+            tags = [("canary", CANARY_IN if inside else CANARY_OUT)
+                    for inside in membership(n, seed)]
+        return cls(torch.stack([c.tokens for c in made]), ids, tags, previews, spans, texts)
 
     # ----------------------------------------------------------------------------------------
     # Views
