@@ -15,9 +15,10 @@ code and prose with planted PII and near-misses.
 
 from __future__ import annotations
 
+import bisect
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -72,6 +73,22 @@ def find_pii(text: str, entities: Iterable[str] | None = None, score_threshold: 
     hits = _prefiltered(recognize, text, entities, backend) if prefilter else \
         recognize(text, entities)
     return dedupe([h for h in hits if h.score >= score_threshold and plausible(h, text)])
+
+
+def find_pii_many(texts: Sequence[str], entities: Iterable[str] | None = None,
+                  score_threshold: float = 0.35, backend: str = "auto") -> list[list[PiiHit]]:
+    """`find_pii` of each text, found in one pass over the texts joined by newlines.
+
+    The same hits as one call per text (no hit crosses a newline and every check
+    reads only its hit's line), without the per-call cost that dominates short rows.
+    """
+    texts = list(texts)
+    starts = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]]).tolist() if texts else []
+    out: list[list[PiiHit]] = [[] for _ in texts]
+    for h in find_pii("\n".join(texts), entities, score_threshold, backend):
+        k = bisect.bisect_right(starts, h.start) - 1
+        out[k].append(PiiHit(h.entity, h.start - starts[k], h.end - starts[k], h.score))
+    return out
 
 
 def plausible(hit: PiiHit, text: str) -> bool:
