@@ -233,7 +233,8 @@ def scan_shard(job: _Job, k: int) -> None:
         flush()
     table = pa.table({**{c: cols[c] for c in cols if c != "tokens"},
                       "tokens": pa.array(cols["tokens"], type=pa.list_(pa.int64()))})
-    meta = {"rows_read": str(rank), "skipped": str(skipped), "undecodable": str(undecodable)}
+    meta = {"rows_read": str(rank), "skipped": str(skipped), "undecodable": str(undecodable),
+            "pid": str(os.getpid())}
     table = table.replace_schema_metadata(meta)
     tmp = f"{path}.tmp-{os.getpid()}"
     pq.write_table(table, tmp)
