@@ -13,7 +13,6 @@ secret for `canaries`), or None. Storage is safetensors (tokens) beside JSON
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -530,12 +529,6 @@ def _check_meta(meta: dict, where: str) -> None:
         if bad is not None:
             shape = "[text, start, end] integers" if field == "spans" else "a string"
             fail(field, f"entry {bad} is {values[bad]!r}, not null or {shape}")
-
-
-def _digest(entity: str, row: Sequence[int]) -> str:
-    """8 hex digits identifying a row: stable across runs, not reversible to the PII."""
-    data = entity.encode() + np.asarray(row, dtype=np.int64).tobytes()
-    return hashlib.sha256(data).hexdigest()[:8]
 
 
 def _concat(parts: Sequence[Watchlist]) -> Watchlist:

@@ -249,7 +249,6 @@ def _rows_of_text(cols: dict, row: int, rank: int, text: str, hits, tokenizer,
     The row is the tokens [t - prompt_len, t + cont_len) where token t holds the
     hit's first character.
     """
-    from memwatch.watchlist import _digest
     from memwatch.watchlist.pii import redact
     from memwatch.watchlist.text import encode
 
@@ -264,7 +263,7 @@ def _rows_of_text(cols: dict, row: int, rank: int, text: str, hits, tokenizer,
             continue
         tokens = token_ids[first - M:first - M + L]
         cols["tokens"].append(tokens)
-        cols["id"].append(f"pii:{h.entity}#{_digest(h.entity, tokens)}")
+        cols["id"].append(f"pii:{h.entity}#{row_digest(h.entity, tokens)}")
         cols["entity"].append(h.entity)
         cols["row"].append(row)
         cols["rank"].append(rank)
@@ -274,6 +273,12 @@ def _rows_of_text(cols: dict, row: int, rank: int, text: str, hits, tokenizer,
         cols["text"].append(text[offsets[first - M][0]:offsets[first - M + L - 1][1]]
                             if s.keep_text else None)
     return skipped
+
+
+def row_digest(entity: str, row: Sequence[int]) -> str:
+    """8 hex digits identifying a row: stable across runs, not reversible to the PII."""
+    data = entity.encode() + np.asarray(row, dtype=np.int64).tobytes()
+    return hashlib.sha256(data).hexdigest()[:8]
 
 
 def decode_with_offsets(tokenizer, ids) -> tuple[str, list[tuple[int, int]]] | None:
@@ -294,6 +299,7 @@ def decode_with_offsets(tokenizer, ids) -> tuple[str, list[tuple[int, int]]] | N
 
 
 def _assemble(cls, job: _Job):
+    """The watchlist of the job's shard files (class `cls`), rows in shard order."""
     import torch
 
     corpus, s = job.corpus, job.settings
