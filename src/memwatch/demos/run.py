@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from memwatch.probe import CONT_LEN, PROMPT_LEN
+
 #: Repetitions of each planted record / canary in the training stream (one per level).
 PII_REPEATS = (1, 2, 4, 8, 16, 32)
 CANARY_REPEATS = (1, 4, 16, 32)
@@ -88,7 +90,7 @@ def build_data(cfg: DemoConfig) -> DemoData:
     g = torch.Generator().manual_seed(cfg.seed)
     pick = torch.randperm(len(background), generator=g)[: cfg.sample_rows]
     sample = Watchlist.from_tokens(background[pick], ids=[f"sample#{int(i)}" for i in pick],
-                                   tags="sample")
+                                   tags="sample", prompt_len=PROMPT_LEN, cont_len=CONT_LEN)
     repeats = {row_id: pii_reps[pii.spans[i][0]] for i, row_id in enumerate(pii.ids)}
     repeats.update(zip(canaries.ids, can_reps, strict=True))
     repeats.update(dict.fromkeys(sample.ids, 0))
