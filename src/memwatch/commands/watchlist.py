@@ -51,6 +51,9 @@ def add_arguments(p) -> None:
     b.add_argument("--work-dir", metavar="DIR",
                    help="where finished shards are kept until the watchlist is saved (default "
                         "OUT.scan); a killed scan resumes from it")
+    b.add_argument("--backend", choices=["auto", "presidio", "regex"], default="auto",
+                   help="PII recognizers: Presidio's (extra pii) or memwatch's regexes "
+                        "(default: Presidio when installed)")
     b.add_argument("--max-line-bytes", type=positive_int, default=None, metavar="N",
                    help="longest line a .jsonl / text file may have (default 256 MiB)")
     b.add_argument("--canaries", type=nonnegative_int, default=0, metavar="N",
@@ -211,8 +214,9 @@ def _build(args):
         print(f"scanning for PII; finished shards are kept in {work_dir} (a killed scan "
               "resumes from them)", file=sys.stderr)
         parts.append(Watchlist.scan_pii(_pii_corpus(args, tokenizer), tokenizer,
-                                        keep_text=args.keep_text, num_proc=args.num_proc,
-                                        engine=args.engine, work_dir=work_dir, **lengths))
+                                        keep_text=args.keep_text, backend=args.backend,
+                                        num_proc=args.num_proc, engine=args.engine,
+                                        work_dir=work_dir, **lengths))
     if args.canaries:
         parts.append(Watchlist.canaries(args.canaries, args.template, tokenizer, args.seed,
                                         **lengths))
