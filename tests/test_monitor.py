@@ -325,7 +325,7 @@ def test_forecast_runs_on_the_compute_clock_given():
         steps = np.asarray(steps, np.float64)
         return steps - steps**2 / 80
 
-    mons = [monitor(every_n_steps=3, total_steps=40, compute=clock) for clock in (None, lr_clock)]
+    mons = [monitor(every_n_steps=3, total_steps=40, clock=clock) for clock in (None, lr_clock)]
     for mon in mons:
         model, opt = fresh()
         _, decisions = loop(model, opt, 24, mon)
@@ -499,10 +499,13 @@ def test_bad_inputs_fail_before_training():
         MemWatch(wl, prompt_len=0, cont_len=N)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1 or None.*got 0"):
         monitor(batch_size=0)
-    with pytest.raises(TypeError, match="compute must be vectorised.*raised TypeError"):
-        monitor(compute=lambda step: float(step) ** 0.5)
-    with pytest.raises(TypeError, match="compute must be vectorised.*returned shape \\(\\)"):
-        monitor(compute=lambda steps: 1.0)
+    with pytest.raises(TypeError, match="clock must be vectorised.*raised TypeError"):
+        monitor(clock=lambda step: float(step) ** 0.5)
+    with pytest.raises(TypeError, match="clock must be vectorised.*returned shape \\(\\)"):
+        monitor(clock=lambda steps: 1.0)
+    with pytest.warns(DeprecationWarning, match="compute=.*is deprecated: pass clock="):
+        old = monitor(compute=lambda steps: 2.0 * steps)
+    assert old.clock(np.array([3.0]))[0] == 6.0
 
     class Plain(torch.nn.Module):  # no config, no output embeddings
         def __init__(self, vocab=256):

@@ -103,16 +103,19 @@ class MemWatch:
       ``with_nll=True`` gives it the whole continuation's (a better forecast in
       `benchmarks/backtest_forecast.py`) at the cost of one teacher-forced forward per
       probe, so the overhead budget affords fewer probes.
-    - what the forecast knows of the run: ``compute``, vectorised step -> cumulative
+    - what the forecast knows of the run: ``clock``, vectorised step -> cumulative
       compute (e.g. the summed learning rate), the clock the forecast measures progress
-      in (None: steps, which forecast better in the backtest); ``first_seen``, per row the
-      step at which training first sees it (inf: never), for the recall over rows already
-      seen (`TagForecast.recall_seen`; ``index // 1024`` for `Watchlist.from_pythia` rows
-      in Pythia's order); ``learning_rate``, vectorised step -> learning rate, so the
-      forecast flags a decay ahead (`TagForecast.decay_ahead`) and widens its interval.
+      in (None: steps, which forecast better in the backtest; named ``compute`` before,
+      which also meant a metric's compute step and the FLOPs of `memwatch analyze`);
+      ``first_seen``, per row the step at which training first sees it (inf: never), for
+      the recall over rows already seen (`TagForecast.recall_seen`; ``index // 1024``
+      for `Watchlist.from_pythia` rows in Pythia's order); ``learning_rate``, vectorised
+      step -> learning rate, so the forecast flags a decay ahead
+      (`TagForecast.decay_ahead`) and widens its interval.
 
     The probe's settings given loose (``mode``, ``prompt_len``, ``cont_len``,
-    ``with_nll``, ``batch_size``) still work, with a DeprecationWarning, for one release.
+    ``with_nll``, ``batch_size``) and ``compute=`` (now ``clock=``) still work, with a
+    DeprecationWarning, for one release.
     """
 
     def __init__(
@@ -126,7 +129,7 @@ class MemWatch:
         *,
         probe: ProbeSpec | None = None,  # how to probe
         exact_every: int | None = None,
-        compute=None,  # what the forecast knows of the run
+        clock=None,  # what the forecast knows of the run
         first_seen=None,
         learning_rate=None,
         mask_spec: MaskSpec | None = None,
@@ -136,9 +139,10 @@ class MemWatch:
         if not isinstance(watchlist, Watchlist):
             raise TypeError(f"MemWatch needs a Watchlist; got a {type(watchlist).__name__}: wrap "
                             "token rows with memwatch.Watchlist.from_tokens(rows)")
+        clock = _retired_clock(clock, retired)
         spec = _probe_spec(probe, retired)
-        _check_compute(compute)
-        _check_compute(learning_rate, "learning_rate")
+        _check_clock(clock, "clock")
+        _check_clock(learning_rate, "learning_rate")
         if first_seen is not None:
             first_seen = np.asarray(first_seen, dtype=np.float64)
             if first_seen.shape != (len(watchlist),):
@@ -161,7 +165,7 @@ class MemWatch:
         self._fanout = Fanout(sinks)
         self.sinks = self._fanout.sinks
         self.on_probe_failure = on_probe_failure
-        self.compute, self.first_seen, self.learning_rate = compute, first_seen, learning_rate
+        self.clock, self.first_seen, self.learning_rate = clock, first_seen, learning_rate
         self.mask_spec = MaskSpec(window=min(16, spec.cont_len)) if mask_spec is None else mask_spec
         if not isinstance(self.mask_spec, MaskSpec):
             raise TypeError(f"mask_spec must be a MaskSpec; got {type(mask_spec).__name__}")
@@ -431,7 +435,7 @@ class MemWatch:
             return None
         try:
             return forecast(self.history, self.total_steps, n_boot=0,
-                            with_risk=self.policy.mask_risk is not None, compute=self.compute,
+                            with_risk=self.policy.mask_risk is not None, compute=self.clock,
                             first_seen=self.first_seen, learning_rate=self.learning_rate)
         except (ValueError, np.linalg.LinAlgError):  # too few probes to fit yet
             return None
@@ -520,7 +524,7 @@ def _check_audit(watchlist, policy: AbortPolicy, spec: ProbeSpec) -> None:
                       stacklevel=3)
 
 
-def _check_compute(fn, name: str = "compute") -> None:
+def _check_clock(fn, name: str) -> None:
     """Raise unless `fn` maps an array of steps to an array of as many numbers."""
     if fn is None:
         return
@@ -546,7 +550,7 @@ def _probe_spec(spec: ProbeSpec | None, retired: dict) -> ProbeSpec:
     if unknown:
         raise TypeError(f"MemWatch got unexpected keyword argument(s) {unknown}; it takes "
                         "watchlist, total_steps, every_n_steps, max_overhead, abort, sinks, "
-                        "probe, exact_every, compute, first_seen, learning_rate, mask_spec, "
+                        "probe, exact_every, clock, first_seen, learning_rate, mask_spec, "
                         "on_probe_failure")
     if spec is not None and not isinstance(spec, ProbeSpec):
         raise TypeError(f"probe must be a ProbeSpec; got {type(spec).__name__}")
@@ -561,3 +565,14 @@ def _probe_spec(spec: ProbeSpec | None, retired: dict) -> ProbeSpec:
     settings = {"mode": "extractable", **retired}
     settings["with_nll"] = bool(settings.get("with_nll", False))
     return ProbeSpec(**settings)
+
+
+def _retired_clock(clock, retired: dict):
+    """`clock`, or the value of the retired ``compute=`` keyword (with a DeprecationWarning)."""
+    if "compute" not in retired:
+        return clock
+    if clock is not None:
+        raise TypeError("MemWatch got both clock= and its old name compute=; pass clock= only")
+    warnings.warn("MemWatch(compute=...) is deprecated: pass clock=... (the same vectorised "
+                  "step -> cumulative compute)", DeprecationWarning, stacklevel=3)
+    return retired.pop("compute")
