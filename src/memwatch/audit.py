@@ -5,12 +5,12 @@ run", arXiv 2305.08846): m canaries, each included in training independently wit
 probability ½ (`Watchlist.canaries(n, audit=True)` draws and records it). After (or
 during) training every canary gets a score, higher meaning "looks trained on". The
 auditor guesses "in" for the k highest scores and "out" for the k lowest, abstains on
-the rest, and counts the correct guesses v among the r = 2k made. Under (ε, δ)-DP,
+the rest, and counts the correct guesses V among the r = 2k made. Under (ε, δ)-DP,
 
-    P[v correct] <= P[Binomial(r, q) >= v] + 2 m δ α,    q = e^ε / (1 + e^ε)
+    P[V >= v] <= P[Binomial(r, q) >= v] + 2 m δ α,    q = e^ε / (1 + e^ε)
 
-with α = max_{1<=i<=v} P[v - i <= Binomial(r, q) < v] / i (the paper's Theorem 3 and its
-Algorithm 2; DeepMind's `jax_privacy/auditing.py`, `_one_run_p_value`, computes the same).
+with α = max_{1<=i<=v} P[v - i <= Binomial(r, q) < v] / i (the paper's main theorem with its
+δ correction; DeepMind's `jax_privacy/auditing.py`, `_one_run_p_value`, computes the same).
 The ε lower bound is the largest ε whose p-value is at most the significance level: a
 claim of (ε, δ)-DP with a smaller ε is rejected at that level.
 
@@ -242,7 +242,7 @@ def _log_binomial_coefficients(r: int) -> np.ndarray:
 
 def one_run_p_value(m: int, guesses: int, correct: int, eps: float, delta: float) -> float:
     """The p-value of the claim "(eps, delta)-DP" after `correct` of `guesses` right guesses on
-    `m` canaries (Steinke et al. 2023, Theorem 3 / Algorithm 2)."""
+    `m` canaries (Steinke et al. 2023, with the δ correction)."""
     log_q = -math.log1p(math.exp(-eps))  # log of e^eps / (1 + e^eps)
     log_1mq = -eps + log_q
     sf = np.exp(binomial_log_sf(guesses, log_q, log_1mq))
