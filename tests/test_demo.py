@@ -105,3 +105,19 @@ def test_demo_act_mask_compares_with_the_unmitigated_run(tmp_path, monkeypatch):
     assert sum(masked) < sum(unmitigated), section
     assert int(re.search(r"(\d+) planted row\(s\) were masked", section)[1]) > 0
     assert (tmp_path / "demo" / "unmitigated" / "records").is_dir()
+
+
+def test_the_demo_progress_bar_says_step_n_of_m_not_epoch_21_of_minus_2():
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from memwatch.demos.lightning import StepProgressBar
+
+    bar = StepProgressBar()
+    bar.train_progress_bar = tqdm(total=10, disable=True)
+    bar._describe(SimpleNamespace(global_step=21, max_steps=1500))
+    assert bar.train_progress_bar.desc.startswith("step 21 of 1500")
+    bar._describe(SimpleNamespace(global_step=21, max_steps=-1))
+    assert bar.train_progress_bar.desc.startswith("step 21") and "of" not in \
+        bar.train_progress_bar.desc
