@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from memwatch.demos.data import fake_pii_records
-from memwatch.demos.report import outcome_sentences
+from memwatch.demos.report import outcome_sentences, repetition_table, tag_table
 from memwatch.demos.run import DemoConfig, build_data, run_demo
 from memwatch.history import History
 
@@ -34,7 +34,11 @@ def test_report_sentences_are_computed_from_the_run():
     text = " ".join(outcome_sentences(h, reps))
     assert ("Memorized at step 30: emails 2 of 2, phone numbers 0 of 2, canaries 0 of 1, "
             "sampled training rows 0 of 1.") in text
-    assert "8x: 1 of 3, first at step 10 (median); 1x: 1 of 2, first at step 30 (median)" in text
+    assert repetition_table(h, reps)[2:] == ["| 8 | 3 | 1 | 2 | 10 |", "| 1 | 2 | 1 | 1 | 30 |"]
+    assert "Planted PII not memorized at the end (phone numbers 2 of 2) is a " \
+           "fact of the data" in text
+    assert "| PII | 4 | 2 | 2 | 20 |" in tag_table(h)
+    assert "| &nbsp;&nbsp;phone numbers (`pii:PHONE_NUMBER`) | 2 | 0 | 0 | - |" in tag_table(h)
     assert "1 row(s) memorized at some probe were no longer memorized at the end" in text
     nothing = outcome_sentences(_history([[0] * 6, [0] * 6], tags), reps)
     assert nothing == ["Nothing on the watchlist was memorized in 20 steps (emails 0 of 2, "
