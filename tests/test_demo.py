@@ -2,10 +2,10 @@
 
 import re
 from dataclasses import replace
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from probe_results import probe_result
 
 from memwatch.demos.data import fake_pii_records
 from memwatch.demos.report import outcome_sentences, repetition_table, tag_table
@@ -22,8 +22,8 @@ def _history(memorized_by_probe, tags):
     h = History([f"r{i}" for i in range(len(tags))], [(t,) for t in tags])
     for k, row in enumerate(memorized_by_probe):
         mem = np.array(row, dtype=bool)
-        h.update(10 * (k + 1), SimpleNamespace(match_prefix=np.where(mem, 32, 3),
-                                               scores=np.where(mem, 1.0, 0.1), nll=None), "exact")
+        h.update(10 * (k + 1), probe_result(np.where(mem, 32, 3), np.where(mem, 1.0, 0.1)),
+                 "exact")
     return h
 
 

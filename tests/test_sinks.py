@@ -31,6 +31,7 @@ def leaked(texts: list[str], secrets) -> list[str]:
     return [s for s in secrets if any(s in t for t in texts)]
 
 
+@pytest.mark.slow
 def test_importing_sinks_does_not_import_wandb():
     code = ("import sys, memwatch, memwatch.sinks as s; s.LocalSink; s.ConsoleSink; "
             "print('wandb' in sys.modules, 'matplotlib' in sys.modules)")

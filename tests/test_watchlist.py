@@ -202,6 +202,7 @@ def test_load_rejects_other_files(tmp_path):
         Watchlist.load(tmp_path / "nothing")
 
 
+@pytest.mark.slow
 def test_tokenizer_free_paths_do_not_import_transformers(tmp_path):
     code = (
         "import sys, numpy as np\n"

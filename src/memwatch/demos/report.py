@@ -1,6 +1,6 @@
 """The demo's report: Markdown with plots of memorization over time and forecast vs. actual.
 
-Needs the `plot` extra (matplotlib, Agg backend). Shows ids, tags and redacted previews only.
+Needs the `plot` extra (drawn with `memwatch.figures`). Shows ids, tags and redacted previews only.
 """
 
 from __future__ import annotations
@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from memwatch.figures import new_figure, save_png
+from memwatch.watchlist.tags import tag_set
 
 GROUPS = (("PII", "pii:*"), ("canaries", "canary"), ("sampled training rows", "sample"))
 # what a tag's rows are called in the report's sentences
@@ -22,13 +25,9 @@ def _tag_name(tag: str) -> str:
 
 
 def _plot_over_time(history, repeats: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pii, canary = history.tag_mask("pii:*"), history.tag_mask("canary")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+    fig = new_figure(15, 4)
+    axes = fig.subplots(1, 3, sharey=True)
     steps, mem = history.steps, history.memorized
     for label, pattern in GROUPS:
         mask = history.tag_mask(pattern)
@@ -47,15 +46,13 @@ def _plot_over_time(history, repeats: np.ndarray, path: Path) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _plot_heatmap(history, path: Path) -> None:
-    from memwatch.sinks.summary import figure_png, heatmap_figure
+    from memwatch.sinks.summary import heatmap_figure
 
-    path.write_bytes(figure_png(heatmap_figure(history)))
+    save_png(heatmap_figure(history), path, dpi=100)
 
 
 def outcome_sentences(history, repeats: np.ndarray) -> list[str]:
@@ -63,7 +60,7 @@ def outcome_sentences(history, repeats: np.ndarray) -> list[str]:
     tag at the end, by repetition count, and rows forgotten along the way."""
     final, ever = history.memorized[-1], history.memorized.any(axis=0)
     steps = int(history.steps[-1])
-    tags = sorted({t for row in history.tags for t in row},
+    tags = sorted(tag_set(history.tags),
                   key=lambda t: (not t.startswith("pii:"), t != "canary", t))
     counts = []
     for tag in tags:
@@ -107,12 +104,8 @@ def _forecasts(history, total_steps: int):
 
 
 def _plot_forecast(history, fc: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = new_figure(7, 4)
+    ax = fig.add_subplot()
     final = int(history.memorized[-1].sum())
     ax.plot(history.steps, history.memorized.sum(axis=1), "k.-", label="memorized at the step")
     if len(fc):
@@ -122,9 +115,7 @@ def _plot_forecast(history, fc: np.ndarray, path: Path) -> None:
     ax.axhline(final, color="C2", ls="--", label=f"actual final count ({final})")
     ax.set(title="forecast vs. actual", xlabel="training step", ylabel="memorized rows")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _masking_section(history, unmitigated, flagged: tuple[str, ...]) -> list[str]:

@@ -185,7 +185,8 @@ def _train(cfg: DemoConfig):
                             mask_risk=0.5 if cfg.mask else None)
     # with_nll: the per-row NLL trends give the forecast its trajectory estimate
     monitor = mw.MemWatch(wl, total_steps=cfg.steps, max_overhead=cfg.max_overhead,
-                          abort=policy, sinks=sinks, with_nll=True)
+                          abort=policy, sinks=sinks,
+                          probe=mw.ProbeSpec(mode="extractable", with_nll=True))
     callback = MemWatchCallback(monitor)
     trainer = L.Trainer(max_steps=cfg.steps, accelerator=cfg.device, devices=1, logger=False,
                         enable_checkpointing=False, callbacks=[callback, StepProgressBar()],

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from memwatch.probe import CONT_LEN, PROMPT_LEN
-from memwatch.watchlist.tags import CANARY_IN, CANARY_OUT, tag_mask
+from memwatch.watchlist.canaries import DEFAULT_TEMPLATE, canary_rows
+from memwatch.watchlist.tags import tag_label, tag_mask
 from memwatch.watchlist.tokenizer import checked as checked_tokenizer
 from memwatch.watchlist.tokenizer import describe, merged
 
@@ -267,7 +268,7 @@ class Watchlist:
                         num_proc, engine, work_dir)
 
     @classmethod
-    def canaries(cls, n: int, template: str = "My secret is {secret}", tokenizer=None,
+    def canaries(cls, n: int, template: str = DEFAULT_TEMPLATE, tokenizer=None,
                  seed: int = 0, prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
                  vocab_size: int | None = None, audit: bool = False, design: str = "random",
                  token_pool=None) -> Watchlist:
@@ -285,22 +286,8 @@ class Watchlist:
         design: ``"random"`` (above) or ``"new_tokens"``: secrets of ids from `token_pool`,
             ids reserved for the canaries (after Panda et al. 2025; token rows, no text).
         """
-        from memwatch.watchlist.canaries import make_canaries, membership
-
-        made = make_canaries(n, template, tokenizer, seed, prompt_len, cont_len, vocab_size,
-                             design, token_pool)
-        head = template.partition("{secret}")[0].strip()
-        ids = [f"canary#{k}" for k in range(n)]
-        has_text = tokenizer is not None and design == "random"
-        previews = [f"canary {head} ***".replace("  ", " ") if has_text
-                    else "canary (random tokens)" for _ in made]
-        texts = [c.text for c in made] if has_text else None
-        spans = [(k, *c.secret_span) for k, c in enumerate(made)] if has_text else None
-        tags = [("canary",)] * n
-        if audit:
-            tags = [("canary", CANARY_IN if inside else CANARY_OUT)
-                    for inside in membership(n, seed)]
-        return cls(torch.stack([c.tokens for c in made]), ids, tags, previews, spans, texts,
+        return cls(*canary_rows(n, template, tokenizer, seed, prompt_len, cont_len, vocab_size,
+                                audit, design, token_pool),
                    describe(tokenizer) if tokenizer is not None else None)
 
     # ----------------------------------------------------------------------------------------
@@ -354,8 +341,7 @@ class Watchlist:
         """A preview of row `i` safe to show in logs and dashboards (no raw PII)."""
         if self._previews is not None and self._previews[i] is not None:
             return self._previews[i]
-        tags = ",".join(self.tags[i]) or "untagged"
-        return f"[{tags}] {self.tokens.shape[1]} tokens"
+        return f"[{tag_label(self.tags[i])}] {self.tokens.shape[1]} tokens"
 
     def select(self, mask_or_index) -> Watchlist:
         """The rows picked by a bool mask or an index array, in that order."""
