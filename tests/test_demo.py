@@ -8,7 +8,7 @@ import pytest
 from probe_results import probe_result
 
 from memwatch.demos.data import fake_pii_records
-from memwatch.demos.report import outcome_sentences
+from memwatch.demos.report import outcome_sentences, repetition_table, tag_table
 from memwatch.demos.run import DemoConfig, build_data, run_demo
 from memwatch.history import History
 
@@ -34,7 +34,11 @@ def test_report_sentences_are_computed_from_the_run():
     text = " ".join(outcome_sentences(h, reps))
     assert ("Memorized at step 30: emails 2 of 2, phone numbers 0 of 2, canaries 0 of 1, "
             "sampled training rows 0 of 1.") in text
-    assert "8x: 1 of 3, first at step 10 (median); 1x: 1 of 2, first at step 30 (median)" in text
+    assert repetition_table(h, reps)[2:] == ["| 8 | 3 | 1 | 2 | 10 |", "| 1 | 2 | 1 | 1 | 30 |"]
+    assert "Planted PII not memorized at the end (phone numbers 2 of 2) is a " \
+           "fact of the data" in text
+    assert "| PII | 4 | 2 | 2 | 20 |" in tag_table(h)
+    assert "| &nbsp;&nbsp;phone numbers (`pii:PHONE_NUMBER`) | 2 | 0 | 0 | - |" in tag_table(h)
     assert "1 row(s) memorized at some probe were no longer memorized at the end" in text
     nothing = outcome_sentences(_history([[0] * 6, [0] * 6], tags), reps)
     assert nothing == ["Nothing on the watchlist was memorized in 20 steps (emails 0 of 2, "
@@ -126,3 +130,19 @@ def test_report_audit_section_states_the_bound_and_plots_it(tmp_path):
     assert "is rejected at 95 % confidence" in text and "lower bound for these canaries" in text
     assert (tmp_path / "privacy_audit.png").read_bytes()[:4] == b"\x89PNG"
     assert audit_section(_history([[0, 1]], ["canary", "sample"]), tmp_path) == []
+
+
+def test_the_demo_progress_bar_says_step_n_of_m_not_epoch_21_of_minus_2():
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from memwatch.demos.lightning import StepProgressBar
+
+    bar = StepProgressBar()
+    bar.train_progress_bar = tqdm(total=10, disable=True)
+    bar._describe(SimpleNamespace(global_step=21, max_steps=1500))
+    assert bar.train_progress_bar.desc.startswith("step 21 of 1500")
+    bar._describe(SimpleNamespace(global_step=21, max_steps=-1))
+    assert bar.train_progress_bar.desc.startswith("step 21") and "of" not in \
+        bar.train_progress_bar.desc
