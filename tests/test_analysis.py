@@ -102,6 +102,11 @@ def test_report_renders_every_plot(results, tmp_path):
     assert small12.split(" | ")[8] == "n/a"  # precision of a run that memorized nothing
     numbers = json.loads((tmp_path / "analysis.json").read_text())
     assert numbers["target"] == "large@step48" and len(numbers["pairs"]) == 6
+    memorized = len(_direct(results / "large" / "step48.parquet")[0])
+    assert "## Memorized rows per tag" in report  # how many of the watchlist's rows, per tag
+    assert f"| large@step48 | sample | 64 | {memorized} | {memorized / 64:.4f} |" in report
+    assert {"run": "large@step48", "tag": "sample", "rows": 64,
+            "memorized": memorized} in numbers["tag_counts"]
 
 
 def _eleuther_layouts(root, universe, memorized):

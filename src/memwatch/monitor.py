@@ -324,7 +324,8 @@ class MemWatch:
             monitor_seconds=self.schedule.monitor_seconds + time.perf_counter() - t0,
             train_seconds=self.schedule.train_seconds)
         record = ProbeRecord(step, mode, metrics, self.history.scores[-1].copy(),
-                             row_reports(self.history, new, self.watchlist.redacted_preview))
+                             row_reports(self.history, new, self.watchlist.redacted_preview),
+                             self.total_steps)
         self._emit("on_probe", record)
         for alert in verdict.alerts:
             self._emit("on_alert", alert)

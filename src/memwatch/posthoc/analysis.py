@@ -32,6 +32,29 @@ FIT_BOOTSTRAP = 200  # bootstrap refits of each recall-vs-compute fit, for its b
 
 
 @dataclass(frozen=True)
+class TagCount:
+    """Rows of one tag in one run of a watchlist (memwatch results), and how many memorized."""
+
+    run: str
+    tag: str
+    rows: int
+    memorized: int
+
+
+def tag_counts(runs: Sequence[Run]) -> tuple[TagCount, ...]:
+    """Per run with tagged rows (memwatch results of a watchlist) and per tag: rows, memorized."""
+    out = []
+    for run in runs:
+        if run.tags is None:
+            continue
+        for tag in sorted({t for row in run.tags for t in row}):
+            rows = np.array([tag in row for row in run.tags], bool)
+            out.append(TagCount(run.label, tag, int(rows.sum()),
+                                int(run.memorized[rows].sum())))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class PairStats:
     """One run compared with the target; NaN where a quantity is undefined."""
 
@@ -136,6 +159,7 @@ class Analysis:
     checkpoints: Predictor | None = None
     equi_compute: tuple[EquiCompute, ...] = ()
     agreement: tuple[Agreement, ...] = ()
+    tag_counts: tuple[TagCount, ...] = ()
 
     def matrix(self, attr: str) -> tuple[list[str], list[str], np.ndarray]:
         """(rows, revisions, float [rows, revisions]) of a PairStats field, NaN if absent.
@@ -313,7 +337,7 @@ def analyze(runs: Sequence[Run], target: str, tokens_per_step: int = PYTHIA_TOKE
         equi = tuple(_equi(small_pred, ckpt_pred, i, target_compute)
                      for i in range(len(small_pred.keys)))
     return Analysis(tgt.label, target_compute, tokens_per_step, pairs, histograms,
-                    small_pred, ckpt_pred, equi, agreements(runs))
+                    small_pred, ckpt_pred, equi, agreements(runs), tag_counts(runs))
 
 
 def _equi(small: Predictor, ckpts: Predictor, i: int, target_compute: float) -> EquiCompute:
@@ -349,5 +373,6 @@ def to_json(analysis: Analysis) -> str:
         "equi_compute": [{k: clean(v) for k, v in vars(e).items()}
                          for e in analysis.equi_compute],
         "agreement": [{k: clean(v) for k, v in vars(a).items()} for a in analysis.agreement],
+        "tag_counts": [vars(t) for t in analysis.tag_counts],
     }
     return json.dumps(data, indent=2, allow_nan=False, default=clean)
