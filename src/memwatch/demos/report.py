@@ -153,12 +153,8 @@ def audit_curve(history) -> np.ndarray:
 
 
 def _plot_audit(curve: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = new_figure(7, 4)
+    ax = fig.add_subplot()
     ax.plot(curve[:, 0], curve[:, 3], "C3.-", label="ε lower bound (95 %, δ = 1e-5)")
     ax.set(title="privacy audit over training (audit canaries, log p_z)",
            xlabel="training step", ylabel="ε lower bound")
@@ -169,9 +165,7 @@ def _plot_audit(curve: np.ndarray, path: Path) -> None:
     lines = ax.get_legend_handles_labels()
     more = right.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def audit_section(history, out_dir: Path) -> list[str]:
@@ -229,7 +223,7 @@ def tag_table(history) -> list[str]:
     first = history.first_memorized_step()
     lines = ["| rows | count | memorized at the end | memorized at some probe | "
              "first memorized (median step) |", "|---|---|---|---|---|"]
-    tags = sorted({t for row in history.tags for t in row})
+    tags = tag_set(history.tags)
     groups = [(label, p) for label, p in GROUPS] + \
         [(f"&nbsp;&nbsp;{_tag_name(t)} (`{t}`)", t) for t in tags if t.startswith("pii:")]
     for label, pattern in groups:

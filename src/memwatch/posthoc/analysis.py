@@ -26,6 +26,7 @@ from memwatch.posthoc.results import (
     step_of,
 )
 from memwatch.probe import CONT_LEN
+from memwatch.watchlist.tags import tag_set
 
 FIT_BOOTSTRAP = 200  # bootstrap refits of each recall-vs-compute fit, for its band
 
@@ -47,7 +48,7 @@ def tag_counts(runs: Sequence[Run]) -> tuple[TagCount, ...]:
     for run in runs:
         if run.tags is None:
             continue
-        for tag in sorted({t for row in run.tags for t in row}):
+        for tag in tag_set(run.tags):
             rows = np.array([tag in row for row in run.tags], bool)
             out.append(TagCount(run.label, tag, int(rows.sum()),
                                 int(run.memorized[rows].sum())))
