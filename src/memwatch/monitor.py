@@ -318,7 +318,7 @@ class MemWatch:
                            self.watchlist.redacted_preview)
         self._sent, self._streak = verdict.sent, verdict.streak
         if self.policy.masks:  # every rank masks with rank 0's flagged rows
-            self._flag(distributed.broadcast_ints(sorted({*self._flagged, *verdict.mask})))
+            self._flag(distributed.broadcast_ints(sorted({*self._flagged, *verdict.flagged})))
         metrics = probe_metrics(
             self.history, self._tags, predicted, probe_seconds=probe_seconds,
             monitor_seconds=self.schedule.monitor_seconds + time.perf_counter() - t0,
