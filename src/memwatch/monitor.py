@@ -139,9 +139,10 @@ class MemWatch:
         if not isinstance(watchlist, Watchlist):
             raise TypeError(f"MemWatch needs a Watchlist; got a {type(watchlist).__name__}: wrap "
                             "token rows with memwatch.Watchlist.from_tokens(rows)")
+        clock_name = "compute" if "compute" in retired else "clock"  # as the caller named it
         clock = _retired_clock(clock, retired)
         spec = _probe_spec(probe, retired)
-        _check_clock(clock, "clock")
+        _check_clock(clock, clock_name)
         _check_clock(learning_rate, "learning_rate")
         if first_seen is not None:
             first_seen = np.asarray(first_seen, dtype=np.float64)
