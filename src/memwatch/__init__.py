@@ -6,7 +6,7 @@ lightning, wandb, presidio) are imported when first used.
 
 from importlib import import_module
 
-from memwatch.forecast import Forecast, forecast
+from memwatch.forecast import Forecast, ForecastInputs, forecast
 from memwatch.probe import ProbeResult, probe, reference_probe
 
 __version__ = "0.1.0"
@@ -32,7 +32,8 @@ _LAZY = {
     "WandbSink": "memwatch.sinks",
 }
 
-__all__ = ["ProbeResult", "probe", "reference_probe", "Forecast", "forecast", "__version__", *_LAZY]
+__all__ = ["ProbeResult", "probe", "reference_probe", "Forecast", "ForecastInputs", "forecast",
+           "__version__", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -179,11 +179,11 @@ def evaluate(
             tag = forecast.tags.get(key)
             if tag is None:
                 continue
-            expected = float(tag.expected_final_memorized)
+            expected = float(tag.final.expected)
             if expected > budget:
                 text = (f"rule forecast_budget[{key!r}]: forecast for {key!r}: {expected:.0f} "
                         f"rows memorized by the end "
-                        f"(range {tag.expected_final_low:.0f}-{tag.expected_final_high:.0f}) > "
+                        f"(range {tag.final.low:.0f}-{tag.final.high:.0f}) > "
                         f"budget {budget}")
                 triggers.append(text)
                 send(f"forecast:{key}", Alert("forecast", "WARN",
