@@ -49,12 +49,21 @@ __all__ = ["PYTHIA_PRIOR", "PYTHIA_PRIORS", "Band", "Estimate", "ExposureLog", "
 
 ERROR_FLOOR = 0.1
 MISSING_ERROR = 1.0
-BACKTEST_SD = 0.2
+BACKTEST_SD = 0.5
 BACKTESTS = 3
 MIN_CUT_ROWS = 5
-PRIOR_WEIGHT = {"trajectory": 4.0}
+# A cut must hold this share of the target's memorized count: a backtest from a cut that
+# had memorized almost nothing (early in a run) tests a regime the forecast is not in,
+# and would favour what was right when nothing was memorized.
+MIN_CUT_SHARE = 0.5
+# Prior weights and errors (log sd) of the methods, before the run's own backtest: the
+# per-row methods see rows on their way, the exposure model the copies still to come;
+# the count-only methods (ratio, curve, saturating) see neither.
+PRIOR_WEIGHT = {"exposure": 16.0, "trajectory": 4.0}
+PRIOR_ERROR = {"exposure": 0.3, "trajectory": 0.5}
 DECAY_AHEAD = 0.5
 DECAY_SD = MISSING_ERROR
+DECAY_SD_EXPOSURE = 0.3
 
 
 @dataclass(frozen=True)
@@ -209,6 +218,7 @@ class _Settings:
     n_boot: int
     decay_ahead: bool = False
     signals: tuple[str, ...] = ()
+    rate_known: bool = False
 
 
 @dataclass(frozen=True)
@@ -359,15 +369,20 @@ def _combination(found: _Found, weights: dict[str, float], errors: dict[str, flo
     logs = {m: np.log1p(v) for m, v in found.counts.items()}
     center = sum(weights[m] * logs[m] for m in found.counts)
     spread = sum(weights[m] * (logs[m] - center) ** 2 for m in found.counts)
-    # without a backtest every method's error is unknown: MISSING_ERROR
-    past_err = ERROR_FLOOR ** 2 + sum(weights[m] * errors.get(m, MISSING_ERROR) ** 2
+    # without a backtest a method's error is its prior one (unknown: MISSING_ERROR)
+    past_err = ERROR_FLOOR ** 2 + sum(weights[m] * errors.get(
+        m, PRIOR_ERROR.get(m, MISSING_ERROR)) ** 2
                                       for m in found.counts)
     boot = 0.0
     if settings.n_boot:
         finals = np.log1p(found.ratio.final_samples(now, n_rows))
         boot = float(np.var(finals)) * weights.get("ratio", 0.0) ** 2
     sigma = float(np.sqrt(spread + past_err + boot))
-    up = np.sqrt(sigma ** 2 + DECAY_SD ** 2) if settings.decay_ahead else sigma
+    # the exposure model reads the learning rate of the copies still to come and of the
+    # training after them; the others extrapolate the run so far
+    decay_sd = DECAY_SD_EXPOSURE if "exposure" in found.counts and settings.rate_known \
+        else DECAY_SD
+    up = np.sqrt(sigma ** 2 + decay_sd ** 2) if settings.decay_ahead else sigma
     return lognormal_interval(center, sigma, settings.level, float(up), n_rows)
 
 
@@ -462,7 +477,8 @@ def _backtest_pairs(clock: np.ndarray, total_clock: float, counts: np.ndarray
     horizon = np.log(min(1.0, clock[-1] / total_clock))
     pairs = []
     for target in range(len(clock) - 1, max(1, len(clock) - 1 - BACKTESTS), -1):
-        cand = np.flatnonzero((clock[:target] > 0) & (counts[:target] >= MIN_CUT_ROWS))
+        enough = max(MIN_CUT_ROWS, MIN_CUT_SHARE * counts[target])
+        cand = np.flatnonzero((clock[:target] > 0) & (counts[:target] >= enough))
         if len(cand) == 0 or clock[target] <= 0:
             continue
         gap = np.abs(np.log(clock[cand] / clock[target]) - horizon)
@@ -548,7 +564,8 @@ def _forecast(inputs: ForecastInputs) -> Forecast:
             first_seen = np.where(np.isfinite(first_seen), first_seen, total_steps + 1.0)
     signals = RowSignals(history, total_steps, exposures, rates, dups)
     settings = _Settings(total_clock, table, inputs.level, inputs.n_boot,
-                         _decay_ahead(rates, steps_all, total_steps), signals.used)
+                         _decay_ahead(rates, steps_all, total_steps), signals.used,
+                         rates is not None)
     seen = None
     if first_seen is not None:
         seen = checked_first_seen(first_seen, n_rows)[None, :] <= steps_all[:, None]
