@@ -218,8 +218,8 @@ def test_a_failing_sink_warns_once_per_hook_and_counts_at_finish(recorder):
     assert len(ours) == 3  # on_probe once, on_alert once, then the counts at finish
     assert "BrokenSink.on_probe failed" in ours[0] and "W&B is down" in ours[0]
     assert any("BrokenSink.on_alert failed" in w for w in ours[:2])
-    assert f"BrokenSink.on_probe {probes}x" in ours[2]
-    assert f"BrokenSink.on_alert {alerts}x" in ours[2]
+    assert f"BrokenSink: {probes} of {probes} probe records" in ours[2]
+    assert f"{alerts} of {alerts} alerts" in ours[2]
 
 
 def test_state_dict_round_trip(tmp_path):
@@ -545,3 +545,14 @@ def test_nan_weights_warn_instead_of_reporting_nothing_memorized():
     with pytest.warns(RuntimeWarning, match="logits are NaN at step 1 for 16 of 16 rows"):
         mon.step(model, 1)
     assert mon.history.memorized[-1].sum() == 0
+
+
+def test_an_epsilon_budget_without_audit_canaries_or_nll_is_refused():
+    audited = Watchlist.canaries(8, vocab_size=512, seed=0, audit=True)
+    with pytest.raises(ValueError, match="needs audit canaries"):
+        monitor(abort=AbortPolicy(max_epsilon=1.0))
+    with pytest.raises(ValueError, match="can never act.*with_nll=True"):
+        MemWatch(audited, abort=AbortPolicy(max_epsilon=1.0))
+    with pytest.warns(RuntimeWarning, match="no audit/\\* metrics"):
+        MemWatch(audited)
+    MemWatch(audited, abort=AbortPolicy(max_epsilon=1.0), with_nll=True)
