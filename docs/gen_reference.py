@@ -31,6 +31,7 @@ OBJECTS = {
     "Forecast": ["forecast", "ForecastInputs", "memwatch.forecast.Exposures", "Forecast",
                  "memwatch.forecast.TagForecast", "memwatch.forecast.FinalCount",
                  "memwatch.forecast.Band", "memwatch.forecast.Estimate"],
+    "Privacy audit": ["audit", "Audit", "memwatch.audit.history_audit", "memwatch.audit.log_pz"],
     "Sinks": ["WandbSink", "LocalSink", "ConsoleSink", "Sink"],
     "Framework adapters": ["callbacks.MemWatchCallback", "callbacks.MemWatchTrainerCallback",
                            "callbacks.MaskingCollator"],

@@ -43,6 +43,7 @@ from memwatch.forecast.risk import RiskRanking, risk_at, tag_columns
 from memwatch.forecast.signals import ExposureLog, RowSignals
 from memwatch.forecast.stats import lognormal_interval
 from memwatch.forecast.trajectory import end_probabilities
+from memwatch.watchlist.tags import tag_set
 
 __all__ = ["PYTHIA_PRIOR", "PYTHIA_PRIORS", "Band", "Estimate", "ExposureLog", "Exposures",
            "FinalCount", "Forecast", "ForecastInputs", "TagForecast", "forecast"]
@@ -585,7 +586,7 @@ def _forecast(inputs: ForecastInputs) -> Forecast:
                                     at, signals, int(steps_all[target]))
         past.append((past_keep, b_rows, at, memorized[target], memorized[-1]))
     groups = {"*": np.ones(n_rows, bool)}
-    for tag in sorted({t for row in history.tags for t in row}):
+    for tag in tag_set(history.tags):
         groups[tag] = np.array([tag in row for row in history.tags], bool)
     tags = {}
     for tag, mask in groups.items():
