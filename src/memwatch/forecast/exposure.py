@@ -26,7 +26,6 @@ import numpy as np
 from memwatch.forecast.risk import logistic_fit, sigmoid
 
 WINDOW = 0.5
-RIDGE = 1.0
 
 
 def end_probabilities(mem: np.ndarray, steps: np.ndarray, clock: np.ndarray,
@@ -51,7 +50,7 @@ def end_probabilities(mem: np.ndarray, steps: np.ndarray, clock: np.ndarray,
         x = x[:, :-1]
     mu, sd = x.mean(0), x.std(0)
     sd = np.where(sd > 1e-12, sd, 1.0)
-    beta = logistic_fit((x - mu) / sd, y, ridge=RIDGE)
+    beta = logistic_fit((x - mu) / sd, y)  # memwatch's one ridge, risk.RIDGE
     end = _with_clock(signals.state(total_step), 1.0)[:, : x.shape[1]]
     z = np.column_stack([np.ones(len(end)), (end - mu) / sd]) @ beta
     return sigmoid(z)

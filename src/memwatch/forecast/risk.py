@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MAX_TAGS = 32
-# The one ridge of memwatch's logistic fits (risk ranking and trajectory calibration), on
-# standardised features. Both ends fail a test: at 1.0 the trajectory calibration, whose
-# labels are nearly separable in log NLL, flattens until a row far past the threshold gets
-# p ~ 0.6 instead of ~1; at 1e-3 the risk ranking's collinear features (prefix, memorized,
-# NLL and their trends, duplicates) trade weight freely and the duplicate count's signal is
-# lost. 0.1 keeps both: a tenth of one observation's worth of shrinkage.
+# The one ridge of memwatch's logistic fits (risk ranking, trajectory calibration, the
+# exposure model), on standardised features. Both ends fail a test: at 1.0 the trajectory
+# calibration, whose labels are nearly separable in log NLL, flattens until a row far past
+# the threshold gets p ~ 0.6 instead of ~1; at 1e-3 the risk ranking's collinear features
+# (prefix, memorized, NLL and their trends, duplicates) trade weight freely and the
+# duplicate count's signal is lost. 0.1 keeps both: a tenth of one observation's shrinkage.
 RIDGE = 0.1
 LOOKBACK = 0.7
 MAX_SOURCES = 4
