@@ -32,6 +32,7 @@ class Alert:
     """Something a person should look at; `text` never holds raw watchlist text."""
 
     kind: str  # "memorized" | "fraction" | "forecast" | "mask" | "abort" | "probe_failed"
+    #            | "resume_mismatch"
     level: str  # "INFO" | "WARN" | "ERROR" (wandb.AlertLevel names)
     title: str
     text: str

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -90,6 +92,40 @@ def test_abort_stops_training_with_the_reason(tmp_path, recorder):
     assert trainer.state.global_step == stop < 40
     assert callback.reason.startswith(f"step {stop}:") and "canary" in callback.reason
     assert rec.of("alert")[-1].kind == "abort"
+
+
+class HeadAtStart(TrainerCallback):
+    """The output head's weights when training (re)starts, after any checkpoint was loaded."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.weight = model.get_output_embeddings().weight.detach().clone()
+
+
+@pytest.mark.slow
+def test_a_resume_that_does_not_restore_the_head_is_flagged(tmp_path, recorder):
+    """GPT-NeoX's head through a Trainer checkpoint (transformers 5.23-5.24 re-initialise it on
+    resume): flagged once (warning + resume_mismatch alert) if it came back other than saved,
+    not flagged if it came back as saved."""
+    from safetensors.torch import load_file
+
+    with pytest.raises(Killed):
+        train(tmp_path, 24, [MemWatchTrainerCallback(monitor(every_n_steps=3)), Kill(14)],
+              save_steps=10)
+    rec, head = recorder(), HeadAtStart()
+    resumed = monitor(every_n_steps=3, sinks=[rec])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(tmp_path, 12, [MemWatchTrainerCallback(resumed), head], resume=True,
+              save_steps=10)
+    saved = {k: v for k, v in load_file(tmp_path / "checkpoint-10" / "model.safetensors").items()
+             if k.endswith("embed_out.weight")}
+    restored = any(torch.equal(v, head.weight) for v in saved.values())
+    flagged = [a for a in rec.of("alert") if a.kind == "resume_mismatch"]
+    loud = [w for w in caught if "does not reproduce the model that was saved" in str(w.message)]
+    if restored:
+        assert flagged == [] and loud == []
+    else:
+        assert [a.step for a in flagged] == [11] and len(loud) == 1, (flagged, loud)
 
 
 @pytest.mark.slow
