@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from memwatch.audit import audit_metrics
 from memwatch.watchlist.tags import ALL_ROWS
 
 
@@ -31,8 +32,9 @@ class RowReport:
 class Alert:
     """Something a person should look at; `text` never holds raw watchlist text."""
 
-    kind: str  # "memorized" | "fraction" | "forecast" | "mask" | "abort" | "probe_failed"
-    #            | "resume_mismatch"
+    # "memorized" | "fraction" | "forecast" | "epsilon" | "mask" | "abort" | "probe_failed"
+    # | "resume_mismatch"
+    kind: str
     level: str  # "INFO" | "WARN" | "ERROR" (wandb.AlertLevel names)
     title: str
     text: str
@@ -47,7 +49,8 @@ class ProbeRecord:
     `metrics` keys are flat names such as ``memorized_count``,
     ``memorized_fraction``, ``memorized_fraction/pii:EMAIL_ADDRESS``,
     ``mean_score``, ``mean_match_prefix``, ``probe_seconds``, ``overhead``,
-    ``forecast/expected_final_memorized``; sinks prefix them (``memwatch/``).
+    ``forecast/expected_final_memorized``, ``audit/epsilon_lb``; sinks prefix them
+    (``memwatch/``).
     """
 
     step: int
@@ -101,6 +104,7 @@ def probe_metrics(history, tags: Sequence[str], forecast=None, *,
         rows = history.tag_mask(tag)
         metrics[f"memorized_count/{tag}"] = float(mem[rows].sum())
         metrics[f"memorized_fraction/{tag}"] = float(mem[rows].mean())
+    metrics.update(audit_metrics(history))  # audit/*: only with audit canaries and log p_z
     overall = None if forecast is None else forecast.tags.get(ALL_ROWS)
     if overall is not None:
         for name in ("expected_final_memorized", "recall_now", "precision_now"):
