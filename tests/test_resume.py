@@ -55,7 +55,7 @@ def test_too_few_saved_tokens_tell_nothing():
 @pytest.fixture()
 def saved(trained):
     """A monitor's state after one probe of the trained fixture (rows memorized), and its rows."""
-    wl = Watchlist(trained.rows, [f"row-{i}" for i in range(len(trained.rows))])
+    wl = Watchlist.from_tokens(trained.rows)
     mon = MemWatch(wl, every_n_steps=5, abort=AbortPolicy(tags=()))
     mon.step(trained.model, 5)
     assert mon.history.match_prefix[-1].sum() > 100
@@ -81,8 +81,9 @@ def test_a_faithful_resume_raises_nothing(trained, saved, recorder):
 def test_a_lost_head_after_resume_warns_once_and_alerts(trained, saved, recorder):
     wl, state = saved
     model = copy.deepcopy(trained.model)
-    torch.manual_seed(0)
-    torch.nn.init.normal_(model.get_output_embeddings().weight, std=0.02)  # head not restored
+    head = model.get_output_embeddings().weight  # not restored: a fresh draw
+    with torch.no_grad():
+        head.copy_(torch.randn(head.shape, generator=torch.Generator().manual_seed(123)) * 0.02)
     mon, rec = _resumed(wl, state, recorder)
     with pytest.warns(RuntimeWarning, match=MISMATCH):
         decision = mon.step(model, 6)
