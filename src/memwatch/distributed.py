@@ -15,13 +15,15 @@ everything here is the single-process identity.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 
 import numpy as np
 import torch
 
-from memwatch.probe import ProbeResult, _auto_batch_size, probe
+from memwatch.measures import MIN_K
+from memwatch.probe import ProbeResult, _auto_batch_size, probe, prompt_lengths
 
 # The latest collectives' work handles (and through them their tensors); see `_collective`.
 # A few suffice: a worker thread lags behind its caller by microseconds, not by collectives.
@@ -91,8 +93,9 @@ def _any_rank(flags: list[bool], world: int) -> list[list[int]]:
     return [[r for r in range(world) if table[r, i]] for i in range(len(flags))]
 
 
-def probe_sharded(model, tokens: torch.Tensor, prompt_len: int, cont_len: int, mode: str,
-                  with_nll: bool, batch_size: int | None) -> ProbeResult:
+def probe_sharded(model, tokens: torch.Tensor, prompt_len: int | tuple[int, ...],
+                  cont_len: int, mode: str,
+                  with_nll: bool, batch_size: int | None, min_k: float = MIN_K) -> ProbeResult:
     """Return the `ProbeResult` of all rows, each rank probing one shard (plain `probe` alone).
 
     The shard is probed in batches of `batch_size` rows (automatic when None). After every
@@ -101,10 +104,11 @@ def probe_sharded(model, tokens: torch.Tensor, prompt_len: int, cont_len: int, m
     one row), every rank raises `ProbeFailed` before the gather, so all skip this probe.
     """
     rank, world = rank_world()
-    kwargs = dict(prompt_len=prompt_len, cont_len=cont_len, mode=mode, with_nll=with_nll)
+    kwargs = dict(prompt_len=prompt_len, cont_len=cont_len, mode=mode, with_nll=with_nll,
+                  min_k=min_k)
     idx = shard_indices(len(tokens), rank, world)
     shard = tokens[torch.from_numpy(idx)]
-    bs = batch_size or _auto_batch_size(model, len(idx), prompt_len + cont_len)
+    bs = batch_size or _auto_batch_size(model, len(idx), max(prompt_lengths(prompt_len)) + cont_len)
     if world > 1 and batch_size is None:  # ranks may see different free memory: the smallest
         local = torch.tensor([bs], device=_device())
         _collective(torch.distributed.all_reduce, local, op=torch.distributed.ReduceOp.MIN)
@@ -136,28 +140,20 @@ def probe_sharded(model, tokens: torch.Tensor, prompt_len: int, cont_len: int, m
             continue
         parts.append(part)
         start += bs
-    res = ProbeResult(
-        scores=torch.cat([p.scores for p in parts]),
-        memorized=torch.cat([p.memorized for p in parts]),
-        match_prefix=torch.cat([p.match_prefix for p in parts]),
-        nll=None if parts[0].nll is None else torch.cat([p.nll for p in parts]),
-        greedy=None if parts[0].greedy is None else torch.cat([p.greedy for p in parts]),
-        mode=parts[0].mode,
-        nll_first=torch.cat([p.nll_first for p in parts]),
-    )
+    res = _per_row(parts, lambda name: torch.cat([getattr(p, name) for p in parts]))
     if world == 1:
         return res
     n = len(tokens)
-    prefix = _gather(res.match_prefix, n, world)
-    return ProbeResult(
-        scores=_gather(res.scores, n, world),
-        memorized=prefix == cont_len,
-        match_prefix=prefix,
-        nll=None if res.nll is None else _gather(res.nll, n, world),
-        greedy=None if res.greedy is None else _gather(res.greedy, n, world),
-        mode=res.mode,
-        nll_first=_gather(res.nll_first, n, world),
-    )
+    return _per_row([res], lambda name: _gather(getattr(res, name), n, world))
+
+
+def _per_row(parts: list[ProbeResult], combine) -> ProbeResult:
+    """A `ProbeResult` whose per-row tensor fields are ``combine(name)`` (None stays None)."""
+    values = {}
+    for f in dataclasses.fields(ProbeResult):
+        first = getattr(parts[0], f.name)
+        values[f.name] = combine(f.name) if isinstance(first, torch.Tensor) else first
+    return ProbeResult(**values)
 
 
 def broadcast_floats(values: list[float]) -> list[float]:

@@ -111,7 +111,7 @@ class MemWatch:
         exact_every: int | None = None,
         abort: AbortPolicy | None = None,
         sinks: Sequence = (),
-        prompt_len: int = PROMPT_LEN,
+        prompt_len: int | tuple[int, ...] = PROMPT_LEN,
         cont_len: int = CONT_LEN,
         with_nll: bool = False,
         batch_size: int | None = None,
@@ -140,7 +140,7 @@ class MemWatch:
         abort = AbortPolicy() if abort is None else abort
         if not isinstance(abort, AbortPolicy):
             raise TypeError(f"abort must be an AbortPolicy; got {type(abort).__name__}")
-        watchlist.validate(spec.prompt_len, spec.cont_len)
+        watchlist.validate(spec.context_len, spec.cont_len)
         self.watchlist = watchlist
         self.spec = spec
         self.schedule = Schedule(total_steps, every_n_steps, max_overhead)
@@ -195,7 +195,7 @@ class MemWatch:
                 "cannot check the watchlist's token ids: give the model a config.vocab_size "
                 "or a get_output_embeddings() (transformers models have both)")
         if vocab != self._checked_vocab:
-            self.watchlist.validate(self.spec.prompt_len, self.spec.cont_len, vocab)
+            self.watchlist.validate(self.spec.context_len, self.spec.cont_len, vocab)
             if self._checked_vocab is None:
                 self._emit("on_start")  # e.g. wandb.init: a one-off, not a probe's cost
             self._checked_vocab = vocab
@@ -269,7 +269,7 @@ class MemWatch:
         try:
             result = distributed.probe_sharded(
                 unwrap(model), self.watchlist.tokens, spec.prompt_len, spec.cont_len, mode,
-                spec.with_nll, spec.batch_size)
+                spec.with_nll, spec.batch_size, spec.min_k)
         except distributed.ProbeFailed as err:  # every rank gets it: all skip this probe
             return self._skipped(step, err, time.perf_counter() - t0)
         probe_seconds = time.perf_counter() - t0
@@ -368,7 +368,7 @@ class MemWatch:
             return
         self._flagged = rows
         self._flagged_ids = tuple(self.watchlist.ids[i] for i in rows)
-        start = self.spec.prompt_len
+        start = self.spec.context_len
         cont = self.watchlist.tokens[list(rows), start:start + self.spec.cont_len]
         self._windows = FlaggedWindows(cont, self.mask_spec) if rows else None
 

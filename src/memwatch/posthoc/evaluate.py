@@ -2,7 +2,8 @@
 
 One parquet per (model, revision) at ``<out>/<model name>/<revision>.parquet`` with
 columns ``index`` (the row's sequence index in the training data, or its watchlist
-position), ``id``, ``score``, ``match_prefix``, ``nll`` and ``tags``; the run's
+position), ``id``, ``score``, ``match_prefix``, ``nll``, ``tags`` and the extraction
+measures ``log_pz``, ``min_k_logprob``, ``zlib_ratio`` (with NLL, the default); the run's
 settings ride in the file's schema metadata under ``memwatch``
 (`memwatch.posthoc.results` owns the format). Rows come from a row source
 (`memwatch.posthoc.rows`): a watchlist in memory, or Pythia's data streamed batch by
@@ -36,7 +37,14 @@ import numpy as np
 import torch
 
 from memwatch.distributed import barrier, rank_world
-from memwatch.posthoc.results import FORMAT_VERSION, read_meta, results_table, step_of
+from memwatch.measures import MIN_K, check_min_k
+from memwatch.posthoc.results import (
+    FORMAT_VERSION,
+    MEASURE_COLUMNS,
+    read_meta,
+    results_table,
+    step_of,
+)
 from memwatch.posthoc.rows import PythiaRows, WatchlistRows
 from memwatch.probe import CONT_LEN, MODES, PROMPT_LEN, probe
 from memwatch.watchlist import Watchlist
@@ -69,7 +77,8 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How to probe: lengths and mode as in `probe`, model dtype, batch rows, NLL, cache."""
+    """How to probe: lengths and mode as in `probe`, model dtype, batch rows, NLL (and with it
+    the extraction measures, min-k % at ``min_k``), cache."""
 
     prompt_len: int = PROMPT_LEN
     cont_len: int = CONT_LEN
@@ -79,8 +88,10 @@ class EvalConfig:
     with_nll: bool = True
     cache_dir: str | None = None
     device: str | None = None  # None: this rank's CUDA device if any, else CPU
+    min_k: float = MIN_K
 
     def __post_init__(self):
+        check_min_k(self.min_k)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {self.mode!r}")
         if self.dtype not in DTYPES:
@@ -195,7 +206,7 @@ def fingerprint(rows: RowSource, config: EvalConfig) -> str:
     """sha256 of what decides the scores: the rows (see the row source), lengths, mode, dtype."""
     h = hashlib.sha256()
     h.update(json.dumps([config.prompt_len, config.cont_len, config.mode, config.dtype,
-                         config.with_nll]).encode())
+                         config.with_nll, config.min_k, MEASURE_COLUMNS]).encode())
     rows.update_fingerprint(h, config.prompt_len + config.cont_len)
     return h.hexdigest()
 
@@ -309,10 +320,12 @@ def _score_slice(model, rows: RowSource, start, end, rank_dir, meta, config, bar
             raise ValueError(f"watchlist sequence {ids[row]!r} has a token id >= {vocab}, the "
                              f"vocabulary of {meta['name']}@{meta['revision']}")
         res = probe(model, tokens, config.prompt_len, config.cont_len, config.mode,
-                    with_nll=config.with_nll, batch_size=config.batch_size)
+                    with_nll=config.with_nll, batch_size=config.batch_size, min_k=config.min_k)
         nll = res.nll if res.nll is not None else torch.full((hi - done,), float("nan"))
+        measures = {name: getattr(res, name).numpy() for name in MEASURE_COLUMNS
+                    if getattr(res, name) is not None}
         table = results_table(index, ids, tags, res.scores.numpy(), res.match_prefix.numpy(),
-                              nll.float().numpy(), meta)
+                              nll.float().numpy(), meta, measures)
         _write_atomic(table, rank_dir / f"{done:012d}-{hi:012d}.parquet")
         bar.update(hi - done)
         done = hi

@@ -4,7 +4,9 @@ The one place that knows how results are laid out on disk. Every reader returns 
 `Run` (one model at one checkpoint) that carries its source:
 
 - ``memwatch``: the parquet files `memwatch eval` writes, one per (model, revision),
-  columns ``index``, ``id``, ``score``, ``match_prefix``, ``nll``, ``tags``; the run's
+  columns ``index``, ``id``, ``score``, ``match_prefix``, ``nll``, ``tags`` and the
+  extraction measures `MEASURE_COLUMNS` (``log_pz``, ``min_k_logprob``, ``zlib_ratio``,
+  each defined in `memwatch.measures` and docs/concepts.md; NaN without NLL); the run's
   settings in the schema metadata under ``memwatch`` (`results_table`, `read_meta`).
 - ``pythia-csv``: what EleutherAI's ``predictable-memorization/eval_memorization.py``
   writes, ``memorization_<MODEL>_<STEP>/rank-<R>.csv`` (or ``memorization_<MODEL>_<STEP>.csv``),
@@ -51,6 +53,8 @@ from memwatch.watchlist.pythia import (  # noqa: F401  (re-exported for readers)
 )
 
 FORMAT_VERSION = 1
+# Per-row extraction measures in memwatch's results (`ProbeResult` fields of the same names).
+MEASURE_COLUMNS = ("log_pz", "min_k_logprob", "zlib_ratio")
 SOURCES = ("memwatch", "pythia-csv", "memorized-evals")
 _STEP = re.compile(r"^step(\d+)$")
 _PYTHIA_NAME = re.compile(r"pythia-(\d+(?:\.\d+)?[mb])(-deduped)?(?:-v0)?$", re.I)
@@ -85,6 +89,8 @@ class Run:
     float32 [n], or None when the source lists memorized sequences only (then every
     listed row is memorized and `complete` is False). source: one of `SOURCES`;
     variant: ``"new"`` for the ``.new`` memorized-evals splits, else ``""``.
+    log_pz: float32 [n] log p_z (`memwatch.measures`), or None where the source has none
+    (NaN for rows probed without NLL).
     """
 
     model: str
@@ -97,6 +103,7 @@ class Run:
     source: str
     files: tuple[str, ...]
     variant: str = ""
+    log_pz: np.ndarray | None = None
 
     @property
     def key(self) -> str:
@@ -116,7 +123,7 @@ class Run:
 
 
 def _make_run(model, revision, params, index, memorized, scores, source, files,
-              variant="") -> Run:
+              variant="", log_pz=None) -> Run:
     index = np.asarray(index, np.int64)
     order = np.argsort(index, kind="stable")
     index = index[order]
@@ -127,7 +134,8 @@ def _make_run(model, revision, params, index, memorized, scores, source, files,
     return Run(model, revision, step_of(revision), params if params else pythia_params(model),
                index, np.asarray(memorized, bool)[order],
                None if scores is None else np.asarray(scores, np.float32)[order], source,
-               tuple(str(f) for f in files), variant)
+               tuple(str(f) for f in files), variant,
+               None if log_pz is None else np.asarray(log_pz, np.float32)[order])
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,10 +143,16 @@ def _make_run(model, revision, params, index, memorized, scores, source, files,
 # --------------------------------------------------------------------------------------------
 
 
-def results_table(index, ids, tags, scores, match_prefix, nll, meta: dict):
-    """A pyarrow Table of scored rows in memwatch's results format, `meta` in its schema."""
+def results_table(index, ids, tags, scores, match_prefix, nll, meta: dict,
+                  measures: dict | None = None):
+    """A pyarrow Table of scored rows in memwatch's results format, `meta` in its schema.
+
+    `measures` maps each of `MEASURE_COLUMNS` to float [n] (a missing one is NaN).
+    """
     import pyarrow as pa
 
+    n = len(np.asarray(scores))
+    measures = measures or {}
     table = pa.table({
         "index": pa.array(np.asarray(index, np.int64)),
         "id": pa.array(list(ids), pa.string()),
@@ -146,6 +160,8 @@ def results_table(index, ids, tags, scores, match_prefix, nll, meta: dict):
         "match_prefix": pa.array(np.asarray(match_prefix, np.int16)),
         "nll": pa.array(np.asarray(nll, np.float32)),
         "tags": pa.array([list(t) for t in tags], pa.list_(pa.string())),
+        **{name: pa.array(np.asarray(measures[name], np.float32) if name in measures
+                          else np.full(n, np.nan, np.float32)) for name in MEASURE_COLUMNS},
     })
     return table.replace_schema_metadata({"memwatch": json.dumps(meta)})
 
@@ -163,13 +179,15 @@ def read_memwatch(paths: Sequence[Path], meta: dict) -> Run:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.concat_tables([pq.read_table(p, columns=["index", "score", "match_prefix"])
+    columns = ["index", "score", "match_prefix"]
+    has_log_pz = "log_pz" in pq.read_schema(paths[0]).names  # absent in files before it
+    table = pa.concat_tables([pq.read_table(p, columns=columns + ["log_pz"] * has_log_pz)
                               for p in paths])
     prefix = table["match_prefix"].to_numpy()
     return _make_run(meta.get("name") or Path(meta["model"]).name, meta["revision"],
                      meta.get("params"), table["index"].to_numpy(),
                      prefix >= int(meta["cont_len"]), table["score"].to_numpy(), "memwatch",
-                     paths)
+                     paths, log_pz=table["log_pz"].to_numpy() if has_log_pz else None)
 
 
 # --------------------------------------------------------------------------------------------
