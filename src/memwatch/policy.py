@@ -1,8 +1,9 @@
 """When to alert, mask and stop: `AbortPolicy` (config) and `evaluate` (a pure function).
 
-Three triggers, checked at every probe: a row with a watched tag is memorized;
+Four triggers, checked at every probe: a row with a watched tag is memorized;
 the memorized fraction of a tag pattern passes a threshold; the forecast of
-the final memorized count passes a budget. Each alert is sent once per run
+the final memorized count passes a budget; the one-run ε lower bound of the audit
+canaries passes a privacy budget (`memwatch.audit`). Each alert is sent once per run
 (the caller keeps the keys of the alerts already sent, and they ride in the
 checkpoint); the abort fires once the triggers have held for ``patience``
 consecutive probes.
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from memwatch.audit import audit_metrics
 from memwatch.events import Alert
 from memwatch.watchlist.tags import ALL_ROWS
 
@@ -50,6 +52,11 @@ class AbortPolicy:
     mask_risk: also flag a ``"mask"`` row once the forecast's risk model gives it at
         least this probability of being memorized at the end (needs ``total_steps``);
         None: flag rows when memorized only.
+    max_epsilon: the privacy budget: passing it is an abort trigger when the audit's ε
+        lower bound (Steinke et al. 2023, at δ = 1e-5 and significance 0.05, from the
+        ``canary:in`` / ``canary:out`` rows of `Watchlist.canaries(n, audit=True)` scored by
+        log p_z) exceeds it. The bound is checked at every probe, so over many probes a
+        false trigger is likelier than the significance says; `patience` guards.
     """
 
     tags: tuple[str, ...] = ("pii:*", "canary")
@@ -59,6 +66,7 @@ class AbortPolicy:
     action: str = "stop"
     actions: Mapping[str, str] = field(default_factory=dict)
     mask_risk: float | None = None
+    max_epsilon: float | None = None
 
     def __post_init__(self):
         tags = (self.tags,) if isinstance(self.tags, str) else tuple(self.tags)
@@ -91,6 +99,10 @@ class AbortPolicy:
             if not self.masks:
                 raise ValueError("mask_risk applies to rows whose action is 'mask', and no "
                                  "pattern has it: add e.g. actions={'pii:*': 'mask'}")
+
+        if self.max_epsilon is not None and not (isinstance(self.max_epsilon, (int, float))
+                                                 and self.max_epsilon >= 0):
+            raise ValueError(f"max_epsilon = {self.max_epsilon!r}; give a privacy budget ε >= 0")
 
     @property
     def masks(self) -> bool:
@@ -188,6 +200,15 @@ def evaluate(
                 triggers.append(text)
                 send(f"forecast:{key}", Alert("forecast", "WARN",
                      f"memwatch: forecast for {key!r} passes its budget", text, step))
+
+    if policy.max_epsilon is not None:
+        eps = audit_metrics(history).get("audit/epsilon_lb")
+        if eps is not None and eps > policy.max_epsilon:
+            text = (f"rule max_epsilon: the audit canaries give ε >= {eps:.2f} (one-run lower "
+                    f"bound at 95 % confidence) > budget {policy.max_epsilon}")
+            triggers.append(text)
+            send("epsilon", Alert("epsilon", "WARN", "memwatch: the privacy audit's ε lower "
+                                  f"bound passed {policy.max_epsilon}", text, step))
 
     streak = streak + 1 if triggers else 0
     fire = streak >= policy.patience
