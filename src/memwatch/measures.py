@@ -123,7 +123,8 @@ def draws_needed(log_pz, p: float = 0.5) -> np.ndarray:
     """float64 [rows]: the fewest samples n with 1 - (1 - p_z)^n >= p (inf when p_z = 0).
 
     ``n = ceil(log(1 - p) / log(1 - p_z))`` (Hayes et al. 2024), at least 1, computed in
-    log space like `extraction_rates`.
+    log space like `extraction_rates` (exact up to 2^50 draws, to float64's relative
+    precision beyond).
     """
     (prob,) = _as_array(p, "p", 0, 1, True, True)
     log_q = _log1m_pz(np.atleast_1d(np.asarray(log_pz, dtype=np.float64)))
