@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from memwatch.probe import CONT_LEN, PROMPT_LEN
 from memwatch.watchlist.tags import CANARY_IN
 
 #: Repetitions of each planted record / canary in the training stream (one per level).
@@ -96,7 +97,7 @@ def build_data(cfg: DemoConfig) -> DemoData:
     g = torch.Generator().manual_seed(cfg.seed)
     pick = torch.randperm(len(background), generator=g)[: cfg.sample_rows]
     sample = Watchlist.from_tokens(background[pick], ids=[f"sample#{int(i)}" for i in pick],
-                                   tags="sample")
+                                   tags="sample", prompt_len=PROMPT_LEN, cont_len=CONT_LEN)
     repeats = {row_id: pii_reps[pii.spans[i][0]] for i, row_id in enumerate(pii.ids)}
     repeats.update(dict.fromkeys(canaries.ids, 0))  # canary:out: never planted
     repeats.update({canaries.ids[i]: r for i, r in zip(planted, can_reps, strict=True)})
@@ -157,7 +158,7 @@ def _train(cfg: DemoConfig):
 
     import memwatch as mw
     from memwatch.callbacks import MemWatchCallback
-    from memwatch.demos.lightning import LitCausalLM, stream_loader
+    from memwatch.demos.lightning import LitCausalLM, StepProgressBar, stream_loader
     from memwatch.demos.model import tiny_model
 
     out = Path(cfg.out_dir)
@@ -184,10 +185,11 @@ def _train(cfg: DemoConfig):
                             mask_risk=0.5 if cfg.mask else None)
     # with_nll: the per-row NLL trends give the forecast its trajectory estimate
     monitor = mw.MemWatch(wl, total_steps=cfg.steps, max_overhead=cfg.max_overhead,
-                          abort=policy, sinks=sinks, with_nll=True)
+                          abort=policy, sinks=sinks,
+                          probe=mw.ProbeSpec(mode="extractable", with_nll=True))
     callback = MemWatchCallback(monitor)
     trainer = L.Trainer(max_steps=cfg.steps, accelerator=cfg.device, devices=1, logger=False,
-                        enable_checkpointing=False, callbacks=[callback],
+                        enable_checkpointing=False, callbacks=[callback, StepProgressBar()],
                         enable_model_summary=False, log_every_n_steps=50)
     # masking: dict batches, whose labels the callback masks before each training step
     trainer.fit(LitCausalLM(model, lr=cfg.lr),

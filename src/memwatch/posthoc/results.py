@@ -40,7 +40,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +89,7 @@ class Run:
     float32 [n], or None when the source lists memorized sequences only (then every
     listed row is memorized and `complete` is False). source: one of `SOURCES`;
     variant: ``"new"`` for the ``.new`` memorized-evals splits, else ``""``.
+    tags: each row's watchlist tags (memwatch results of a watchlist), else None.
     log_pz: float32 [n] log p_z (`memwatch.measures`), or None where the source has none
     (NaN for rows probed without NLL).
     """
@@ -103,6 +104,7 @@ class Run:
     source: str
     files: tuple[str, ...]
     variant: str = ""
+    tags: tuple[tuple[str, ...], ...] | None = field(default=None, repr=False)
     log_pz: np.ndarray | None = None
 
     @property
@@ -123,7 +125,7 @@ class Run:
 
 
 def _make_run(model, revision, params, index, memorized, scores, source, files,
-              variant="", log_pz=None) -> Run:
+              variant="", tags=None, log_pz=None) -> Run:
     index = np.asarray(index, np.int64)
     order = np.argsort(index, kind="stable")
     index = index[order]
@@ -135,6 +137,7 @@ def _make_run(model, revision, params, index, memorized, scores, source, files,
                index, np.asarray(memorized, bool)[order],
                None if scores is None else np.asarray(scores, np.float32)[order], source,
                tuple(str(f) for f in files), variant,
+               None if tags is None else tuple(tuple(tags[i] or ()) for i in order),
                None if log_pz is None else np.asarray(log_pz, np.float32)[order])
 
 
@@ -170,8 +173,24 @@ def read_meta(path: str | os.PathLike) -> dict:
     """The ``memwatch`` metadata of a results parquet written by `memwatch eval` ({} if none)."""
     import pyarrow.parquet as pq
 
-    raw = (pq.read_schema(path).metadata or {}).get(b"memwatch")
-    return json.loads(raw) if raw else {}
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(b"memwatch")
+    except Exception as err:  # pyarrow raises its own types for a corrupt footer
+        raise ValueError(f"{path}: unreadable parquet ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); the file is truncated "
+                         "or corrupt: run memwatch eval for that checkpoint again") from None
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        why = "nests too deep" if isinstance(err, RecursionError) else "is not valid JSON"
+        raise ValueError(f"{path}: its 'memwatch' metadata {why}; the file was not written by "
+                         "memwatch eval or is corrupt") from None
+    if not isinstance(meta, dict) or not {"model", "revision", "cont_len"} <= set(meta):
+        raise ValueError(f"{path}: its 'memwatch' metadata lacks model, revision or cont_len; "
+                         "the file was not written by memwatch eval or is corrupt")
+    return meta
 
 
 def read_memwatch(paths: Sequence[Path], meta: dict) -> Run:
@@ -179,15 +198,18 @@ def read_memwatch(paths: Sequence[Path], meta: dict) -> Run:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = ["index", "score", "match_prefix"]
-    has_log_pz = "log_pz" in pq.read_schema(paths[0]).names  # absent in files before it
-    table = pa.concat_tables([pq.read_table(p, columns=columns + ["log_pz"] * has_log_pz)
-                              for p in paths])
+    names = [set(pq.read_schema(p).names) for p in paths]
+    with_tags = all("tags" in n for n in names)
+    has_log_pz = all("log_pz" in n for n in names)  # absent in files written before it
+    columns = ["index", "score", "match_prefix"] + (["tags"] if with_tags else []) \
+        + (["log_pz"] if has_log_pz else [])
+    table = pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
     prefix = table["match_prefix"].to_numpy()
     return _make_run(meta.get("name") or Path(meta["model"]).name, meta["revision"],
                      meta.get("params"), table["index"].to_numpy(),
                      prefix >= int(meta["cont_len"]), table["score"].to_numpy(), "memwatch",
-                     paths, log_pz=table["log_pz"].to_numpy() if has_log_pz else None)
+                     paths, tags=table["tags"].to_pylist() if with_tags else None,
+                     log_pz=table["log_pz"].to_numpy() if has_log_pz else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,6 +275,9 @@ def _read_csv_rows(path: Path) -> tuple[np.ndarray, np.ndarray]:
         scores = np.array([float(r[scol]) for r in rows], np.float32)
     except (ValueError, IndexError) as err:
         raise ValueError(f"{path}: unreadable row ({err})") from None
+    except OverflowError:
+        raise ValueError(f"{path}: a sequence index is beyond int64 ({_INDEX_COLS} must hold "
+                         "sequence numbers); the file is corrupt") from None
     return index, scores
 
 

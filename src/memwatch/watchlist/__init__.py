@@ -7,27 +7,26 @@ strings; tags are short labels such as ``pii:EMAIL_ADDRESS``, ``canary`` or
 
 ``spans[i]`` is ``(text_index, start, end)``: the characters row ``i`` is about in
 its source text (the window for `from_texts`, the PII hit for `scan_pii`, the
-secret for `canaries`), or None. Storage is safetensors (tokens) beside JSON
-(everything else); nothing is ever pickled.
+secret for `canaries`), or None. `tokenizer` records the tokenizer of rows built from
+text (name and vocabulary fingerprint, `memwatch.watchlist.tokenizer`), else None.
+Storage is safetensors (tokens) beside JSON (everything else, the row width and the
+tokenizer included); nothing is ever pickled.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from memwatch.probe import CONT_LEN, PROMPT_LEN
-from memwatch.watchlist.tags import CANARY_IN, CANARY_OUT, tag_mask
+from memwatch.watchlist.canaries import DEFAULT_TEMPLATE, canary_rows
+from memwatch.watchlist.tags import tag_label, tag_mask
+from memwatch.watchlist.tokenizer import checked as checked_tokenizer
+from memwatch.watchlist.tokenizer import describe, merged
 
-FORMAT = "memwatch.watchlist"
-FORMAT_VERSION = 1
-_FILES = ("tokens.safetensors", "watchlist.json")
 Span = tuple[int, int, int]
 
 
@@ -42,6 +41,7 @@ class Watchlist:
         previews: Sequence[str] | None = None,
         spans: Sequence[Span | None] | None = None,
         texts: Sequence[str | None] | None = None,
+        tokenizer: dict | None = None,
     ):
         n_ids = len(ids)
         tokens = _as_tensor(tokens, ids)
@@ -83,6 +83,8 @@ class Watchlist:
             [None if s is None else tuple(int(x) for x in s) for s in spans]
         # Raw text of each row, present only when the user asked for it (keep_text=True).
         self.texts = list(texts) if texts is not None else None
+        # The tokenizer of the ids (`memwatch.watchlist.tokenizer.describe`), when known.
+        self.tokenizer = checked_tokenizer(tokenizer, "Watchlist")
 
     # ----------------------------------------------------------------------------------------
     # Sources
@@ -199,7 +201,7 @@ class Watchlist:
         if not rows:
             return None
         return cls(torch.tensor(rows, dtype=torch.long), ids, [tags] * len(rows), spans=spans,
-                   texts=kept if keep_text else None)
+                   texts=kept if keep_text else None, tokenizer=describe(tokenizer))
 
     @classmethod
     def from_pythia(cls, path_prefix: str | os.PathLike, indices, prompt_len: int = PROMPT_LEN,
@@ -260,7 +262,7 @@ class Watchlist:
                         num_proc, engine, work_dir)
 
     @classmethod
-    def canaries(cls, n: int, template: str = "My secret is {secret}", tokenizer=None,
+    def canaries(cls, n: int, template: str = DEFAULT_TEMPLATE, tokenizer=None,
                  seed: int = 0, prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
                  vocab_size: int | None = None, audit: bool = False, design: str = "random",
                  token_pool=None) -> Watchlist:
@@ -278,22 +280,9 @@ class Watchlist:
         design: ``"random"`` (above) or ``"new_tokens"``: secrets of ids from `token_pool`,
             ids reserved for the canaries (after Panda et al. 2025; token rows, no text).
         """
-        from memwatch.watchlist.canaries import make_canaries, membership
-
-        made = make_canaries(n, template, tokenizer, seed, prompt_len, cont_len, vocab_size,
-                             design, token_pool)
-        head = template.partition("{secret}")[0].strip()
-        ids = [f"canary#{k}" for k in range(n)]
-        has_text = tokenizer is not None and design == "random"
-        previews = [f"canary {head} ***".replace("  ", " ") if has_text
-                    else "canary (random tokens)" for _ in made]
-        texts = [c.text for c in made] if has_text else None
-        spans = [(k, *c.secret_span) for k, c in enumerate(made)] if has_text else None
-        tags = [("canary",)] * n
-        if audit:
-            tags = [("canary", CANARY_IN if inside else CANARY_OUT)
-                    for inside in membership(n, seed)]
-        return cls(torch.stack([c.tokens for c in made]), ids, tags, previews, spans, texts)
+        return cls(*canary_rows(n, template, tokenizer, seed, prompt_len, cont_len, vocab_size,
+                                audit, design, token_pool),
+                   describe(tokenizer) if tokenizer is not None else None)
 
     # ----------------------------------------------------------------------------------------
     # Views
@@ -346,8 +335,7 @@ class Watchlist:
         """A preview of row `i` safe to show in logs and dashboards (no raw PII)."""
         if self._previews is not None and self._previews[i] is not None:
             return self._previews[i]
-        tags = ",".join(self.tags[i]) or "untagged"
-        return f"[{tags}] {self.tokens.shape[1]} tokens"
+        return f"[{tag_label(self.tags[i])}] {self.tokens.shape[1]} tokens"
 
     def select(self, mask_or_index) -> Watchlist:
         """The rows picked by a bool mask or an index array, in that order."""
@@ -360,7 +348,7 @@ class Watchlist:
         return Watchlist(
             self.tokens[torch.as_tensor(idx, dtype=torch.long)],
             [self.ids[i] for i in idx], [self.tags[i] for i in idx],
-            pick(self._previews), pick(self.spans), pick(self.texts))
+            pick(self._previews), pick(self.spans), pick(self.texts), self.tokenizer)
 
     def sample(self, k: int, by_tag: str | Sequence[str] | None = None, seed: int = 0) -> Watchlist:
         """Up to `k` random rows (all if fewer), kept in watchlist order; deterministic in `seed`.
@@ -396,101 +384,23 @@ class Watchlist:
         return duplicate_counts(self.tokens, stream, prompt_len, cont_len)
 
     # ----------------------------------------------------------------------------------------
-    # Storage: <path>/tokens.safetensors + <path>/watchlist.json
+    # Storage (`memwatch.watchlist.storage`): tokens.safetensors + watchlist.json
     # ----------------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> str:
-        """Write the watchlist to directory `path` (created); returns the path.
+        """Write the watchlist to directory `path`, atomically; returns the path (see
+        `memwatch.watchlist.storage.save`)."""
+        from memwatch.watchlist import storage
 
-        Tokens go to ``tokens.safetensors`` in the smallest unsigned dtype that holds
-        them; ids, tags, previews, spans (and texts, only if kept) to ``watchlist.json``.
-        The directory is written under a temporary name and renamed into place (an
-        existing one is replaced), so a killed save leaves no half-written watchlist.
-        """
-        path = os.fspath(path).rstrip("/\\") or os.fspath(path)
-        # Written beside `path`, then renamed into place: a killed save never leaves a
-        # half-written watchlist that loads.
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        if os.path.isdir(path) and not set(os.listdir(path)) <= set(_FILES):
-            raise ValueError(f"{path} exists and holds files other than a watchlist's: save "
-                             "to a new or empty directory")
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-        try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
-            self._write(tmp)
-            if os.path.isdir(path) and os.listdir(path):
-                old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-                os.replace(path, os.path.join(old, "watchlist"))
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                if os.path.isdir(path):
-                    os.rmdir(path)
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
-
-    def _write(self, path: str) -> None:
-        from safetensors.torch import save_file
-
-        top = int(self.tokens.max())
-        dtype = torch.uint16 if top < 2**16 else torch.int32 if top < 2**31 else torch.int64
-        save_file({"tokens": self.tokens.to(dtype).contiguous()},
-                  os.path.join(path, "tokens.safetensors"))
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "ids": self.ids,
-                "tags": [list(t) for t in self.tags], "previews": self._previews,
-                "spans": None if self.spans is None else
-                [None if s is None else list(s) for s in self.spans],
-                "texts": self.texts}
-        with open(os.path.join(path, "watchlist.json"), "w", encoding="utf-8") as f:
-            json.dump(meta, f, ensure_ascii=False)
+        return storage.save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Watchlist:
-        """The watchlist saved at directory `path` by `save`, validated like a new one."""
-        from safetensors.torch import load_file
+        """The watchlist saved at directory `path` by `save`, validated like a new one (see
+        `memwatch.watchlist.storage.load`)."""
+        from memwatch.watchlist import storage
 
-        path = os.fspath(path)
-        tok_path, meta_path = (os.path.join(path, f) for f in
-                               ("tokens.safetensors", "watchlist.json"))
-        for p in (tok_path, meta_path):
-            if not os.path.isfile(p):
-                raise FileNotFoundError(f"{p} is missing: {path!r} is not a saved watchlist "
-                                        "(Watchlist.save writes a directory with both files)")
-        try:
-            with open(meta_path, encoding="utf-8") as f:
-                meta = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{meta_path} is not valid JSON ({err}): truncated or corrupt; "
-                             "save the watchlist again") from err
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT \
-                or meta.get("version") != FORMAT_VERSION:
-            got = meta if not isinstance(meta, dict) else \
-                f"format {meta.get('format')!r}, version {meta.get('version')!r}"
-            raise ValueError(f"{meta_path} is not a {FORMAT} version {FORMAT_VERSION} file "
-                             f"({got})")
-        _check_meta(meta, meta_path)
-        try:
-            tokens = load_file(tok_path)
-        except Exception as err:  # safetensors raises its own error types
-            raise ValueError(f"{tok_path} is unreadable ({err}): truncated or corrupt; save the "
-                             "watchlist again") from err
-        if "tokens" not in tokens:
-            raise ValueError(f"{tok_path} has no 'tokens' tensor; it has {sorted(tokens)}")
-        tokens = tokens["tokens"]
-        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
-            raise ValueError(f"{tok_path}: 'tokens' has dtype {tokens.dtype}, not integer token "
-                             "ids (Watchlist.save writes unsigned integers)")
-        try:
-            return cls(tokens, meta["ids"], meta["tags"], meta.get("previews"),
-                       meta.get("spans"), meta.get("texts"))
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from err
+        return storage.load(cls, path)
 
 
 def _as_tensor(tokens, ids: Sequence[str]) -> torch.Tensor:
@@ -511,43 +421,22 @@ def _as_tensor(tokens, ids: Sequence[str]) -> torch.Tensor:
     return torch.as_tensor(arr)
 
 
-def _check_meta(meta: dict, where: str) -> None:
-    """Raise naming `where` and the field if a watchlist.json field has the wrong shape."""
-
-    def fail(field: str, what: str):
-        raise ValueError(f"{where}: {field!r} {what}; the file is corrupt or was not written "
-                         "by Watchlist.save")
-
-    for field in ("ids", "tags"):
-        if field not in meta:
-            fail(field, "is missing")
-        if not isinstance(meta[field], list):
-            fail(field, f"must be a list, got {type(meta[field]).__name__}")
-    n = len(meta["ids"])
-    if not all(isinstance(i, str) for i in meta["ids"]):
-        fail("ids", "must hold strings only")
-    if not all(isinstance(t, list) and all(isinstance(x, str) for x in t) for t in meta["tags"]):
-        fail("tags", "must hold one list of strings per row")
-    for field, ok in (("previews", lambda v: v is None or isinstance(v, str)),
-                      ("texts", lambda v: v is None or isinstance(v, str)),
-                      ("spans", lambda v: v is None or (isinstance(v, list) and len(v) == 3 and
-                                                        all(type(x) is int for x in v)))):
-        values = meta.get(field)
-        if values is None:
-            continue
-        if not isinstance(values, list) or len(values) != n:
-            fail(field, f"must be null or a list of {n} entries (one per id)")
-        bad = next((i for i, v in enumerate(values) if not ok(v)), None)
-        if bad is not None:
-            shape = "[text, start, end] integers" if field == "spans" else "a string"
-            fail(field, f"entry {bad} is {values[bad]!r}, not null or {shape}")
-
-
 def _concat(parts: Sequence[Watchlist]) -> Watchlist:
-    """Rows of all `parts` in order, cut to the narrowest width; extras kept where any has them."""
-    width = min(p.tokens.shape[1] for p in parts)
+    """Rows of all `parts` in order; extras kept where any has them.
 
-    def merged(attr: str, fill):
+    Parts of different widths are an error (cutting rows to the narrowest would cut
+    canaries' secrets off), and so are parts built with different tokenizers.
+    """
+    widths = [int(p.tokens.shape[1]) for p in parts]
+    if len(set(widths)) > 1:
+        raise ValueError(f"cannot add watchlists of {' and '.join(map(str, widths))} tokens per "
+                         "row: cutting rows to the narrowest would cut their continuations "
+                         "(a canary's secret); build every part with the same prompt_len + "
+                         "cont_len")
+    width = widths[0]
+    tokenizer = merged([p.tokenizer for p in parts])
+
+    def extra(attr: str, fill):
         if all(getattr(p, attr) is None for p in parts):
             return None
         out = []
@@ -559,5 +448,5 @@ def _concat(parts: Sequence[Watchlist]) -> Watchlist:
     return Watchlist(
         torch.cat([p.tokens[:, :width] for p in parts]),
         [i for p in parts for i in p.ids], [t for p in parts for t in p.tags],
-        merged("_previews", lambda p, i: p.redacted_preview(i)),
-        merged("spans", lambda p, i: None), merged("texts", lambda p, i: None))
+        extra("_previews", lambda p, i: p.redacted_preview(i)),
+        extra("spans", lambda p, i: None), extra("texts", lambda p, i: None), tokenizer)

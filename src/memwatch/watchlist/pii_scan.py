@@ -344,5 +344,7 @@ def _assemble(cls, job: _Job):
     if not rows:
         raise ValueError(f"scan_pii found no usable PII ({skipped} hits skipped): the "
                          "watchlist would be empty")
+    from memwatch.watchlist.tokenizer import describe
+
     return cls(torch.tensor(rows, dtype=torch.long), ids, tags, previews, spans,
-               kept if s.keep_text else None)
+               kept if s.keep_text else None, describe(job.tokenizer))
