@@ -116,8 +116,9 @@ def probe_metrics(history, tags: Sequence[str], forecast=None, *,
     metrics.update(audit_metrics(history))  # audit/*: only with audit canaries and log p_z
     overall = None if forecast is None else forecast.tags.get(ALL_ROWS)
     if overall is not None:
-        for name in ("expected_final_memorized", "recall_now", "precision_now"):
-            metrics[f"forecast/{name}"] = float(getattr(overall, name))
+        metrics["forecast/expected_final_memorized"] = float(overall.final.expected)
+        metrics["forecast/recall_now"] = float(overall.recall.value)
+        metrics["forecast/precision_now"] = float(overall.precision.value)
     return metrics
 
 

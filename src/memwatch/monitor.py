@@ -43,7 +43,8 @@ from memwatch.events import (
     probe_metrics,
     row_reports,
 )
-from memwatch.forecast import forecast
+from memwatch.forecast import ForecastInputs, forecast
+from memwatch.forecast.signals import ExposureLog
 from memwatch.history import History
 from memwatch.lm import device_of, eos_ids, vocab_size
 from memwatch.masking import FlaggedWindows, MaskSpec
@@ -177,6 +178,7 @@ class MemWatch:
         self._flagged_ids: tuple[str, ...] = ()
         self._windows: FlaggedWindows | None = None
         self.history = History(watchlist.ids, watchlist.tags, cont_len=spec.cont_len)
+        self.exposure_log = ExposureLog(len(watchlist))
         self._tags = tag_set(watchlist.tags)
         self._sent: frozenset[str] = frozenset()
         self._streak = 0
@@ -425,6 +427,14 @@ class MemWatch:
         ids = tuple(self.history.ids[i] for i in np.flatnonzero(new))
         return Decision(step, True, ids, verdict.alerts, abort, verdict.reason, record)
 
+    def seen(self, rows, step: int) -> None:
+        """Note that training trained on watchlist `rows` (indices; one entry per copy) at
+        `step`: the forecast then knows each row's exposures so far, first and last seen
+        step and, with ``learning_rate``, the rate of every copy (`memwatch.forecast.
+        signals`). Adapters call it where they know which rows a batch held (planting,
+        Pythia's step -> index map); it rides in `state_dict`."""
+        self.exposure_log.record(rows, step)
+
     def _forecast(self):
         """The point forecast of the final memorized counts, when the run length is known.
 
@@ -435,9 +445,11 @@ class MemWatch:
         if self.total_steps is None:
             return None
         try:
-            return forecast(self.history, self.total_steps, n_boot=0,
-                            with_risk=self.policy.mask_risk is not None, compute=self.clock,
-                            first_seen=self.first_seen, learning_rate=self.learning_rate)
+            return forecast(ForecastInputs(
+                self.history, self.total_steps, n_boot=0,
+                with_risk=self.policy.mask_risk is not None, compute=self.clock,
+                first_seen=self.first_seen, exposures=self.exposure_log.exposures(),
+                learning_rate=self.learning_rate))
         except (ValueError, np.linalg.LinAlgError):  # too few probes to fit yet
             return None
 
@@ -456,6 +468,7 @@ class MemWatch:
             "alerts_sent": sorted(self._sent),
             "streak": self._streak,
             "flagged": list(self.flagged),
+            "exposures": self.exposure_log.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -480,6 +493,8 @@ class MemWatch:
                 "build the MemWatch with the saved lengths (match counts at other lengths mean "
                 "nothing)")
         self.history.load_state_dict(hist)
+        if "exposures" in state:  # states saved before `seen` existed have none
+            self.exposure_log.load_state_dict(state["exposures"])
         self.schedule.load_state_dict(state["schedule"])
         self._sent = frozenset(state["alerts_sent"])
         self._streak = int(state["streak"])

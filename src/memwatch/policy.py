@@ -232,9 +232,9 @@ def evaluate(
                 continue
             # a pattern's forecast is the sum over the tags it names (an upper bound where a
             # row carries two of them): the same rows a `tags` or `actions` pattern names
-            expected = sum(float(t.expected_final_memorized) for t in matched)
-            low = sum(float(t.expected_final_low) for t in matched)
-            high = sum(float(t.expected_final_high) for t in matched)
+            expected = sum(float(t.final.expected) for t in matched)
+            low = sum(float(t.final.low) for t in matched)
+            high = sum(float(t.final.high) for t in matched)
             if expected > budget:
                 text = (f"rule forecast_budget[{key!r}]: forecast for {key!r}: {expected:.0f} "
                         f"rows memorized by the end (range {low:.0f}-{high:.0f}) > "

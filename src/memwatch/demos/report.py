@@ -124,13 +124,13 @@ def outcome_sentences(history, repeats: np.ndarray) -> list[str]:
 
 
 def _forecasts(history, total_steps: int):
-    from memwatch.forecast import forecast
+    from memwatch.forecast import ForecastInputs, forecast
 
     rows = []
     for k in range(2, len(history) + 1):
-        fc = forecast(history.head(k), total_steps).tags["*"]
-        rows.append((int(history.steps[k - 1]), fc.expected_final_memorized,
-                     fc.expected_final_low, fc.expected_final_high, fc.recall_now))
+        fc = forecast(ForecastInputs(history.head(k), total_steps)).tags["*"]
+        rows.append((int(history.steps[k - 1]), fc.final.expected, fc.final.low,
+                     fc.final.high, fc.recall.value))
     return np.array(rows, dtype=float).reshape(-1, 5)
 
 
