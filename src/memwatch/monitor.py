@@ -140,9 +140,10 @@ class MemWatch:
         if not isinstance(watchlist, Watchlist):
             raise TypeError(f"MemWatch needs a Watchlist; got a {type(watchlist).__name__}: wrap "
                             "token rows with memwatch.Watchlist.from_tokens(rows)")
+        clock_name = "compute" if "compute" in retired else "clock"  # as the caller named it
         clock = _retired_clock(clock, retired)
         spec = _probe_spec(probe, retired)
-        _check_clock(clock, "clock")
+        _check_clock(clock, clock_name)
         _check_clock(learning_rate, "learning_rate")
         if first_seen is not None:
             first_seen = np.asarray(first_seen, dtype=np.float64)
@@ -320,7 +321,7 @@ class MemWatch:
                            self.watchlist.redacted_preview)
         self._sent, self._streak = verdict.sent, verdict.streak
         if self.policy.masks:  # every rank masks with rank 0's flagged rows
-            self._flag(distributed.broadcast_ints(sorted({*self._flagged, *verdict.mask})))
+            self._flag(distributed.broadcast_ints(sorted({*self._flagged, *verdict.flagged})))
         metrics = probe_metrics(
             self.history, self._tags, predicted, probe_seconds=probe_seconds,
             monitor_seconds=self.schedule.monitor_seconds + time.perf_counter() - t0,
