@@ -76,7 +76,7 @@ def test_demo_runs_and_writes_its_report(tmp_path, monkeypatch, abort):
     assert ("stopped early by the abort policy" in text) == abort
     assert "Memorized at step" in text or "Nothing on the watchlist was memorized" in text
     for png in ("memorization_over_time.png", "forecast_vs_actual.png",
-                "memorization_heatmap.png"):
+                "memorization_heatmap.png", "extraction_curve.png"):
         data = (report.parent / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
         assert f"]({png})" in text
@@ -109,6 +109,27 @@ def test_demo_act_mask_compares_with_the_unmitigated_run(tmp_path, monkeypatch):
     assert sum(masked) < sum(unmitigated), section
     assert int(re.search(r"(\d+) planted row\(s\) were masked", section)[1]) > 0
     assert (tmp_path / "demo" / "unmitigated" / "records").is_dir()
+
+
+def test_report_audit_section_states_the_bound_and_plots_it(tmp_path):
+    import torch
+
+    from memwatch.demos.report import audit_section
+    from memwatch.probe import ProbeResult
+
+    rng = np.random.default_rng(0)
+    inside = rng.random(40) < 0.5
+    h = History([f"c{i}" for i in range(40)],
+                [("canary", "canary:in" if x else "canary:out") for x in inside], cont_len=8)
+    zero = torch.zeros(40, dtype=torch.int16)
+    for k in range(3):
+        nll = torch.tensor(rng.normal(4, 0.3, 40) - 2 * k * inside, dtype=torch.float32)
+        h.update(10 * (k + 1), ProbeResult(zero.float(), zero == 8, zero, nll=nll), "exact")
+    text = "\n".join(audit_section(h, tmp_path))
+    assert "## Privacy audit (one run)" in text and f"{inside.sum()} planted" in text
+    assert "is rejected at 95 % confidence" in text and "lower bound for these canaries" in text
+    assert (tmp_path / "privacy_audit.png").read_bytes()[:4] == b"\x89PNG"
+    assert audit_section(_history([[0, 1]], ["canary", "sample"]), tmp_path) == []
 
 
 def test_the_demo_progress_bar_says_step_n_of_m_not_epoch_21_of_minus_2():

@@ -166,10 +166,16 @@ def audit(scores_in, scores_out, *, delta: float = DELTA, significance: float = 
 def log_pz(history) -> np.ndarray:
     """float32 [P, n]: log p_z, the continuation's log-probability, at every probe of `history`.
 
-    log p_z = sum_t log p(z_t | x, z_<t) = -(mean NLL) * cont_len; NaN where the probe did
-    not measure the NLL (``with_nll=False``).
+    The history's own record of it (``History.log_pz``, float32) where there is one, else
+    derived from the mean NLL: log p_z = sum_t log p(z_t | x, z_<t) = -(mean NLL) * cont_len.
+    NaN where the probe measured neither (``with_nll=False``).
     """
-    return -history.nll * np.float32(history.cont_len)
+    derived = -history.nll * np.float32(history.cont_len)
+    stored = getattr(history, "log_pz", None)
+    if stored is None:
+        return derived
+    stored = np.asarray(stored, dtype=np.float32)
+    return np.where(np.isfinite(stored), stored, derived)
 
 
 def audit_rows(tags: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:

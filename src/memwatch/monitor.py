@@ -43,7 +43,8 @@ from memwatch.events import (
     probe_metrics,
     row_reports,
 )
-from memwatch.forecast import forecast
+from memwatch.forecast import ForecastInputs, forecast
+from memwatch.forecast.signals import ExposureLog
 from memwatch.history import History
 from memwatch.lm import device_of, eos_ids, vocab_size
 from memwatch.masking import FlaggedWindows, MaskSpec
@@ -104,16 +105,19 @@ class MemWatch:
       ``with_nll=True`` gives it the whole continuation's (a better forecast in
       `benchmarks/backtest_forecast.py`) at the cost of one teacher-forced forward per
       probe, so the overhead budget affords fewer probes.
-    - what the forecast knows of the run: ``compute``, vectorised step -> cumulative
+    - what the forecast knows of the run: ``clock``, vectorised step -> cumulative
       compute (e.g. the summed learning rate), the clock the forecast measures progress
-      in (None: steps, which forecast better in the backtest); ``first_seen``, per row the
-      step at which training first sees it (inf: never), for the recall over rows already
-      seen (`TagForecast.recall_seen`; ``index // 1024`` for `Watchlist.from_pythia` rows
-      in Pythia's order); ``learning_rate``, vectorised step -> learning rate, so the
-      forecast flags a decay ahead (`TagForecast.decay_ahead`) and widens its interval.
+      in (None: steps, which forecast better in the backtest; named ``compute`` before,
+      which also meant a metric's compute step and the FLOPs of `memwatch analyze`);
+      ``first_seen``, per row the step at which training first sees it (inf: never), for
+      the recall over rows already seen (`TagForecast.recall_seen`; ``index // 1024``
+      for `Watchlist.from_pythia` rows in Pythia's order); ``learning_rate``, vectorised
+      step -> learning rate, so the forecast flags a decay ahead
+      (`TagForecast.decay_ahead`) and widens its interval.
 
     The probe's settings given loose (``mode``, ``prompt_len``, ``cont_len``,
-    ``with_nll``, ``batch_size``) still work, with a DeprecationWarning, for one release.
+    ``with_nll``, ``batch_size``) and ``compute=`` (now ``clock=``) still work, with a
+    DeprecationWarning, for one release.
     """
 
     def __init__(
@@ -127,7 +131,7 @@ class MemWatch:
         *,
         probe: ProbeSpec | None = None,  # how to probe
         exact_every: int | None = None,
-        compute=None,  # what the forecast knows of the run
+        clock=None,  # what the forecast knows of the run
         first_seen=None,
         learning_rate=None,
         mask_spec: MaskSpec | None = None,
@@ -137,9 +141,11 @@ class MemWatch:
         if not isinstance(watchlist, Watchlist):
             raise TypeError(f"MemWatch needs a Watchlist; got a {type(watchlist).__name__}: wrap "
                             "token rows with memwatch.Watchlist.from_tokens(rows)")
+        clock_name = "compute" if "compute" in retired else "clock"  # as the caller named it
+        clock = _retired_clock(clock, retired)
         spec = _probe_spec(probe, retired)
-        _check_compute(compute)
-        _check_compute(learning_rate, "learning_rate")
+        _check_clock(clock, clock_name)
+        _check_clock(learning_rate, "learning_rate")
         if first_seen is not None:
             first_seen = np.asarray(first_seen, dtype=np.float64)
             if first_seen.shape != (len(watchlist),):
@@ -151,7 +157,7 @@ class MemWatch:
         if on_probe_failure not in PROBE_FAILURE:
             raise ValueError(f"on_probe_failure must be one of {PROBE_FAILURE}; got "
                              f"{on_probe_failure!r}")
-        watchlist.validate(spec.prompt_len, spec.cont_len)
+        watchlist.validate(spec.context_len, spec.cont_len)
         abort.check(watchlist.tags)  # a key naming no row would never act
         _check_audit(watchlist, abort, spec)
         self.watchlist = watchlist
@@ -162,7 +168,7 @@ class MemWatch:
         self._fanout = Fanout(sinks)
         self.sinks = self._fanout.sinks
         self.on_probe_failure = on_probe_failure
-        self.compute, self.first_seen, self.learning_rate = compute, first_seen, learning_rate
+        self.clock, self.first_seen, self.learning_rate = clock, first_seen, learning_rate
         self.mask_spec = MaskSpec(window=min(16, spec.cont_len)) if mask_spec is None else mask_spec
         if not isinstance(self.mask_spec, MaskSpec):
             raise TypeError(f"mask_spec must be a MaskSpec; got {type(mask_spec).__name__}")
@@ -174,6 +180,7 @@ class MemWatch:
         self._flagged_ids: tuple[str, ...] = ()
         self._windows: FlaggedWindows | None = None
         self.history = History(watchlist.ids, watchlist.tags, cont_len=spec.cont_len)
+        self.exposure_log = ExposureLog(len(watchlist))
         self._tags = tag_set(watchlist.tags)
         self._sent: frozenset[str] = frozenset()
         self._streak = 0
@@ -220,7 +227,7 @@ class MemWatch:
                 "cannot check the watchlist's token ids: give the model a config.vocab_size "
                 "or a get_output_embeddings() (transformers models have both)")
         if vocab != self._checked_vocab:
-            self.watchlist.validate(self.spec.prompt_len, self.spec.cont_len, vocab)
+            self.watchlist.validate(self.spec.context_len, self.spec.cont_len, vocab)
             outside = [i for i in eos_ids(inner) if not 0 <= i < vocab]
             if outside:
                 raise ValueError(
@@ -317,7 +324,7 @@ class MemWatch:
                            self.watchlist.redacted_preview)
         self._sent, self._streak = verdict.sent, verdict.streak
         if self.policy.masks:  # every rank masks with rank 0's flagged rows
-            self._flag(distributed.broadcast_ints(sorted({*self._flagged, *verdict.mask})))
+            self._flag(distributed.broadcast_ints(sorted({*self._flagged, *verdict.flagged})))
         metrics = probe_metrics(
             self.history, self._tags, predicted, probe_seconds=probe_seconds,
             monitor_seconds=self.schedule.monitor_seconds + time.perf_counter() - t0,
@@ -446,13 +453,21 @@ class MemWatch:
             return
         self._flagged = rows
         self._flagged_ids = tuple(self.watchlist.ids[i] for i in rows)
-        start = self.spec.prompt_len
+        start = self.spec.context_len
         cont = self.watchlist.tokens[list(rows), start:start + self.spec.cont_len]
         self._windows = FlaggedWindows(cont, self.mask_spec) if rows else None
 
     def _decision(self, step, new, verdict: Verdict, abort: bool, record) -> Decision:
         ids = tuple(self.history.ids[i] for i in np.flatnonzero(new))
         return Decision(step, True, ids, verdict.alerts, abort, verdict.reason, record)
+
+    def seen(self, rows, step: int) -> None:
+        """Note that training trained on watchlist `rows` (indices; one entry per copy) at
+        `step`: the forecast then knows each row's exposures so far, first and last seen
+        step and, with ``learning_rate``, the rate of every copy (`memwatch.forecast.
+        signals`). Adapters call it where they know which rows a batch held (planting,
+        Pythia's step -> index map); it rides in `state_dict`."""
+        self.exposure_log.record(rows, step)
 
     def _forecast(self):
         """The point forecast of the final memorized counts, when the run length is known.
@@ -464,9 +479,11 @@ class MemWatch:
         if self.total_steps is None:
             return None
         try:
-            return forecast(self.history, self.total_steps, n_boot=0,
-                            with_risk=self.policy.mask_risk is not None, compute=self.compute,
-                            first_seen=self.first_seen, learning_rate=self.learning_rate)
+            return forecast(ForecastInputs(
+                self.history, self.total_steps, n_boot=0,
+                with_risk=self.policy.mask_risk is not None, compute=self.clock,
+                first_seen=self.first_seen, exposures=self.exposure_log.exposures(),
+                learning_rate=self.learning_rate))
         except (ValueError, np.linalg.LinAlgError):  # too few probes to fit yet
             return None
 
@@ -485,6 +502,7 @@ class MemWatch:
             "alerts_sent": sorted(self._sent),
             "streak": self._streak,
             "flagged": list(self.flagged),
+            "exposures": self.exposure_log.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -509,6 +527,8 @@ class MemWatch:
                 "build the MemWatch with the saved lengths (match counts at other lengths mean "
                 "nothing)")
         self.history.load_state_dict(hist)
+        if "exposures" in state:  # states saved before `seen` existed have none
+            self.exposure_log.load_state_dict(state["exposures"])
         self.schedule.load_state_dict(state["schedule"])
         self._sent = frozenset(state["alerts_sent"])
         self._streak = int(state["streak"])
@@ -555,7 +575,7 @@ def _check_audit(watchlist, policy: AbortPolicy, spec: ProbeSpec) -> None:
                       stacklevel=3)
 
 
-def _check_compute(fn, name: str = "compute") -> None:
+def _check_clock(fn, name: str) -> None:
     """Raise unless `fn` maps an array of steps to an array of as many numbers."""
     if fn is None:
         return
@@ -581,7 +601,7 @@ def _probe_spec(spec: ProbeSpec | None, retired: dict) -> ProbeSpec:
     if unknown:
         raise TypeError(f"MemWatch got unexpected keyword argument(s) {unknown}; it takes "
                         "watchlist, total_steps, every_n_steps, max_overhead, abort, sinks, "
-                        "probe, exact_every, compute, first_seen, learning_rate, mask_spec, "
+                        "probe, exact_every, clock, first_seen, learning_rate, mask_spec, "
                         "on_probe_failure")
     if spec is not None and not isinstance(spec, ProbeSpec):
         raise TypeError(f"probe must be a ProbeSpec; got {type(spec).__name__}")
@@ -596,3 +616,14 @@ def _probe_spec(spec: ProbeSpec | None, retired: dict) -> ProbeSpec:
     settings = {"mode": "extractable", **retired}
     settings["with_nll"] = bool(settings.get("with_nll", False))
     return ProbeSpec(**settings)
+
+
+def _retired_clock(clock, retired: dict):
+    """`clock`, or the value of the retired ``compute=`` keyword (with a DeprecationWarning)."""
+    if "compute" not in retired:
+        return clock
+    if clock is not None:
+        raise TypeError("MemWatch got both clock= and its old name compute=; pass clock= only")
+    warnings.warn("MemWatch(compute=...) is deprecated: pass clock=... (the same vectorised "
+                  "step -> cumulative compute)", DeprecationWarning, stacklevel=3)
+    return retired.pop("compute")

@@ -136,11 +136,20 @@ def plant_memorized(model, rows: torch.Tensor, share: float, prompt_len: int = P
     return out
 
 
+def _with_measures(model, rows: torch.Tensor, **kw) -> None:
+    """Extractable probe with every measure, then the reports' (n,p) grid from its log p_z."""
+    from memwatch.measures import CURVE_DRAWS, CURVE_PROBS, extraction_rates
+
+    res = probe(model, rows, mode="extractable", with_nll=True, **kw)
+    extraction_rates(res.log_pz, CURVE_DRAWS, CURVE_PROBS)
+
+
 def compare(model, rows: torch.Tensor, prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
             batch_size: int | None = None, repeat: int = 2,
             progress: str | None = None) -> dict[str, float]:
     """Best-of-`repeat` seconds for reference_probe, probe(exact), probe(extractable), the
-    latter with_nll=True, and one forward pass over M+N tokens; rounds interleave the
+    latter with_nll=True, the latter with every measure and its (n,p) grid (`memwatch.measures`,
+    all from the same pass), and one forward pass over M+N tokens; rounds interleave the
     methods so load drifts hit all alike. `progress` labels a progress bar on stderr."""
     M, N = prompt_len, cont_len
     kw = dict(prompt_len=M, cont_len=N, batch_size=batch_size)
@@ -149,6 +158,7 @@ def compare(model, rows: torch.Tensor, prompt_len: int = PROMPT_LEN, cont_len: i
         "exact": lambda: probe(model, rows, mode="exact", **kw),
         "extractable": lambda: probe(model, rows, mode="extractable", **kw),
         "extractable+nll": lambda: probe(model, rows, mode="extractable", with_nll=True, **kw),
+        "extractable+measures": lambda: _with_measures(model, rows, **kw),
         "forward": lambda: _plain_forward(model, rows[:, :M + N]),
     }
     best = dict.fromkeys(methods, float("inf"))
@@ -169,4 +179,5 @@ def format_line(label: str, seconds: dict[str, float]) -> str:
     return (f"{label}: reference {ref:.2f}s | exact {ref / seconds['exact']:.2f}x | "
             f"extractable {ref / seconds['extractable']:.2f}x | "
             f"extractable+nll {ref / seconds['extractable+nll']:.2f}x | "
+            f"extractable+measures {ref / seconds['extractable+measures']:.2f}x | "
             f"forward(M+N) {ref / seconds['forward']:.2f}x  (ratios = reference / method)")

@@ -60,7 +60,11 @@ def add_arguments(p) -> None:
                    help="rows per probe batch, also the unit a crash can lose (default auto)")
     p.add_argument("--prompt-len", type=positive_int, default=PROMPT_LEN)
     p.add_argument("--cont-len", type=positive_int, default=CONT_LEN)
-    p.add_argument("--no-nll", action="store_true", help="skip the NLL column (written as NaN)")
+    p.add_argument("--no-nll", action="store_true",
+                   help="skip the NLL and the extraction measures (columns written as NaN)")
+    p.add_argument("--min-k", type=float, default=0.2, metavar="K",
+                   help="min-k %% log-prob averages the K lowest fraction of token log-probs "
+                        "(default 0.2, Shi et al. 2024)")
     p.add_argument("--cache-dir", help="transformers cache for hub checkpoints")
     p.add_argument("--device", help="default: this rank's GPU if any, else cpu")
     p.add_argument("--no-progress", action="store_true")
@@ -112,7 +116,7 @@ def run(args) -> int:
     started = False
     try:
         spec = ProbeSpec(args.prompt_len, args.cont_len, args.mode, not args.no_nll,
-                         args.batch_size)
+                         args.batch_size, min_k=args.min_k)
         config = EvalConfig(spec, args.dtype, args.cache_dir, args.device)
         models, gguf_file = _models(args)
         checkpoints = [c for m in models for c in resolve_checkpoints(m, args.revision,

@@ -2,7 +2,8 @@
 
 One parquet per (model, revision) at ``<out>/<model name>/<revision>.parquet`` with
 columns ``index`` (the row's sequence index in the training data, or its watchlist
-position), ``id``, ``score``, ``match_prefix``, ``nll`` and ``tags``; the run's
+position), ``id``, ``score``, ``match_prefix``, ``nll``, ``tags`` and the extraction
+measures ``log_pz``, ``min_k_logprob``, ``zlib_ratio`` (with NLL, the default); the run's
 settings ride in the file's schema metadata under ``memwatch``
 (`memwatch.posthoc.results` owns the format). Rows come from a row source
 (`memwatch.posthoc.rows`): a watchlist in memory, or Pythia's data streamed batch by
@@ -38,7 +39,13 @@ import numpy as np
 import torch
 
 from memwatch.distributed import barrier, rank_world
-from memwatch.posthoc.results import FORMAT_VERSION, read_meta, results_table, step_of
+from memwatch.posthoc.results import (
+    FORMAT_VERSION,
+    MEASURE_COLUMNS,
+    read_meta,
+    results_table,
+    step_of,
+)
 from memwatch.posthoc.rows import PythiaRows, WatchlistRows
 from memwatch.probe import BatchSize, ProbeSpec, _probe
 from memwatch.watchlist import Watchlist
@@ -72,7 +79,7 @@ class Checkpoint:
         return f"{self.name}@{self.revision}"
 
 
-_SPEC_FIELDS = ("prompt_len", "cont_len", "mode", "batch_size", "with_nll")
+_SPEC_FIELDS = ("prompt_len", "cont_len", "mode", "batch_size", "with_nll", "min_k")
 
 
 @dataclass(frozen=True, init=False)
@@ -115,7 +122,7 @@ class EvalConfig:
         s = self.spec
         return {"prompt_len": s.prompt_len, "cont_len": s.cont_len, "mode": s.mode,
                 "dtype": self.dtype, "batch_size": s.batch_size, "with_nll": s.with_nll,
-                "cache_dir": self.cache_dir, "device": self.device}
+                "cache_dir": self.cache_dir, "device": self.device, "min_k": s.min_k}
 
 
 def _revision_order(revision: str):
@@ -254,7 +261,7 @@ def fingerprint(rows: RowSource, config: EvalConfig) -> str:
     h = hashlib.sha256()
     spec = config.spec
     h.update(json.dumps([spec.prompt_len, spec.cont_len, spec.mode, config.dtype,
-                         spec.with_nll]).encode())
+                         spec.with_nll, spec.min_k, MEASURE_COLUMNS]).encode())
     rows.update_fingerprint(h, spec.total_len)
     return h.hexdigest()
 
@@ -360,8 +367,10 @@ def _score_slice(model, rows: RowSource, start, end, rank_dir, meta, config, bar
                              f"vocabulary of {meta['name']}@{meta['revision']}")
         res = _probe(model, tokens, spec, sizer)
         nll = res.nll if res.nll is not None else torch.full((hi - done,), float("nan"))
+        measures = {name: getattr(res, name).numpy() for name in MEASURE_COLUMNS
+                    if getattr(res, name) is not None}
         table = results_table(index, ids, tags, res.scores.numpy(), res.match_prefix.numpy(),
-                              nll.float().numpy(), meta)
+                              nll.float().numpy(), meta, measures)
         _write_atomic(table, rank_dir / f"{done:012d}-{hi:012d}.parquet")
         bar.update(hi - done)
         done = hi
