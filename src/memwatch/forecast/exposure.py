@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from memwatch.forecast.risk import logistic_fit
+from memwatch.forecast.risk import logistic_fit, sigmoid
 
 WINDOW = 0.5
 RIDGE = 1.0
@@ -54,7 +54,7 @@ def end_probabilities(mem: np.ndarray, steps: np.ndarray, clock: np.ndarray,
     beta = logistic_fit((x - mu) / sd, y, ridge=RIDGE)
     end = _with_clock(signals.state(total_step), 1.0)[:, : x.shape[1]]
     z = np.column_stack([np.ones(len(end)), (end - mu) / sd]) @ beta
-    return 1 / (1 + np.exp(-np.clip(z, -30, 30)))
+    return sigmoid(z)
 
 
 def _with_clock(state: np.ndarray, share: float) -> np.ndarray:
