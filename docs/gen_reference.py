@@ -18,6 +18,10 @@ OUT = Path(__file__).with_name("reference.md")
 # Names under `memwatch` (``mw.<name>``), or full paths to objects outside its namespace.
 OBJECTS = {
     "The probe": ["probe", "reference_probe", "ProbeResult", "memwatch.probe.ProbeSpec"],
+    "Extraction measures": ["memwatch.measures.log_pz", "memwatch.measures.min_k_logprob",
+                            "memwatch.measures.zlib_ratio", "memwatch.measures.zlib_bytes",
+                            "extraction_rates", "draws_needed",
+                            "memwatch.measures.extraction_summary"],
     "The watchlist": ["Watchlist", "Watchlist.from_tokens", "Watchlist.from_texts",
                       "Watchlist.from_dataset", "Watchlist.from_pythia", "Watchlist.scan_pii",
                       "Watchlist.canaries", "Watchlist.sample", "Watchlist.duplicate_counts",

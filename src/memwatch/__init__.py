@@ -19,6 +19,8 @@ _LAZY = {
     "Watchlist": "memwatch.watchlist",
     "insert_canaries": "memwatch.watchlist.planting",
     "exposure": "memwatch.watchlist.canaries",
+    "extraction_rates": "memwatch.measures",
+    "draws_needed": "memwatch.measures",
     "History": "memwatch.history",
     "Alert": "memwatch.events",
     "Decision": "memwatch.events",

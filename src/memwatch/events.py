@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from memwatch.audit import audit_metrics
+from memwatch.measures import extraction_summary
 from memwatch.watchlist.tags import ALL_ROWS
 
 
@@ -33,6 +34,7 @@ class Alert:
     """Something a person should look at; `text` never holds raw watchlist text."""
 
     # "memorized" | "fraction" | "forecast" | "epsilon" | "mask" | "abort" | "probe_failed"
+    # | "resume_mismatch"
     kind: str
     level: str  # "INFO" | "WARN" | "ERROR" (wandb.AlertLevel names)
     title: str
@@ -48,8 +50,10 @@ class ProbeRecord:
     `metrics` keys are flat names such as ``memorized_count``,
     ``memorized_fraction``, ``memorized_fraction/pii:EMAIL_ADDRESS``,
     ``mean_score``, ``mean_match_prefix``, ``probe_seconds``, ``overhead``,
-    ``forecast/expected_final_memorized``, ``audit/epsilon_lb``; sinks prefix them
-    (``memwatch/``).
+    ``forecast/expected_final_memorized``, ``audit/epsilon_lb``, and with ``with_nll``
+    the probability of extraction ``mean_pz`` and (n, p) rates such as
+    ``extractable_n100_p90`` (all rows and ``/<tag>``; `memwatch.measures`); sinks prefix
+    them (``memwatch/``).
     """
 
     step: int
@@ -104,6 +108,12 @@ def probe_metrics(history, tags: Sequence[str], forecast=None, *,
         rows = history.tag_mask(tag)
         metrics[f"memorized_count/{tag}"] = float(mem[rows].sum())
         metrics[f"memorized_fraction/{tag}"] = float(mem[rows].mean())
+    log_pz = history.log_pz[-1]
+    summary = extraction_summary(log_pz)  # empty unless the probe measured log p_z
+    metrics.update(summary)
+    for tag in tags if summary else ():
+        for name, value in extraction_summary(log_pz[history.tag_mask(tag)]).items():
+            metrics[f"{name}/{tag}"] = value
     metrics.update(audit_metrics(history))  # audit/*: only with audit canaries and log p_z
     overall = None if forecast is None else forecast.tags.get(ALL_ROWS)
     if overall is not None:
