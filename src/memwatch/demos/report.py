@@ -57,12 +57,8 @@ def _plot_extraction(history, path: Path, p: float = 0.9) -> bool:
     log_pz = history.log_pz[-1]
     if np.isnan(log_pz).all():
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = new_figure(7, 4)
+    ax = fig.add_subplot()
     for label, pattern in GROUPS:
         mask = history.tag_mask(pattern)
         if mask.any():
@@ -74,9 +70,7 @@ def _plot_extraction(history, path: Path, p: float = 0.9) -> bool:
     ax.set(title=f"(n,p)-extractable at step {int(history.steps[-1])}, p = {p:g}",
            xlabel="n, samples drawn", ylabel="fraction of rows", ylim=(-0.02, 1.02))
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
     return True
 
 
