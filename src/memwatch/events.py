@@ -34,6 +34,7 @@ class Alert:
     """Something a person should look at; `text` never holds raw watchlist text."""
 
     # "memorized" | "fraction" | "forecast" | "epsilon" | "mask" | "abort" | "probe_failed"
+    # | "resume_mismatch"
     kind: str
     level: str  # "INFO" | "WARN" | "ERROR" (wandb.AlertLevel names)
     title: str

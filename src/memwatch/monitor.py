@@ -50,6 +50,7 @@ from memwatch.lm import device_of, eos_ids, vocab_size
 from memwatch.masking import FlaggedWindows, MaskSpec
 from memwatch.policy import AbortPolicy, Verdict, evaluate
 from memwatch.probe import BatchSize, ProbeSpec
+from memwatch.resume import compare_resumed, resume_sample
 from memwatch.schedule import Schedule
 from memwatch.sinks.fanout import Fanout
 from memwatch.watchlist import Watchlist
@@ -190,6 +191,7 @@ class MemWatch:
         self._failing: tuple[str, int] = ("", 0)  # the last failure's reason, times in a row
         self._warned: set[str] = set()  # one-off warnings already given
         self._sync_ranks = True  # compare state across ranks at the next step
+        self._resumed = False  # re-probe a sample at the next step (memwatch.resume)
         self._finished = self._closed = False
 
     # ---- configuration the adapters complete ------------------------------------------------
@@ -253,6 +255,7 @@ class MemWatch:
         if self._sync_ranks:
             self._sync_ranks = False
             self._check_ranks_agree(step)
+        resume_alerts = self._check_resume(model, step) if self._resumed else ()
         if self._last_step is not None and step < self._last_step:
             self._warn_once("backwards", (
                 f"memwatch got step {step} after step {self._last_step} without a "
@@ -264,10 +267,10 @@ class MemWatch:
         done = len(self.history) and step <= self.history.steps[-1]  # resumed before a probe
         if done or not self.schedule.due(step):
             self._last_time = time.perf_counter()
-            return Decision(step)
+            return Decision(step, alerts=resume_alerts)
         decision = self._probe(model, step, self.schedule.mode(step, self.spec.mode))
         self._last_time = time.perf_counter()
-        return decision
+        return replace(decision, alerts=(*resume_alerts, *decision.alerts))
 
     def finish(self, model: torch.nn.Module, step: int | None = None) -> Decision:
         """Run the final exact probe at `step` (default: the last step seen) and end the sinks.
@@ -370,6 +373,36 @@ class MemWatch:
         self.schedule.observe_other(seconds)
         self.schedule.back_off(step)
         return Decision(step, alerts=alerts)
+
+    def _check_resume(self, model: torch.nn.Module, step: int) -> tuple[Alert, ...]:
+        """After load_state_dict: re-probe a sample of the rows the saved model reproduced and
+        alert (``resume_mismatch``) when the model lost more than training since explains."""
+        self._resumed = False
+        rows = resume_sample(self.history.match_prefix[-1])
+        if not len(rows):
+            return ()
+        t0 = time.perf_counter()
+        try:
+            result = distributed.probe_sharded(
+                unwrap(model), self.watchlist.tokens[torch.from_numpy(rows)],
+                replace(self.spec, mode="extractable", with_nll=False), self._batch_size)
+        except distributed.ProbeFailed:  # the scheduled probes report failures
+            return ()
+        finally:
+            self.schedule.observe_other(time.perf_counter() - t0)
+        found = compare_resumed(self.history.match_prefix[:, rows], self.history.steps,
+                                result.match_prefix.numpy(), step)
+        if found is None or not found.mismatch:
+            return ()
+        why = ("the model after resume does not reproduce the model that was saved: weights "
+               "not restored? ")
+        warnings.warn(f"memwatch: {why}{found.describe()}. Check that the checkpoint loads "
+                      "every weight (a head re-initialised on load, a model built but never "
+                      "loaded)", RuntimeWarning, stacklevel=3)
+        alert = Alert("resume_mismatch", "ERROR", "memwatch: resumed model does not match the "
+                      "saved one", why + found.describe(), step)
+        self._emit("on_alert", alert)
+        return (alert,)
 
     def _check_ranks_agree(self, step: int) -> None:
         """Raise on every rank if the ranks' monitor states differ (a resume on some ranks)."""
@@ -508,6 +541,7 @@ class MemWatch:
         self._last_time = self._last_step = None
         self._finished = self._closed = False
         self._sync_ranks = True
+        self._resumed = len(self.history) > 0
         self._emit("on_resume", int(self.history.steps[-1]) if len(self.history) else 0)
 
 

@@ -63,13 +63,16 @@ class Checkpoint:
 
     model: the model as given (hub id or local directory); name: its last path
     component, which names the results folder; path: the local directory to load,
-    or None for a hub checkpoint (loaded with ``revision=revision``).
+    or None for a hub checkpoint (loaded with ``revision=revision``); gguf_file: the
+    GGUF file inside that folder or hub repository (transformers' ``gguf_file=``, the
+    weights dequantized on load), or None.
     """
 
     model: str
     revision: str
     name: str
     path: str | None = None
+    gguf_file: str | None = None
 
     @property
     def key(self) -> str:
@@ -127,16 +130,28 @@ def _revision_order(revision: str):
     return (0, step, "") if step is not None else (1, 0, revision)
 
 
-def resolve_checkpoints(model: str, revisions: Sequence[str] | None = None) -> list[Checkpoint]:
+def resolve_checkpoints(model: str, revisions: Sequence[str] | None = None,
+                        gguf_file: str | None = None) -> list[Checkpoint]:
     """The checkpoints to evaluate for `model` (hub id or local dir), in training order.
 
     Local suite: ``revisions`` name subdirectories of `model` (all of them that hold
     a ``config.json`` when none are given). Hub id: ``revisions`` pass through
-    (default ``main``). Raises ValueError naming a missing local revision.
+    (default ``main``). With `gguf_file` a local `model` is one checkpoint, the
+    folder holding that file (named after the file). Raises ValueError naming a
+    missing local revision or GGUF file.
     """
     revisions = list(revisions or [])
     local = Path(model)
     name = local.name or str(model)
+    if gguf_file is not None:
+        name = Path(gguf_file).stem
+        if local.is_dir():
+            if not (local / gguf_file).is_file():
+                raise ValueError(f"no GGUF file {gguf_file!r} in {model}")
+            if revisions and revisions != ["main"]:
+                raise ValueError(f"{model}/{gguf_file} is a single checkpoint, so it has no "
+                                 f"revisions {revisions}")
+            return [Checkpoint(model, "main", name, str(local), gguf_file)]
     if local.is_dir():
         if (local / "config.json").is_file():
             if revisions and revisions != ["main"]:
@@ -159,7 +174,7 @@ def resolve_checkpoints(model: str, revisions: Sequence[str] | None = None) -> l
     if local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1 \
             or (local.parent != Path(".") and local.parent.is_dir()):
         raise ValueError(_no_local_model(model, local))
-    return [Checkpoint(model, r, name) for r in (revisions or ["main"])]
+    return [Checkpoint(model, r, name, None, gguf_file) for r in (revisions or ["main"])]
 
 
 def _no_local_model(model: str, local: Path) -> str:
@@ -183,9 +198,10 @@ def result_path(out: str | os.PathLike, ckpt: Checkpoint) -> Path:
 
 
 def _load_args(ckpt: Checkpoint, config: EvalConfig) -> tuple[str, dict]:
+    gguf = {"gguf_file": ckpt.gguf_file} if ckpt.gguf_file else {}
     if ckpt.path is not None:
-        return ckpt.path, {}
-    return ckpt.model, {"revision": ckpt.revision, "cache_dir": config.cache_dir}
+        return ckpt.path, gguf
+    return ckpt.model, {"revision": ckpt.revision, "cache_dir": config.cache_dir, **gguf}
 
 
 def check_inputs(checkpoints: Sequence[Checkpoint], rows: RowSource,
