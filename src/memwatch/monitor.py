@@ -46,6 +46,7 @@ from memwatch.lm import device_of, vocab_size
 from memwatch.masking import FlaggedWindows, MaskSpec
 from memwatch.policy import AbortPolicy, Verdict, evaluate
 from memwatch.probe import CONT_LEN, MODES, PROMPT_LEN, ProbeSpec
+from memwatch.prompt_groups import probe_rows
 from memwatch.schedule import Schedule
 from memwatch.watchlist import Watchlist
 
@@ -157,7 +158,8 @@ class MemWatch:
         self._flagged: tuple[int, ...] = ()
         self._flagged_ids: tuple[str, ...] = ()
         self._windows: FlaggedWindows | None = None
-        self.history = History(watchlist.ids, watchlist.tags, cont_len=spec.cont_len)
+        self.history = History(watchlist.ids, watchlist.tags, cont_len=spec.cont_len,
+                               span_tokens=watchlist.span_tokens)
         self._tags = sorted({t for row in watchlist.tags for t in row})
         self._sent: frozenset[str] = frozenset()
         self._streak = 0
@@ -267,9 +269,11 @@ class MemWatch:
         t0 = time.perf_counter()
         spec = self.spec
         try:
-            result = distributed.probe_sharded(
-                unwrap(model), self.watchlist.tokens, spec.prompt_len, spec.cont_len, mode,
-                spec.with_nll, spec.batch_size)
+            # Short-record PII rows have shorter prompts: probed in groups, never padded.
+            result = probe_rows(
+                unwrap(model), self.watchlist.tokens, self.watchlist.prompt_lens,
+                spec.prompt_len, spec.cont_len, distributed.probe_sharded, mode=mode,
+                with_nll=spec.with_nll, batch_size=spec.batch_size)
         except distributed.ProbeFailed as err:  # every rank gets it: all skip this probe
             return self._skipped(step, err, time.perf_counter() - t0)
         probe_seconds = time.perf_counter() - t0

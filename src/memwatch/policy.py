@@ -1,6 +1,7 @@
 """When to alert, mask and stop: `AbortPolicy` (config) and `evaluate` (a pure function).
 
-Three triggers, checked at every probe: a row with a watched tag is memorized;
+Three triggers, checked at every probe: a row with a watched tag is memorized (or,
+for PII rows, leaked: the PII's own tokens reproduced verbatim);
 the memorized fraction of a tag pattern passes a threshold; the forecast of
 the final memorized count passes a budget. Each alert is sent once per run
 (the caller keeps the keys of the alerts already sent, and they ride in the
@@ -50,6 +51,12 @@ class AbortPolicy:
     mask_risk: also flag a ``"mask"`` row once the forecast's risk model gives it at
         least this probability of being memorized at the end (needs ``total_steps``);
         None: flag rows when memorized only.
+    leak: tag patterns whose rows act once *leaked* as well as once memorized: the
+        model reproduced the row's PII itself (``match_prefix >= span_tokens``, see
+        `Watchlist.scan_pii`), usually long before all ``cont_len`` tokens of the row.
+        A leaked row sends a ``"leaked"`` alert (redacted) and then does what its
+        action says (alert, mask or abort), as a memorized one does. Rows without a PII
+        span never leak. ``()``: memorized only.
     """
 
     tags: tuple[str, ...] = ("pii:*", "canary")
@@ -59,10 +66,15 @@ class AbortPolicy:
     action: str = "stop"
     actions: Mapping[str, str] = field(default_factory=dict)
     mask_risk: float | None = None
+    leak: tuple[str, ...] = ("pii:*",)
 
     def __post_init__(self):
         tags = (self.tags,) if isinstance(self.tags, str) else tuple(self.tags)
         object.__setattr__(self, "tags", tags)
+        leak = (self.leak,) if isinstance(self.leak, str) else tuple(self.leak)
+        if not all(isinstance(p, str) for p in leak):
+            raise ValueError(f"leak holds tag patterns (str); got {self.leak!r}")
+        object.__setattr__(self, "leak", leak)
         object.__setattr__(self, "max_fraction", dict(self.max_fraction))
         for pattern, share in self.max_fraction.items():
             if not 0 <= share <= 1:
@@ -105,6 +117,13 @@ class AbortPolicy:
             level[rows] = np.maximum(level[rows], ROW_ACTIONS.index(act))
         return level
 
+    def leaking(self, history) -> np.ndarray:
+        """bool [n]: rows of a `leak` pattern whose PII leaked at the latest probe."""
+        rows = np.zeros(history.num_rows, dtype=bool)
+        for pattern in self.leak:
+            rows |= history.tag_mask(pattern)
+        return rows & history.leaked[-1]
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -136,6 +155,7 @@ def evaluate(
         return Verdict(sent=frozenset(sent), streak=streak)
     step = int(history.steps[-1])
     memorized = history.memorized[-1]
+    leaked = policy.leaking(history)
     alerts: list[Alert] = []
     keys = set(sent)
     triggers: list[str] = []
@@ -147,17 +167,20 @@ def evaluate(
 
     level = policy.row_actions(history.tag_mask, history.num_rows)
     alerting = np.isin(level, [ROW_ACTIONS.index("alert"), ROW_ACTIONS.index("abort")])
+    for i in np.flatnonzero(alerting & leaked):
+        send(f"leak:{history.ids[i]}", _leak_alert(history, int(i), step, preview))
     for i in np.flatnonzero(alerting & memorized):
         send(f"row:{history.ids[i]}", _row_alert(history, int(i), step, preview))
-    hits = np.flatnonzero((level == ROW_ACTIONS.index("abort")) & memorized)
+    hits = np.flatnonzero((level == ROW_ACTIONS.index("abort")) & (memorized | leaked))
     if len(hits):
         watched = [p for p in policy.tags if policy.actions.get(p, "abort") == "abort"]
         watched += [p for p, act in policy.actions.items() if act == "abort" and p not in watched]
         named = "; ".join(_row_named(history, int(i), preview) for i in hits[:5])
         more = f"; and {len(hits) - 5} more" if len(hits) > 5 else ""
+        what = "memorized" if not leaked[hits].any() else "memorized or leaked"
         triggers.append(f"rule tags={watched}: {len(hits)} watched row(s) "
-                        f"memorized: {named}{more}")
-    mask = _newly_flagged(policy, history, level, keys, forecast)
+                        f"{what}: {named}{more}")
+    mask = _newly_flagged(policy, history, level, keys, forecast, leaked)
     if mask:
         keys.update(f"mask:{history.ids[i]}" for i in mask)
         alerts.append(_mask_alert(history, mask, step, forecast, preview))
@@ -200,10 +223,10 @@ def evaluate(
                    streak, mask)
 
 
-def _newly_flagged(policy: AbortPolicy, history, level: np.ndarray, sent, forecast
-                   ) -> tuple[int, ...]:
-    """Rows whose action is "mask", memorized now (or at risk), and not flagged before."""
-    due = history.memorized[-1].copy()
+def _newly_flagged(policy: AbortPolicy, history, level: np.ndarray, sent, forecast,
+                   leaked: np.ndarray) -> tuple[int, ...]:
+    """Rows whose action is "mask", memorized or leaked now (or at risk), not flagged before."""
+    due = history.memorized[-1] | leaked
     risk = None if forecast is None else getattr(forecast, "risk", None)
     if policy.mask_risk is not None and risk is not None:
         due |= np.asarray(risk.score) >= policy.mask_risk
@@ -216,7 +239,8 @@ def _mask_alert(history, rows: tuple[int, ...], step: int, forecast, preview) ->
     lines = []
     for i in rows:
         tags = ",".join(history.tags[i]) or "untagged"
-        why = ("memorized" if history.memorized[-1, i]
+        why = ("memorized" if history.memorized[-1, i] else
+               "leaked its PII" if history.leaked[-1, i]
                else f"at risk (p={float(risk.score[i]):.2f})")
         shown = preview(i) if preview is not None else f"[{tags}]"
         lines.append(f"{history.ids[i]} ({tags}) {why}: {shown}")
@@ -240,4 +264,14 @@ def _row_alert(history, i: int, step: int, preview) -> Alert:
     text = (f"{row_id} ({tags}) reproduces all {history.cont_len} continuation tokens at step "
             f"{step}: {shown}")
     return Alert("memorized", "WARN", f"memwatch: watched row {row_id} memorized", text, step,
+                 (row_id,))
+
+
+def _leak_alert(history, i: int, step: int, preview) -> Alert:
+    row_id, tags = history.ids[i], ",".join(history.tags[i]) or "untagged"
+    shown = preview(i) if preview is not None else f"[{tags}]"
+    text = (f"{row_id} ({tags}) reproduces its PII verbatim at step {step} (all "
+            f"{int(history.span_tokens[i])} of its tokens, {int(history.match_prefix[-1, i])} "
+            f"of {history.cont_len} continuation tokens in all): {shown}")
+    return Alert("leaked", "WARN", f"memwatch: watched row {row_id} leaked its PII", text, step,
                  (row_id,))

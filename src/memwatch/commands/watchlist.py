@@ -33,6 +33,10 @@ def add_arguments(p) -> None:
     b.add_argument("--windows", type=nonnegative_int, default=None, metavar="K",
                    help="K text windows sampled from --texts (default: all; 0: none)")
     b.add_argument("--pii", action="store_true", help="add one row per PII hit in --texts")
+    b.add_argument("--ner-model", metavar="NAME_OR_PATH",
+                   help="with --pii, also find PERSON and LOCATION with this installed spaCy "
+                        "pipeline (e.g. en_core_web_lg, or a saved pipeline's directory); "
+                        "memwatch downloads nothing")
     b.add_argument("--canaries", type=nonnegative_int, default=0, metavar="N",
                    help="add N canaries")
     b.add_argument("--template", default="My secret is {secret}", help="canary template")
@@ -126,11 +130,14 @@ def _build(args):
         wl = Watchlist.from_texts(_progress(texts, "windows"), tokenizer,
                                   keep_text=args.keep_text, **lengths)
         parts.append(wl if args.windows is None else wl.sample(args.windows, seed=args.seed))
+    if args.ner_model and not args.pii:
+        raise ValueError("--ner-model finds names for --pii; add --pii")
     if args.pii:
         if not texts:
             raise ValueError("--pii scans --texts; give at least one file")
         parts.append(Watchlist.scan_pii(_progress(texts, "scanning for PII"), tokenizer,
-                                        keep_text=args.keep_text, **lengths))
+                                        keep_text=args.keep_text, ner_model=args.ner_model,
+                                        **lengths))
     if args.canaries:
         parts.append(Watchlist.canaries(args.canaries, args.template, tokenizer, args.seed,
                                         **lengths))

@@ -38,7 +38,8 @@ import torch
 from memwatch.distributed import barrier, rank_world
 from memwatch.posthoc.results import FORMAT_VERSION, read_meta, results_table, step_of
 from memwatch.posthoc.rows import PythiaRows, WatchlistRows
-from memwatch.probe import CONT_LEN, MODES, PROMPT_LEN, probe
+from memwatch.probe import CONT_LEN, MODES, PROMPT_LEN
+from memwatch.prompt_groups import probe_rows
 from memwatch.watchlist import Watchlist
 
 RowSource = WatchlistRows | PythiaRows
@@ -308,8 +309,10 @@ def _score_slice(model, rows: RowSource, start, end, rank_dir, meta, config, bar
             row = int((tokens >= vocab).any(1).nonzero()[0, 0])
             raise ValueError(f"watchlist sequence {ids[row]!r} has a token id >= {vocab}, the "
                              f"vocabulary of {meta['name']}@{meta['revision']}")
-        res = probe(model, tokens, config.prompt_len, config.cont_len, config.mode,
-                    with_nll=config.with_nll, batch_size=config.batch_size)
+        lens = rows.prompt_lens(done, hi) if hasattr(rows, "prompt_lens") else None
+        res = probe_rows(model, tokens, lens, config.prompt_len, config.cont_len,
+                         mode=config.mode, with_nll=config.with_nll,
+                         batch_size=config.batch_size)
         nll = res.nll if res.nll is not None else torch.full((hi - done,), float("nan"))
         table = results_table(index, ids, tags, res.scores.numpy(), res.match_prefix.numpy(),
                               nll.float().numpy(), meta)

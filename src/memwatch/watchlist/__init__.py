@@ -9,6 +9,12 @@ strings; tags are short labels such as ``pii:EMAIL_ADDRESS``, ``canary`` or
 its source text (the window for `from_texts`, the PII hit for `scan_pii`, the
 secret for `canaries`), or None. Storage is safetensors (tokens) beside JSON
 (everything else); nothing is ever pickled.
+
+Two per-row fields, set by `scan_pii` (None elsewhere, and for rows without them):
+``span_tokens[i]``, how many continuation tokens the PII itself covers (the row has
+*leaked* once ``match_prefix >= span_tokens``), and ``prompt_lens[i]``, the prompt the
+row has when its record is shorter than ``prompt_len``: such a row is left-padded, its
+prompt is its last ``prompt_lens[i]`` tokens before ``prompt_len`` (see `probe_rows`).
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class Watchlist:
         previews: Sequence[str] | None = None,
         spans: Sequence[Span | None] | None = None,
         texts: Sequence[str | None] | None = None,
+        span_tokens: Sequence[int | None] | None = None,
+        prompt_lens: Sequence[int | None] | None = None,
     ):
         n_ids = len(ids)
         tokens = _as_tensor(tokens, ids)
@@ -74,7 +82,8 @@ class Watchlist:
         self.ids = ids
         self.tags = [tuple(str(t) for t in (row if not isinstance(row, str) else [row]))
                      for row in tags]
-        for name, extra in (("previews", previews), ("spans", spans), ("texts", texts)):
+        for name, extra in (("previews", previews), ("spans", spans), ("texts", texts),
+                            ("span_tokens", span_tokens), ("prompt_lens", prompt_lens)):
             if extra is not None and len(extra) != n:
                 raise ValueError(f"{len(extra)} {name} for {n} watchlist rows")
         self._previews = list(previews) if previews is not None else None
@@ -82,6 +91,8 @@ class Watchlist:
             [None if s is None else tuple(int(x) for x in s) for s in spans]
         # Raw text of each row, present only when the user asked for it (keep_text=True).
         self.texts = list(texts) if texts is not None else None
+        self.span_tokens = _counts(span_tokens, "span_tokens", ids, 1)
+        self.prompt_lens = _counts(prompt_lens, "prompt_lens", ids, 1)
 
     # ----------------------------------------------------------------------------------------
     # Sources
@@ -229,53 +240,81 @@ class Watchlist:
     @classmethod
     def scan_pii(cls, texts: Iterable[str], tokenizer, entities: Sequence[str] | None = None,
                  prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN, keep_text: bool = False,
-                 score_threshold: float = 0.35, backend: str = "auto") -> Watchlist:
+                 score_threshold: float = 0.35, backend: str = "auto",
+                 ner_model: str | os.PathLike | None = None, short_records: bool = True,
+                 eos_token_id: int | None = None) -> Watchlist:
         """One row per PII hit in `texts`, its continuation starting at the PII.
 
         The row is the tokens [t - prompt_len, t + cont_len) where token t holds the
         hit's first character, so the PII starts at the prompt boundary (just after
-        it when token t also holds preceding characters). Hits with fewer than
-        `prompt_len` tokens before them or `cont_len` after are skipped, with a
-        warning. Tag ``pii:<ENTITY>``; id ``pii:<ENTITY>#<hash of the row>``;
-        ``spans`` holds the hit's characters; previews are redacted.
+        it when token t also holds preceding characters). Each text is one document
+        of the training stream. A hit with fewer than `prompt_len` tokens before it
+        or `cont_len` after it in its text (a short record) gets the context a packed
+        stream gives it: `eos_token_id` (default: the tokenizer's), the record, then
+        `eos_token_id` again (see `memwatch.watchlist.pii_rows`); with
+        ``short_records=False`` such hits are skipped, with a warning.
+        `ner_model`: an installed spaCy pipeline's name or path, to find PERSON and
+        LOCATION too (see `memwatch.watchlist.ner`; nothing is downloaded).
+        Tag ``pii:<ENTITY>``; id ``pii:<ENTITY>#<hash of the row>``; ``spans`` holds the
+        hit's characters, ``span_tokens`` the tokens the PII covers, ``prompt_lens`` each
+        row's own prompt length; previews are redacted.
         """
         from memwatch.watchlist.pii import find_pii, redact
+        from memwatch.watchlist.pii_rows import hit_row
         from memwatch.watchlist.text import encode
 
-        M, L = prompt_len, prompt_len + cont_len
-        rows, ids, tags, spans, previews, kept = [], [], [], [], [], []
+        M = prompt_len
+        if ner_model is not None:  # a missing model fails now, not at the first text
+            from memwatch.watchlist.ner import load_ner
+
+            load_ner(os.fspath(ner_model))
+        separator = None
+        if short_records:
+            separator = getattr(tokenizer, "eos_token_id", None) if eos_token_id is None \
+                else eos_token_id
+            if separator is None:
+                raise ValueError(
+                    "scan_pii gives PII in short records the context of a document start, the "
+                    "end-of-document token, and the tokenizer has no eos_token_id: pass "
+                    "eos_token_id=<the id your training stream puts between documents>, or "
+                    "short_records=False to skip such PII")
+        rows, ids, tags, spans, previews, kept, span_tokens, prompt_lens = ([] for _ in range(8))
         skipped = 0
         seen = set()
         for t, text in enumerate(texts):
-            hits = find_pii(text, entities, score_threshold, backend)
+            hits = find_pii(text, entities, score_threshold, backend, ner_model=ner_model)
             if not hits:
                 continue
             token_ids, offsets = encode(tokenizer, text)
             for h in hits:
-                first = next((k for k, (_, e) in enumerate(offsets) if e > h.start), None)
-                if first is None or first < M or first - M + L > len(token_ids):
+                made = hit_row(token_ids, offsets, h.start, h.end, M, cont_len, separator)
+                if made is None:
                     skipped += 1
                     continue
-                row = token_ids[first - M : first - M + L]
-                row_id = f"pii:{h.entity}#{_digest(h.entity, row)}"
+                row_id = f"pii:{h.entity}#{_digest(h.entity, made.tokens)}"
                 if row_id in seen:
                     continue  # the same PII in the same context: one row
                 seen.add(row_id)
-                rows.append(row)
+                rows.append(made.tokens)
                 ids.append(row_id)
                 tags.append((f"pii:{h.entity}",))
                 spans.append((t, h.start, h.end))
                 previews.append(f"{h.entity} {redact(text[h.start:h.end], h.entity)}")
+                span_tokens.append(made.span_tokens)
+                prompt_lens.append(made.prompt_len)
                 if keep_text:
-                    kept.append(text[offsets[first - M][0] : offsets[first - M + L - 1][1]])
+                    a = max(0, made.first - made.prompt_len)
+                    b = min(len(offsets), made.first + cont_len) - 1
+                    kept.append(text[offsets[a][0]:offsets[b][1]])
         if skipped:
             warnings.warn(f"scan_pii skipped {skipped} PII hits with fewer than {M} tokens "
-                          f"before them or {cont_len} after them in their text", stacklevel=2)
+                          f"before them or {cont_len} after them in their text "
+                          "(short_records=False)", stacklevel=2)
         if not rows:
             raise ValueError(f"scan_pii found no usable PII ({skipped} hits skipped): the "
                              "watchlist would be empty")
         return cls(torch.tensor(rows, dtype=torch.long), ids, tags, previews, spans,
-                   kept if keep_text else None)
+                   kept if keep_text else None, span_tokens, prompt_lens)
 
     @classmethod
     def canaries(cls, n: int, template: str = "My secret is {secret}", tokenizer=None,
@@ -332,6 +371,13 @@ class Watchlist:
             raise ValueError(
                 f"watchlist sequence {self.ids[0]!r} has {self.tokens.shape[1]} tokens; "
                 f"prompt_len + cont_len = {need} needs at least {need}")
+        longer = next((i for i, p in enumerate(self.prompt_lens or ()) if p and p > prompt_len),
+                      None)
+        if longer is not None:  # its short-record rows would be read from the wrong positions
+            raise ValueError(
+                f"watchlist sequence {self.ids[longer]!r} has a {self.prompt_lens[longer]}-token "
+                f"prompt, longer than prompt_len={prompt_len}: the watchlist was built with "
+                f"prompt_len={max(p or 0 for p in self.prompt_lens)}; probe it with that")
         if vocab_size is None and model is not None:
             vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
         if vocab_size is not None:
@@ -366,7 +412,8 @@ class Watchlist:
         return Watchlist(
             self.tokens[torch.as_tensor(idx, dtype=torch.long)],
             [self.ids[i] for i in idx], [self.tags[i] for i in idx],
-            pick(self._previews), pick(self.spans), pick(self.texts))
+            pick(self._previews), pick(self.spans), pick(self.texts), pick(self.span_tokens),
+            pick(self.prompt_lens))
 
     def sample(self, k: int, by_tag: str | Sequence[str] | None = None, seed: int = 0) -> Watchlist:
         """Up to `k` random rows (all if fewer), kept in watchlist order; deterministic in `seed`.
@@ -423,7 +470,8 @@ class Watchlist:
                 "tags": [list(t) for t in self.tags], "previews": self._previews,
                 "spans": None if self.spans is None else
                 [None if s is None else list(s) for s in self.spans],
-                "texts": self.texts}
+                "texts": self.texts, "span_tokens": self.span_tokens,
+                "prompt_lens": self.prompt_lens}
         with open(os.path.join(path, "watchlist.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False)
         return path
@@ -466,7 +514,8 @@ class Watchlist:
                              "ids (Watchlist.save writes unsigned integers)")
         try:
             return cls(tokens, meta["ids"], meta["tags"], meta.get("previews"),
-                       meta.get("spans"), meta.get("texts"))
+                       meta.get("spans"), meta.get("texts"), meta.get("span_tokens"),
+                       meta.get("prompt_lens"))
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
 
@@ -509,7 +558,9 @@ def _check_meta(meta: dict, where: str) -> None:
     for field, ok in (("previews", lambda v: v is None or isinstance(v, str)),
                       ("texts", lambda v: v is None or isinstance(v, str)),
                       ("spans", lambda v: v is None or (isinstance(v, list) and len(v) == 3 and
-                                                        all(type(x) is int for x in v)))):
+                                                        all(type(x) is int for x in v))),
+                      ("span_tokens", lambda v: v is None or type(v) is int),
+                      ("prompt_lens", lambda v: v is None or type(v) is int)):
         values = meta.get(field)
         if values is None:
             continue
@@ -517,8 +568,23 @@ def _check_meta(meta: dict, where: str) -> None:
             fail(field, f"must be null or a list of {n} entries (one per id)")
         bad = next((i for i, v in enumerate(values) if not ok(v)), None)
         if bad is not None:
-            shape = "[text, start, end] integers" if field == "spans" else "a string"
+            shape = {"spans": "[text, start, end] integers", "span_tokens": "an integer",
+                     "prompt_lens": "an integer"}.get(field, "a string")
             fail(field, f"entry {bad} is {values[bad]!r}, not null or {shape}")
+
+
+def _counts(values, name: str, ids: Sequence[str], low: int) -> list[int | None] | None:
+    """`values` as a list of ints >= `low` or None; an error names the first bad row."""
+    if values is None:
+        return None
+    out = []
+    for i, v in enumerate(values):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                              or v < low):
+            raise ValueError(f"watchlist sequence {ids[i]!r} has {name} {v!r}; give an integer "
+                             f">= {low} or None")
+        out.append(None if v is None else int(v))
+    return out
 
 
 def _digest(entity: str, row: Sequence[int]) -> str:
@@ -544,4 +610,5 @@ def _concat(parts: Sequence[Watchlist]) -> Watchlist:
         torch.cat([p.tokens[:, :width] for p in parts]),
         [i for p in parts for i in p.ids], [t for p in parts for t in p.tags],
         merged("_previews", lambda p, i: p.redacted_preview(i)),
-        merged("spans", lambda p, i: None), merged("texts", lambda p, i: None))
+        merged("spans", lambda p, i: None), merged("texts", lambda p, i: None),
+        merged("span_tokens", lambda p, i: None), merged("prompt_lens", lambda p, i: None))

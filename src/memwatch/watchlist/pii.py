@@ -15,6 +15,7 @@ code and prose with planted PII and near-misses.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Iterable
@@ -49,13 +50,15 @@ class PiiHit:
 
 
 def find_pii(text: str, entities: Iterable[str] | None = None, score_threshold: float = 0.35,
-             backend: str = "auto") -> list[PiiHit]:
+             backend: str = "auto", ner_model: str | os.PathLike | None = None) -> list[PiiHit]:
     """Non-overlapping PII hits in `text`, sorted by start.
 
     Overlapping hits are resolved by keeping the higher score, then the longer
-    span (Presidio's URL recognizer also fires on parts of emails).
+    span (Presidio's URL recognizer also fires on parts of emails). `ner_model`: an
+    installed spaCy pipeline (name or path) that also finds PERSON and LOCATION
+    (`memwatch.watchlist.ner`); without it those entities cannot be asked for.
     """
-    entities = _check_entities(entities)
+    entities, names = _check_entities(entities, ner_model)
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
@@ -64,7 +67,12 @@ def find_pii(text: str, entities: Iterable[str] | None = None, score_threshold: 
             warnings.warn("presidio-analyzer is not installed: PII is found with memwatch's "
                           "built-in regexes; install memwatch[pii] for Presidio's recognizers",
                           stacklevel=2)
-    hits = (_presidio_hits if backend == "presidio" else _regex_hits)(text, entities)
+    hits = (_presidio_hits if backend == "presidio" else _regex_hits)(text, entities) \
+        if entities else []
+    if names:
+        from memwatch.watchlist.ner import ner_hits
+
+        hits += ner_hits(text, ner_model, names)
     return dedupe([h for h in hits if h.score >= score_threshold and plausible(h, text)])
 
 
@@ -135,15 +143,23 @@ def redact(span: str, entity: str = "") -> str:
     return "***"
 
 
-def _check_entities(entities) -> tuple[str, ...]:
+def _check_entities(entities, ner_model=None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(pattern entities, NER entities) to look for; NER ones only with a `ner_model`."""
+    from memwatch.watchlist.ner import NER_ENTITIES
+
     if entities is None:
-        return DEFAULT_ENTITIES
+        return DEFAULT_ENTITIES, NER_ENTITIES if ner_model is not None else ()
     entities = (entities,) if isinstance(entities, str) else tuple(entities)
-    unknown = [e for e in entities if e not in ENTITIES]
+    unknown = [e for e in entities if e not in ENTITIES + NER_ENTITIES]
     if unknown or not entities:
         raise ValueError(f"unknown PII entities {unknown or '(none given)'}; choose from "
-                         f"{ENTITIES}")
-    return entities
+                         f"{ENTITIES + NER_ENTITIES}")
+    names = tuple(e for e in entities if e in NER_ENTITIES)
+    if names and ner_model is None:
+        raise ValueError(f"{names} are found by a spaCy NER model: pass ner_model= (an "
+                         "installed pipeline such as 'en_core_web_lg', or a saved pipeline's "
+                         "path; memwatch downloads nothing)")
+    return tuple(e for e in entities if e in ENTITIES), names
 
 
 # --------------------------------------------------------------------------------------------
