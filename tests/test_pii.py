@@ -168,7 +168,8 @@ def test_short_records_get_a_document_start_row(tiny_tokenizer, tmp_path):
         assert email not in tiny_tokenizer.decode(wl.tokens[i, M:M + k - 1].tolist())
     back = Watchlist.load(wl.save(tmp_path / "wl"))
     assert back.prompt_lens == wl.prompt_lens and back.span_tokens == wl.span_tokens
-    assert (wl + wl.select([0])).prompt_lens == wl.prompt_lens + wl.prompt_lens[:1]
+    other = Watchlist.from_tokens(wl.tokens[:1], ids=["plain"])
+    assert (wl.select([0]) + other).prompt_lens == wl.prompt_lens[:1] + [None]
 
 
 class _NoEos:
