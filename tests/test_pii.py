@@ -190,3 +190,51 @@ def test_short_records_need_a_document_separator(tiny_tokenizer):
         Watchlist.scan_pii([text], _NoEos(tiny_tokenizer), backend="regex")
     wl = Watchlist.scan_pii([text], _NoEos(tiny_tokenizer), backend="regex", eos_token_id=7)
     assert wl.tokens[0, 32 - wl.prompt_lens[0]] == 7
+
+
+def _varied_corpus(n=24, seed=0):
+    """Texts mixing code, prose, planted PII, near-misses, context words and odd characters."""
+    rng = random.Random(seed)
+    lines = list(PLANTED.values()) + NEAR_MISSES + [
+        "The build server is at 203.0.113.77 behind the VPN.",
+        "call me on +49 30 1234 5678 or 212.555.0199; fax +1-212-555-0123",
+        "numbers 1 2 3 4 5 6 7 and 12, 34, 56 and 1-800-555-0100 ext. 12",
+        "ipv6 fe80:ab:cd::ef and ab:cd:ef:12:34:56:78:9a, slice x[1:2:3]",
+        "IBAN GB82 WEST 1234 5698 7654 32 and NL91ABNA0417164300 in the form",
+        "phone ٠١٢٣٤٥٦٧٨٩ (Arabic-Indic digits) and ０３-１２３４-５６７８", "mail: a@b", "@@ @x.y",
+        "key ghp_" + "a1" * 20 + " and hf_" + "Zz9" * 12 + " and AKIAABCDEFGHIJKLMNOP",
+        "  url http://x.org/a?b=1, www.acme-corp.com/path and ftp://files.mybank.co.uk",
+        "def f(x):\n    return x[::2] + {'a': 1}['a'] * 3.14159", "version: 10.1.2.3; build 7",
+        "crlf line 10.0.0.1\r", "tab\t536-22-8014\tend", "ssn 536 22 8014 and 536.22.8014",
+    ]
+    texts = []
+    for _ in range(n):
+        body = [rng.choice(lines) if rng.random() < 0.4 else _filler(rng, rng.randrange(3, 15))
+                for _ in range(rng.randrange(1, 30))]
+        texts.append(rng.choice(["\n", " ", "\n\n"]).join(body))
+    return texts + ["", "\n", "no newline at all 10.42.7.201", "a@gmail.com"]
+
+
+@pytest.mark.parametrize("backend", ["presidio", "regex"])
+def test_prefilter_gives_the_hits_of_the_whole_text(backend):
+    texts = _varied_corpus(24 if backend == "regex" else 8)
+    for text in texts:
+        whole = find_pii(text, backend=backend, prefilter=False)
+        assert find_pii(text, backend=backend) == whole, text
+    assert sum(len(find_pii(t, backend=backend)) for t in texts) > 20  # the corpus has PII
+
+
+def test_prefilter_reads_only_candidate_lines():
+    text = "plain words\nmail maria.lopez@outlook.com now\nmore words\n" \
+           "x = f(1)\ncall 212 555 0199\n"
+    lines = [text[s:e] for s, e in pii.candidate_lines(text)]
+    assert lines == ["mail maria.lopez@outlook.com now", "call 212 555 0199"]
+
+
+@pytest.mark.parametrize("backend", ["presidio", "regex"])
+def test_a_build_server_address_is_an_address(backend):
+    text = "The build server is at 203.0.113.77 behind the VPN."
+    assert [(h.entity, text[h.start:h.end]) for h in find_pii(text, backend=backend)] == \
+        [("IP_ADDRESS", "203.0.113.77")]
+    for miss in ("build 10.0.0.12 is out", "version: 1.2.3.4", "Release no. 4.3.2.1 ships"):
+        assert find_pii(miss, ["IP_ADDRESS"], backend=backend) == [], miss

@@ -6,6 +6,7 @@ lightning, wandb, presidio) are imported when first used.
 
 from importlib import import_module
 
+from memwatch.audit import Audit, audit
 from memwatch.forecast import Forecast, forecast
 from memwatch.probe import ProbeResult, probe, reference_probe
 
@@ -13,7 +14,7 @@ __version__ = "0.1.0"
 
 # Public names whose module differs from the name, imported on first use so that
 # `import memwatch` stays light. (`probe` and `forecast` share their module's name
-# and are imported eagerly, or the submodule would shadow the function.)
+# and are imported eagerly, or the submodule would shadow the function; so is `audit`.)
 _LAZY = {
     "Watchlist": "memwatch.watchlist",
     "insert_canaries": "memwatch.watchlist.planting",
@@ -32,7 +33,8 @@ _LAZY = {
     "WandbSink": "memwatch.sinks",
 }
 
-__all__ = ["ProbeResult", "probe", "reference_probe", "Forecast", "forecast", "__version__", *_LAZY]
+__all__ = ["ProbeResult", "probe", "reference_probe", "Forecast", "forecast", "Audit", "audit",
+           "__version__", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
 ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IP_ADDRESS", "IBAN_CODE",
             "US_SSN", "URL", "API_KEY")
 # Every entity reaches precision and recall >= 0.95 on benchmarks/bench_pii.py (both backends).
@@ -50,13 +52,17 @@ class PiiHit:
 
 
 def find_pii(text: str, entities: Iterable[str] | None = None, score_threshold: float = 0.35,
-             backend: str = "auto", ner_model: str | os.PathLike | None = None) -> list[PiiHit]:
+             backend: str = "auto", prefilter: bool = True,
+             ner_model: str | os.PathLike | None = None) -> list[PiiHit]:
     """Non-overlapping PII hits in `text`, sorted by start.
 
     Overlapping hits are resolved by keeping the higher score, then the longer
-    span (Presidio's URL recognizer also fires on parts of emails). `ner_model`: an
-    installed spaCy pipeline (name or path) that also finds PERSON and LOCATION
-    (`memwatch.watchlist.ner`); without it those entities cannot be asked for.
+    span (Presidio's URL recognizer also fires on parts of emails). With
+    `prefilter` (the default) the pattern recognizers only see the lines that hold
+    a trigger (see `candidate_lines`); the hits are the same as without it.
+    `ner_model`: an installed spaCy pipeline (name or path) that also finds PERSON
+    and LOCATION in the whole text (`memwatch.watchlist.ner`); without it those
+    entities cannot be asked for.
     """
     entities, names = _check_entities(entities, ner_model)
     if backend not in BACKENDS:
@@ -67,12 +73,15 @@ def find_pii(text: str, entities: Iterable[str] | None = None, score_threshold: 
             warnings.warn("presidio-analyzer is not installed: PII is found with memwatch's "
                           "built-in regexes; install memwatch[pii] for Presidio's recognizers",
                           stacklevel=2)
-    hits = (_presidio_hits if backend == "presidio" else _regex_hits)(text, entities) \
-        if entities else []
-    if names:
+    recognize = _presidio_hits if backend == "presidio" else _regex_hits
+    hits = []
+    if entities:
+        hits = _prefiltered(recognize, text, entities, backend) if prefilter else \
+            recognize(text, entities)
+    if names:  # a statistical model needs the whole text around a name
         from memwatch.watchlist.ner import ner_hits
 
-        hits += ner_hits(text, ner_model, names)
+        hits = [*hits, *ner_hits(text, ner_model, names)]
     return dedupe([h for h in hits if h.score >= score_threshold and plausible(h, text)])
 
 
@@ -97,7 +106,12 @@ def _phone_ok(span: str) -> bool:
     return span.lstrip().startswith(("+", "(")) or len(re.split(r"\D+", span.rstrip())[-1]) >= 4
 
 
-_NOT_AN_ADDRESS = re.compile(r"(?i)\b(?:version|release|build|sections?|chapter|§)\b[^\n]{0,16}$")
+# A version, build or section number: the keyword, then only numbers, punctuation and a few
+# linking words up to the address ("version 1.2.3.4", "sections 8.2.4.44 and 12.1.3.9", "build
+# no. 10.0.0.1"). Any other word in between ("The build server is at 203.0.113.77") makes the
+# keyword about something else, and the address stands.
+_NOT_AN_ADDRESS = re.compile(r"(?i)\b(?:version|release|build|sections?|chapter|§)\b"
+                             r"(?:[^\w\n]|\d|\b(?:and|or|to|no|nr|number|v)\b){0,16}$")
 
 
 def _ip_ok(text: str, start: int, end: int) -> bool:
@@ -285,3 +299,112 @@ def _regex_hits(text: str, entities: tuple[str, ...]) -> list[PiiHit]:
             if check is None or check(m.group()):
                 hits.append(PiiHit(entity, m.start(), m.end(), _SCORES.get(entity, 1.0)))
     return hits
+
+
+# --------------------------------------------------------------------------------------------
+# Prefilter: the recognizers only see the lines that hold a trigger.
+# --------------------------------------------------------------------------------------------
+#
+# Why the hits are exactly those of the whole text: no recognizer's match crosses a newline
+# (their separators are spaces, dots and dashes), every match holds one of the triggers below,
+# and every check that reads context (`plausible`, the regexes' look-behinds, phonenumbers'
+# neighbour test) reads only the match's own line, which starts after a newline (or the
+# text's start) in both texts. tests/test_pii.py compares both on a varied corpus.
+
+# Literal triggers: email, URL schemes, vendor key prefixes.
+_LITERALS = (b"@", b"://", b"www.", b"sk-", b"AKIA", b"ghp_", b"gho_", b"ghu_", b"ghs_", b"ghr_",
+             b"xox", b"AIza", b"hf_")
+_HEX_PAIR = re.compile(rb":[0-9A-Fa-f]{1,4}:")  # an IPv6 address with >= 3 groups holds one
+_PRESIDIO_CHUNK_CHARS = 2000
+_MAX_GAP = 4  # phonenumbers allows up to 4 punctuation characters between digit groups
+
+
+@lru_cache(maxsize=1)
+def _unicode_digits() -> np.ndarray:
+    """bool [0x110000]: the code points `\\d` matches (phone numbers may use any of them)."""
+    table = np.zeros(0x110000, dtype=bool)
+    every = "".join(map(chr, range(0x110000)))
+    table[[ord(c) for c in re.findall(r"\d", every)]] = True
+    return table
+
+
+def candidate_lines(text: str) -> list[tuple[int, int]]:
+    """Character ranges [start, end) of the lines of `text` that may hold PII, in order.
+
+    A line is a candidate when it holds an ``@``, ``://``, ``www.``, a vendor key
+    prefix (``sk-``, ``AKIA``, ``ghp_`` …), ``+`` before a digit, two capitals
+    before two digits (IBAN), ``:`` hex ``:`` (IPv6), or a digit run: four digits,
+    each at most four characters from the next. Adjacent candidate lines are merged.
+    """
+    if not text:
+        return []
+    data = text.encode("ascii", "replace")  # one byte per character: positions are kept
+    b = np.frombuffer(data, dtype=np.uint8)
+    digit = (b - 48) < 10
+    if not text.isascii():
+        code = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        digit |= _unicode_digits()[code]
+    newlines = np.flatnonzero(b == 10)
+    found = [np.flatnonzero(b == 64)]
+    for lit in _LITERALS[1:]:
+        k = data.find(lit)
+        while k >= 0:
+            found.append(np.array([k]))
+            k = data.find(b"\n", k)
+            k = -1 if k < 0 else data.find(lit, k)
+    plus = np.flatnonzero(b[:-1] == 43)
+    found.append(plus[digit[plus + 1]])
+    colons = np.flatnonzero(b == 58)
+    pairs = colons[:-1][(np.diff(colons) >= 2) & (np.diff(colons) <= 5)]
+    found.append(np.array([k for k in pairs if _HEX_PAIR.match(data, k)], dtype=np.int64))
+    pos = np.flatnonzero(digit)
+    if len(pos) >= 2:
+        line = np.searchsorted(newlines, pos)
+        close = (np.diff(pos) <= _MAX_GAP + 1) & (line[1:] == line[:-1])
+        if len(close) >= 3:
+            found.append(pos[:-3][close[:-2] & close[1:-1] & close[2:]])
+        runs = pos[:-1][np.diff(pos) == 1]  # a digit followed by a digit
+        runs = runs[runs >= 2]
+        upper = (b - 65) < 26
+        found.append(runs[upper[runs - 1] & upper[runs - 2]])
+    hits = np.concatenate(found)
+    if not len(hits):
+        return []
+    lines = np.unique(np.searchsorted(newlines, hits))
+    bounds = np.concatenate([[-1], newlines, [len(text)]])
+    starts, ends = bounds[lines] + 1, bounds[lines + 1]
+    merged: list[tuple[int, int]] = []
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        if merged and s == merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], e)
+        else:
+            merged.append((s, e))
+    return merged
+
+
+def _prefiltered(recognize, text: str, entities: tuple[str, ...],
+                 backend: str) -> list[PiiHit]:
+    """`recognize(text, entities)`, run on the candidate lines only, in `text`'s coordinates.
+
+    The lines are joined by newlines; for Presidio in groups of about 2000
+    characters, since its context step walks every token of its text for every hit.
+    """
+    chunk_chars = _PRESIDIO_CHUNK_CHARS if backend == "presidio" else None
+    pieces = candidate_lines(text)
+    groups: list[list[tuple[int, int]]] = []
+    size = 0
+    for s, e in pieces:
+        if not groups or (chunk_chars is not None and size >= chunk_chars):
+            groups.append([])
+            size = 0
+        groups[-1].append((s, e))
+        size += e - s + 1
+    out = []
+    for group in groups:
+        reduced = "\n".join(text[s:e] for s, e in group)
+        offsets = np.cumsum([0] + [e - s + 1 for s, e in group[:-1]])
+        for h in recognize(reduced, entities):
+            k = int(np.searchsorted(offsets, h.start, side="right")) - 1
+            shift = group[k][0] - int(offsets[k])
+            out.append(PiiHit(h.entity, h.start + shift, h.end + shift, h.score))
+    return out
