@@ -10,13 +10,13 @@ spaCy labels map to memwatch entities: ``PERSON``/``PER`` -> ``PERSON``;
 ``GPE``/``LOC``/``FAC`` -> ``LOCATION`` (OntoNotes models such as ``en_core_web_*``
 use the first of each, WikiNER ones the second).
 
-What NER misses (say so to users, `docs/faq.md`): names it was not trained on
+What NER misses (`docs/pii.md` tells users): names it was not trained on
 (rare, non-English or transliterated names, lowercase names, usernames and
 handles such as ``@jdoe``), names in code, tables, CSV rows and other text unlike
 its training prose, and single first names without context. Its precision on code
-is low (identifiers look like names); its recall depends on the model
-(``en_core_web_lg`` reports about 0.85 F1 on OntoNotes entities). It is also
-slow: 10-100x the pattern recognizers per character.
+is low (identifiers look like names); its recall depends on the model (its model
+card lists NER scores on news-like text). It is also the slow part of a scan: a
+network over every character, where the pattern recognizers see only candidate lines.
 """
 
 from __future__ import annotations
