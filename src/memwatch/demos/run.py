@@ -72,7 +72,9 @@ def build_data(cfg: DemoConfig) -> DemoData:
     can_reps = [r for r in CANARY_REPEATS for _ in range(cfg.canaries_per_level)]
     canaries = Watchlist.canaries(len(can_reps), tokenizer=tokenizer, seed=cfg.seed)
 
-    pii = Watchlist.scan_pii(records, tokenizer)
+    # The records enter training cut to start at a prompt, with no document separator: a
+    # hit without room around it has no row here (see short_records).
+    pii = Watchlist.scan_pii(records, tokenizer, short_records=False)
     # Each record enters training as a row that starts at its first PII row's prompt, as a
     # Pythia training sequence starts at the prompt its evaluation used; the record's other
     # PII rows sit further in, where memorization comes later.
