@@ -22,6 +22,7 @@ network over every character, where the pattern recognizers see only candidate l
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 
 from memwatch.watchlist.pii import PiiHit
@@ -62,16 +63,25 @@ def load_ner(ner_model: str) -> object:
 
 def ner_hits(text: str, ner_model: str | os.PathLike, entities=NER_ENTITIES) -> list[PiiHit]:
     """The `entities` (of `NER_ENTITIES`) that `ner_model`'s NER finds in `text`, by start."""
+    return ner_hits_many([text], ner_model, entities)[0]
+
+
+def ner_hits_many(texts: Sequence[str], ner_model: str | os.PathLike,
+                  entities=NER_ENTITIES) -> list[list[PiiHit]]:
+    """`ner_hits` of each text, run through spaCy's ``nlp.pipe`` (batched), text by text."""
     nlp = load_ner(os.fspath(ner_model))
     wanted = set(entities)
-    hits = []
-    for start, part in _parts(text, nlp.max_length):
-        for ent in nlp(part).ents:
+    pieces = [(k, start, part) for k, text in enumerate(texts)
+              for start, part in _parts(text, nlp.max_length)]
+    out: list[list[PiiHit]] = [[] for _ in texts]
+    docs = nlp.pipe(part for _, _, part in pieces)
+    for (k, start, _), doc in zip(pieces, docs, strict=True):
+        for ent in doc.ents:
             entity = LABELS.get(ent.label_)
             if entity in wanted:
-                hits.append(PiiHit(entity, start + ent.start_char, start + ent.end_char,
-                                   NER_SCORE))
-    return hits
+                out[k].append(PiiHit(entity, start + ent.start_char, start + ent.end_char,
+                                     NER_SCORE))
+    return out
 
 
 def _parts(text: str, limit: int):
