@@ -59,3 +59,32 @@ def test_exposure_of_a_memorized_canary_far_above_an_unseen_one(trained):
     assert max(exp[2:]) < 4.5
     with pytest.raises(ValueError, match="other than the canary"):
         exposure(trained.model, row, row[None])
+
+
+def test_audit_canaries_are_in_or_out_with_probability_one_half(tiny_tokenizer):
+    wl = Watchlist.canaries(400, vocab_size=512, seed=3, audit=True)
+    rows_in, rows_out = wl.tag_mask("canary:in"), wl.tag_mask("canary:out")
+    assert (rows_in ^ rows_out).all() and wl.tag_mask("canary").all()
+    assert 160 < rows_in.sum() < 240  # Binomial(400, 1/2): 200 +- 4 sd
+    assert wl.tags[0] in {("canary", "canary:in"), ("canary", "canary:out")}
+    # membership comes from its own stream: the same rows as without audit, and repeatable
+    assert torch.equal(wl.tokens, Watchlist.canaries(400, vocab_size=512, seed=3).tokens)
+    assert Watchlist.canaries(400, vocab_size=512, seed=3, audit=True).tags == wl.tags
+    assert Watchlist.canaries(400, vocab_size=512, seed=4, audit=True).tags != wl.tags
+    text = Watchlist.canaries(4, tokenizer=tiny_tokenizer, seed=1, audit=True)
+    assert text.texts is not None and all(len(t) == 2 for t in text.tags)
+
+
+def test_new_token_canaries_draw_secrets_from_the_pool(tiny_tokenizer):
+    pool = [500, 501, 502, 503]
+    wl = Watchlist.canaries(5, vocab_size=512, seed=0, design="new_tokens", token_pool=pool)
+    assert wl.tokens.shape == (5, 64) and set(wl.tokens[:, 32:].unique().tolist()) <= set(pool)
+    assert (wl.tokens[:, :32] < 512).all() and wl.texts is None
+    text = Watchlist.canaries(3, tokenizer=tiny_tokenizer, design="new_tokens", token_pool=pool)
+    head = tiny_tokenizer.decode(text.tokens[0, :32].tolist())
+    assert head.rstrip().endswith("My secret is") and set(text.tokens[:, 32:].flatten().tolist()) \
+        <= set(pool)
+    with pytest.raises(ValueError, match="needs token_pool"):
+        make_canaries(2, vocab_size=512, design="new_tokens")
+    with pytest.raises(ValueError, match="canary design"):
+        make_canaries(2, vocab_size=512, design="bigram")

@@ -14,7 +14,7 @@ from memwatch.history import History
 
 # Small enough for seconds; canaries and PII seen 16-32 times an epoch are memorized by ~step 70.
 TINY = DemoConfig(steps=120, corpus_chars=20_000, vocab_size=512, records_per_level=1,
-                  canaries_per_level=1, sample_rows=8, max_overhead=0.5)
+                  audit_canaries=12, sample_rows=8, max_overhead=0.5)
 
 
 def _history(memorized_by_probe, tags):
@@ -53,6 +53,8 @@ def test_data_plants_every_pii_row_and_canary_as_often_as_promised():
         occurs = int((windows == wl.tokens[i, :64]).all(dim=2).any(dim=1).sum())
         if data.repeats[row_id]:  # planted: in exactly that many training rows
             assert occurs == data.repeats[row_id], row_id
+        elif "canary:out" in wl.tags[i]:  # the audit's held-out canaries: never trained on
+            assert occurs == 0, row_id
         else:  # sampled background rows are training rows themselves
             assert occurs >= 1, row_id
 
@@ -66,7 +68,7 @@ def test_demo_runs_and_writes_its_report(tmp_path, monkeypatch, abort):
     report = run_demo(cfg)
     text = report.read_text()
     assert "memwatch demo report" in text
-    # canaries seen 32x per epoch are memorized within the run: --abort stops it there
+    # PII seen 32x per epoch is memorized within the run: --abort stops it there
     assert ("stopped early by the abort policy" in text) == abort
     assert "Memorized at step" in text or "Nothing on the watchlist was memorized" in text
     for png in ("memorization_over_time.png", "forecast_vs_actual.png",

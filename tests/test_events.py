@@ -54,3 +54,20 @@ def test_row_reports_name_rows_by_id_tags_and_preview():
     reports = row_reports(h, newly_memorized(h), lambda i: f"<row {i}>")
     assert reports == (RowReport("r1", ("canary",), 20, 1.0, 4, "<row 1>"),
                        RowReport("r3", (), 20, 1.0, 4, "<row 3>"))
+
+
+def test_probe_metrics_carry_the_audit_with_audit_canaries_and_log_pz():
+    import numpy as np
+
+    from memwatch.probe import ProbeResult
+
+    inside = np.arange(40) % 2 == 0
+    h = History([f"c{i}" for i in range(40)],
+                [("canary", "canary:in" if x else "canary:out") for x in inside], cont_len=4)
+    zero = torch.zeros(40, dtype=torch.int16)
+    h.update(1, ProbeResult(zero.float(), zero == 4, zero, mode="extractable"), "extractable")
+    assert not any(k.startswith("audit/") for k in probe_metrics(h, []))  # no NLL: no audit
+    nll = torch.tensor(np.where(inside, 1.0, 3.0) + np.arange(40) * 1e-3, dtype=torch.float32)
+    h.update(2, ProbeResult(zero.float(), zero == 4, zero, nll=nll, mode="exact"), "exact")
+    m = probe_metrics(h, [])
+    assert m["audit/auroc"] == 1.0 and m["audit/tpr@1%fpr"] == 1.0 and m["audit/epsilon_lb"] > 0

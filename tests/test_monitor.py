@@ -516,3 +516,14 @@ def test_nan_weights_warn_instead_of_reporting_nothing_memorized():
     with pytest.warns(RuntimeWarning, match="logits are NaN at step 1 for 16 of 16 rows"):
         mon.step(model, 1)
     assert mon.history.memorized[-1].sum() == 0
+
+
+def test_an_epsilon_budget_without_audit_canaries_or_nll_is_refused():
+    audited = Watchlist.canaries(8, vocab_size=512, seed=0, audit=True)
+    with pytest.raises(ValueError, match="needs audit canaries"):
+        monitor(abort=AbortPolicy(max_epsilon=1.0))
+    with pytest.raises(ValueError, match="can never act.*with_nll=True"):
+        MemWatch(audited, abort=AbortPolicy(max_epsilon=1.0))
+    with pytest.warns(RuntimeWarning, match="no audit/\\* metrics"):
+        MemWatch(audited)
+    MemWatch(audited, abort=AbortPolicy(max_epsilon=1.0), with_nll=True)

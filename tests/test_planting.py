@@ -57,3 +57,18 @@ def test_insertion_frequencies_exact_in_texts(tiny_tokenizer):
     assert len(out) == 49 and [out["text"].count(t) for t in canaries.texts] == [3, 3, 3]
     with pytest.raises(ValueError, match="needs canaries with their text"):
         insert_canaries(docs, Watchlist.canaries(1, vocab_size=50))
+
+
+def test_audit_canaries_plant_only_the_in_half():
+    stream = planted_corpus([1] * 20, seq_len=80, seed=0).stream(0)
+    canaries = Watchlist.canaries(12, vocab_size=512, seed=1, audit=True)
+    inside = canaries.tag_mask("canary:in")
+    ins = insert_canaries(stream, canaries, repeats=[1, 4, 16], seed=0)
+    got = _count_rows(ins.data, canaries.tokens)
+    want = [[1, 4, 16][j % 3] for j in range(int(inside.sum()))]
+    assert [g for g, i in zip(got, inside, strict=True) if i] == want
+    assert all(g == 0 for g, i in zip(got, inside, strict=True) if not i)
+    assert ins.watchlist.tag_mask("canary:x0").tolist() == (~inside).tolist()
+    assert ins.watchlist.tag_mask("canary:out").tolist() == (~inside).tolist()
+    with pytest.raises(ValueError, match="planted at least once"):
+        insert_canaries(stream, canaries, repeats=[1, 0])

@@ -119,3 +119,34 @@ def test_rejects_bad_config(kwargs, match):
 
 def test_single_tag_string_is_one_pattern():
     assert AbortPolicy(tags="canary").tags == ("canary",)
+
+
+def _audit_history(separation: float, probes: int = 2) -> History:
+    """64 audit canaries (half in), scored by NLL: the in half `separation` nats lower."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    inside = rng.random(64) < 0.5
+    h = History([f"c{i}" for i in range(64)],
+                [("canary", "canary:in" if x else "canary:out") for x in inside], cont_len=N)
+    for _ in range(probes):
+        nll = torch.tensor(rng.normal(5, 0.3, 64) - separation * inside, dtype=torch.float32)
+        prefix = torch.zeros(64, dtype=torch.int16)
+        h.update(10 * (len(h) + 1), ProbeResult(prefix.float(), prefix == N, prefix, nll=nll,
+                                                 mode="exact"), "exact")
+    return h
+
+
+def test_max_epsilon_aborts_when_the_audit_passes_the_budget():
+    from memwatch.audit import audit_metrics
+
+    separated = _audit_history(separation=3.0)
+    eps = audit_metrics(separated)["audit/epsilon_lb"]
+    assert eps > 0.5
+    v = evaluate(AbortPolicy(tags=(), max_epsilon=eps - 0.1), separated)
+    assert v.abort and "rule max_epsilon" in v.reason
+    assert [a.kind for a in v.alerts] == ["epsilon", "abort"]
+    assert not evaluate(AbortPolicy(tags=(), max_epsilon=eps + 0.1), separated).abort
+    assert not evaluate(AbortPolicy(tags=(), max_epsilon=0.0), _audit_history(0.0)).abort
+    with pytest.raises(ValueError, match="privacy budget"):
+        AbortPolicy(max_epsilon=-1)

@@ -48,10 +48,11 @@ from statistics import NormalDist
 
 import numpy as np
 
+from memwatch.watchlist.tags import CANARY_IN, CANARY_OUT
+
 DELTA = 1e-5
 SIGNIFICANCE = 0.05
 FPRS = (0.001, 0.01)
-IN_TAG, OUT_TAG = "canary:in", "canary:out"
 _TOL = 1e-6  # ε is found to this absolute precision
 
 
@@ -166,8 +167,8 @@ def log_pz(history) -> np.ndarray:
 def audit_rows(tags: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
     """(in, out): bool masks of the rows tagged ``canary:in`` and ``canary:out``."""
     tagged = [set(t) for t in tags]
-    return (np.array([IN_TAG in t for t in tagged], dtype=bool),
-            np.array([OUT_TAG in t for t in tagged], dtype=bool))
+    return (np.array([CANARY_IN in t for t in tagged], dtype=bool),
+            np.array([CANARY_OUT in t for t in tagged], dtype=bool))
 
 
 def history_audit(history, probe: int = -1, **kwargs) -> Audit | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from memwatch.audit import audit_metrics
 from memwatch.watchlist.tags import ALL_ROWS
 
 
@@ -31,7 +32,8 @@ class RowReport:
 class Alert:
     """Something a person should look at; `text` never holds raw watchlist text."""
 
-    # "memorized" | "leaked" | "fraction" | "forecast" | "mask" | "abort" | "probe_failed"
+    # "memorized" | "leaked" | "fraction" | "forecast" | "epsilon" | "mask" | "abort" |
+    # "probe_failed"
     kind: str
     level: str  # "INFO" | "WARN" | "ERROR" (wandb.AlertLevel names)
     title: str
@@ -48,7 +50,8 @@ class ProbeRecord:
     ``memorized_fraction``, ``memorized_fraction/pii:EMAIL_ADDRESS``,
     ``leaked_count/pii:EMAIL_ADDRESS`` (rows whose PII came out verbatim),
     ``mean_score``, ``mean_match_prefix``, ``probe_seconds``, ``overhead``,
-    ``forecast/expected_final_memorized``; sinks prefix them (``memwatch/``).
+    ``forecast/expected_final_memorized``, ``audit/epsilon_lb``; sinks prefix them
+    (``memwatch/``).
     """
 
     step: int
@@ -110,6 +113,7 @@ def probe_metrics(history, tags: Sequence[str], forecast=None, *,
         if has_span[rows].any():  # a tag of PII rows (one per entity): leaked beside memorized
             metrics[f"leaked_count/{tag}"] = float(leaked[rows].sum())
             metrics[f"leaked_fraction/{tag}"] = float(leaked[rows].mean())
+    metrics.update(audit_metrics(history))  # audit/*: only with audit canaries and log p_z
     overall = None if forecast is None else forecast.tags.get(ALL_ROWS)
     if overall is not None:
         for name in ("expected_final_memorized", "recall_now", "precision_now"):

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from memwatch import distributed
+from memwatch.audit import audit_rows
 from memwatch.events import (
     Alert,
     Decision,
@@ -142,6 +143,7 @@ class MemWatch:
         if not isinstance(abort, AbortPolicy):
             raise TypeError(f"abort must be an AbortPolicy; got {type(abort).__name__}")
         watchlist.validate(spec.prompt_len, spec.cont_len)
+        _check_audit(watchlist, abort, spec)
         self.watchlist = watchlist
         self.spec = spec
         self.schedule = Schedule(total_steps, every_n_steps, max_overhead)
@@ -471,6 +473,24 @@ class MemWatch:
 
 def _is_count(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+def _check_audit(watchlist, policy: AbortPolicy, spec: ProbeSpec) -> None:
+    """Refuse an ε budget that can never act; warn when audit canaries will not be audited."""
+    rows_in, rows_out = audit_rows(watchlist.tags)
+    has_audit = bool(rows_in.any() and rows_out.any())
+    if policy.max_epsilon is not None and not has_audit:
+        raise ValueError("AbortPolicy(max_epsilon=...) needs audit canaries on the watchlist "
+                         "(rows tagged canary:in and canary:out): add "
+                         "Watchlist.canaries(n, audit=True) and plant the canary:in rows")
+    if has_audit and not spec.with_nll:
+        message = ("the privacy audit scores the canary:in / canary:out rows by log p_z, "
+                   "which the probe measures only with with_nll=True: pass "
+                   "MemWatch(..., with_nll=True)")
+        if policy.max_epsilon is not None:
+            raise ValueError(f"AbortPolicy(max_epsilon=...) can never act: {message}")
+        warnings.warn(f"memwatch: no audit/* metrics in this run: {message}", RuntimeWarning,
+                      stacklevel=3)
 
 
 def _check_compute(fn, name: str = "compute") -> None:

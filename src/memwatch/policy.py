@@ -1,9 +1,10 @@
 """When to alert, mask and stop: `AbortPolicy` (config) and `evaluate` (a pure function).
 
-Three triggers, checked at every probe: a row with a watched tag is memorized (or,
+Four triggers, checked at every probe: a row with a watched tag is memorized (or,
 for PII rows, leaked: the PII's own tokens reproduced verbatim);
 the memorized fraction of a tag pattern passes a threshold; the forecast of
-the final memorized count passes a budget. Each alert is sent once per run
+the final memorized count passes a budget; the one-run ε lower bound of the audit
+canaries passes a privacy budget (`memwatch.audit`). Each alert is sent once per run
 (the caller keeps the keys of the alerts already sent, and they ride in the
 checkpoint); the abort fires once the triggers have held for ``patience``
 consecutive probes.
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from memwatch.audit import audit_metrics
 from memwatch.events import Alert
 from memwatch.watchlist.tags import ALL_ROWS
 
@@ -57,6 +59,11 @@ class AbortPolicy:
         A leaked row sends a ``"leaked"`` alert (redacted) and then does what its
         action says (alert, mask or abort), as a memorized one does. Rows without a PII
         span never leak. ``()``: memorized only.
+    max_epsilon: the privacy budget: passing it is an abort trigger when the audit's ε
+        lower bound (Steinke et al. 2023, at δ = 1e-5 and significance 0.05, from the
+        ``canary:in`` / ``canary:out`` rows of `Watchlist.canaries(n, audit=True)` scored by
+        log p_z) exceeds it. The bound is checked at every probe, so over many probes a
+        false trigger is likelier than the significance says; `patience` guards.
     """
 
     tags: tuple[str, ...] = ("pii:*", "canary")
@@ -67,6 +74,7 @@ class AbortPolicy:
     actions: Mapping[str, str] = field(default_factory=dict)
     mask_risk: float | None = None
     leak: tuple[str, ...] = ("pii:*",)
+    max_epsilon: float | None = None
 
     def __post_init__(self):
         tags = (self.tags,) if isinstance(self.tags, str) else tuple(self.tags)
@@ -103,6 +111,10 @@ class AbortPolicy:
             if not self.masks:
                 raise ValueError("mask_risk applies to rows whose action is 'mask', and no "
                                  "pattern has it: add e.g. actions={'pii:*': 'mask'}")
+
+        if self.max_epsilon is not None and not (isinstance(self.max_epsilon, (int, float))
+                                                 and self.max_epsilon >= 0):
+            raise ValueError(f"max_epsilon = {self.max_epsilon!r}; give a privacy budget ε >= 0")
 
     @property
     def masks(self) -> bool:
@@ -211,6 +223,15 @@ def evaluate(
                 triggers.append(text)
                 send(f"forecast:{key}", Alert("forecast", "WARN",
                      f"memwatch: forecast for {key!r} passes its budget", text, step))
+
+    if policy.max_epsilon is not None:
+        eps = audit_metrics(history).get("audit/epsilon_lb")
+        if eps is not None and eps > policy.max_epsilon:
+            text = (f"rule max_epsilon: the audit canaries give ε >= {eps:.2f} (one-run lower "
+                    f"bound at 95 % confidence) > budget {policy.max_epsilon}")
+            triggers.append(text)
+            send("epsilon", Alert("epsilon", "WARN", "memwatch: the privacy audit's ε lower "
+                                  f"bound passed {policy.max_epsilon}", text, step))
 
     streak = streak + 1 if triggers else 0
     fire = streak >= policy.patience

@@ -32,7 +32,26 @@ def add_arguments(p) -> None:
                    help="a Hugging Face tokenizer directory (or hub name)")
     b.add_argument("--windows", type=nonnegative_int, default=None, metavar="K",
                    help="K text windows sampled from --texts (default: all; 0: none)")
-    b.add_argument("--pii", action="store_true", help="add one row per PII hit in --texts")
+    b.add_argument("--pii", action="store_true",
+                   help="add one row per PII hit in --texts, --dataset or --pythia")
+    b.add_argument("--dataset", metavar="NAME_OR_DIR",
+                   help="PII corpus: a directory saved with Dataset.save_to_disk, or a "
+                        "load_dataset name (read streaming; --split)")
+    b.add_argument("--split", default="train", help="split of --dataset (default train)")
+    b.add_argument("--fraction", type=_fraction, metavar="F",
+                   help="scan a seeded sample: this fraction of the rows (0 < F <= 1)")
+    b.add_argument("--max-rows", type=positive_int, metavar="N",
+                   help="scan at most N rows (a seeded sample with --fraction)")
+    b.add_argument("--num-proc", type=positive_int, default=1, metavar="N",
+                   help="scan with N worker processes (datasets' multiprocessing)")
+    b.add_argument("--engine", choices=["datasets", "ray"], default="datasets",
+                   help="datasets: one machine; ray: Ray Data (a cluster after `ray start`, "
+                        "else a local Ray)")
+    b.add_argument("--work-dir", metavar="DIR",
+                   help="where finished shards are kept until the watchlist is saved (default "
+                        "OUT.scan); a killed scan resumes from it")
+    b.add_argument("--max-line-bytes", type=positive_int, default=None, metavar="N",
+                   help="longest line a .jsonl / text file may have (default 256 MiB)")
     b.add_argument("--ner-model", metavar="NAME_OR_PATH",
                    help="with --pii, also find PERSON and LOCATION with this installed spaCy "
                         "pipeline (e.g. en_core_web_lg, or a saved pipeline's directory); "
@@ -66,6 +85,16 @@ def _pythia_prefix(text: str) -> str:
         raise argparse.ArgumentTypeError(f"expected the prefix of a .idx/.bin pair, got "
                                          f"{text!r}: no {' and no '.join(missing)}")
     return prefix
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
+    return value
 
 
 def _index_range(text: str) -> str:
@@ -114,10 +143,38 @@ def _read_texts(files: list[str], field: str) -> list[str]:
     return texts
 
 
+def _pii_corpus(args, tokenizer):
+    """The corpus `--pii` scans: --dataset, --pythia or --texts."""
+    from pathlib import Path
+
+    from memwatch.watchlist.corpus import MAX_LINE_BYTES, open_corpus
+
+    sources = [bool(args.dataset), bool(args.pythia), bool(args.texts)]
+    if sum(sources) != 1:
+        raise ValueError("--pii scans one corpus: give exactly one of --texts, --dataset or "
+                         "--pythia")
+    sampling = {"fraction": args.fraction, "max_rows": args.max_rows, "seed": args.seed}
+    if args.pythia:
+        from memwatch.watchlist.pythia import steps_range
+
+        if args.indices and args.steps:
+            raise ValueError("--pythia takes one of --indices or --steps A:B, not both")
+        indices = steps_range(*args.steps) if args.steps else args.indices
+        return open_corpus(f"pythia:{args.pythia}", tokenizer=tokenizer, indices=indices,
+                           **sampling)
+    if args.dataset:
+        source = Path(args.dataset) if os.path.isdir(args.dataset) else args.dataset
+        return open_corpus(source, args.text_field, split=args.split, **sampling)
+    return open_corpus([Path(p) for p in args.texts], args.text_field, split=args.split,
+                       max_line_bytes=args.max_line_bytes or MAX_LINE_BYTES, **sampling)
+
+
 def _build(args):
     from memwatch.watchlist import Watchlist
 
-    texts = _read_texts(args.texts, args.text_field)
+    scan_only = args.pii and (args.dataset or args.pythia)
+    texts = _read_texts(args.texts, args.text_field) if args.texts and not (
+        args.pii and args.windows == 0) else []
     needs_tok = bool(texts) and args.windows != 0 or args.pii or args.canaries
     tokenizer = None
     if needs_tok:
@@ -133,15 +190,17 @@ def _build(args):
     if args.ner_model and not args.pii:
         raise ValueError("--ner-model finds names for --pii; add --pii")
     if args.pii:
-        if not texts:
-            raise ValueError("--pii scans --texts; give at least one file")
-        parts.append(Watchlist.scan_pii(_progress(texts, "scanning for PII"), tokenizer,
-                                        keep_text=args.keep_text, ner_model=args.ner_model,
-                                        **lengths))
+        work_dir = args.work_dir or args.out.rstrip("/\\") + ".scan"
+        print(f"scanning for PII; finished shards are kept in {work_dir} (a killed scan "
+              "resumes from them)", file=sys.stderr)
+        parts.append(Watchlist.scan_pii(_pii_corpus(args, tokenizer), tokenizer,
+                                        keep_text=args.keep_text, num_proc=args.num_proc,
+                                        engine=args.engine, work_dir=work_dir,
+                                        ner_model=args.ner_model, **lengths))
     if args.canaries:
         parts.append(Watchlist.canaries(args.canaries, args.template, tokenizer, args.seed,
                                         **lengths))
-    if args.pythia:
+    if args.pythia and not scan_only:
         from memwatch.watchlist.pythia import steps_range
 
         if bool(args.indices) == bool(args.steps):
@@ -175,11 +234,16 @@ def run(args) -> int:
         if args.action == "build":
             wl = _build(args)
             wl.save(args.out)
+            if args.pii:  # saved: the shards are no longer needed
+                import shutil
+
+                shutil.rmtree(args.work_dir or args.out.rstrip("/\\") + ".scan",
+                              ignore_errors=True)
             print(f"saved to {os.path.abspath(args.out)}")
             _show(wl, 0)
             return 0
         _show(Watchlist.load(args.path), args.limit)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, ImportError) as err:
         print(f"memwatch watchlist {args.action}: error: {err}", file=sys.stderr)
         return 2
     return 0

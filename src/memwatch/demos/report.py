@@ -145,6 +145,75 @@ def _masking_section(history, unmitigated, flagged: tuple[str, ...]) -> list[str
                     "(see docs/masking.md)."]
 
 
+def audit_curve(history) -> np.ndarray:
+    """float [P', 4]: (step, AUROC, TPR at 1 % FPR, ε lower bound) at every probe with log p_z
+    for the audit canaries (empty without them)."""
+    from memwatch.audit import history_audit
+
+    rows = []
+    for k in range(len(history)):
+        result = history_audit(history, probe=k)
+        if result is not None:
+            rows.append((int(history.steps[k]), result.auroc, result.tpr_at_fpr[0.01],
+                         result.epsilon_lb))
+    return np.array(rows, dtype=float).reshape(-1, 4)
+
+
+def _plot_audit(curve: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(curve[:, 0], curve[:, 3], "C3.-", label="ε lower bound (95 %, δ = 1e-5)")
+    ax.set(title="privacy audit over training (audit canaries, log p_z)",
+           xlabel="training step", ylabel="ε lower bound")
+    right = ax.twinx()
+    right.plot(curve[:, 0], curve[:, 1], "C0.--", label="AUROC")
+    right.plot(curve[:, 0], curve[:, 2], "C2.:", label="TPR at 1 % FPR")
+    right.set(ylabel="AUROC, TPR", ylim=(0, 1.02))
+    lines = ax.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def audit_section(history, out_dir: Path) -> list[str]:
+    """The report's privacy audit: the final probe's figures and ε over training (a plot)."""
+    from memwatch.audit import history_audit
+
+    final = history_audit(history, n_boot=1000, fdp=True)
+    if final is None:
+        return []
+    curve = audit_curve(history)
+    _plot_audit(curve, out_dir / "privacy_audit.png")
+    first = curve[curve[:, 3] > 0, 0]
+    lo, hi = final.auroc_interval
+    return [
+        "## Privacy audit (one run)", "",
+        f"{final.n_in + final.n_out} audit canaries, each drawn into training with probability "
+        f"½: {final.n_in} planted (canary:in), {final.n_out} never (canary:out). Each is "
+        "scored by its secret's log-probability log p_z; the audit guesses in for the highest "
+        "scores and out for the lowest (Steinke, Nasr & Jagielski 2023).", "",
+        "| AUROC (95 % bootstrap) | TPR at 0.1 % FPR | TPR at 1 % FPR | ε lower bound | "
+        "ε lower bound, f-DP | guesses (correct) |",
+        "|---|---|---|---|---|---|",
+        f"| {final.auroc:.3f} ({lo:.3f}-{hi:.3f}) | {final.tpr_at_fpr[0.001]:.3f} | "
+        f"{final.tpr_at_fpr[0.01]:.3f} | {final.epsilon_lb:.2f} | {final.epsilon_lb_fdp:.2f} | "
+        f"{final.guesses} ({final.correct}) |", "",
+        f"At the last probe (step {int(history.steps[-1])}) a claim that this training run is "
+        f"(ε, 1e-5)-differentially private with ε < {final.epsilon_lb:.2f} is rejected at 95 % "
+        "confidence"
+        + (f"; the bound first left zero at step {int(first[0])}." if len(first) else ".")
+        + " It is a lower bound for these canaries, this score and this run: it says nothing "
+        "about other rows, and an ε of zero here does not make a run private "
+        "(see docs/audit.md).", "",
+        "![privacy audit over training](privacy_audit.png)", ""]
+
+
 def write_report(history, watchlist, repeats: dict[str, int], out_dir: Path,
                  total_steps: int, stopped_early: bool = False, stop_reason: str = "",
                  unmitigated=None, flagged: tuple[str, ...] = ()) -> Path:
@@ -189,6 +258,7 @@ def write_report(history, watchlist, repeats: dict[str, int], out_dir: Path,
             f"memorized count was {est:.0f} (interval {lo:.0f}-{hi:.0f}) with recall of "
             f"'memorized now' {recall:.2f}; the actual final count is {int(final.sum())}.", "",
             "![forecast vs actual](forecast_vs_actual.png)", ""]
+    lines += audit_section(history, out_dir)
     lines += ["## Memorized PII and canaries", "",
               "| id | tags | seen x/epoch | first memorized at step | preview (redacted) |",
               "|---|---|---|---|---|"]

@@ -3,7 +3,10 @@
 The Python standard library's sources are the corpus (offline everywhere), a byte-level
 BPE is trained on them on the spot, fake customer records (emails, phones, card numbers)
 and canaries are planted at graded repetition counts, and the Lightning callback watches
-a watchlist built by `scan_pii` + canaries + a random sample of training rows.
+a watchlist built by `scan_pii` + canaries + a random sample of training rows. The
+canaries are audit canaries (`Watchlist.canaries(n, audit=True)`): each is in training
+with probability ½, and only the in half is planted, so the report carries a one-run
+privacy audit (`memwatch.audit`) beside the memorization counts.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from memwatch.watchlist.tags import CANARY_IN
 
 #: Repetitions of each planted record / canary in the training stream (one per level).
 PII_REPEATS = (1, 2, 4, 8, 16, 32)
-CANARY_REPEATS = (1, 4, 16, 32)
+CANARY_REPEATS = (1, 4, 16)  # the canary:in half; the canary:out half is never planted
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ class DemoConfig:
     vocab_size: int = 1024
     corpus_chars: int = 100_000
     records_per_level: int = 3
-    canaries_per_level: int = 2
+    audit_canaries: int = 64
     sample_rows: int = 48
     max_overhead: float = 0.05
     device: str = "cpu"
@@ -54,7 +60,7 @@ class DemoData:
     tokenizer: object
     stream: torch.Tensor  # int64 [rows, seq_len], shuffled training rows
     watchlist: object  # memwatch.Watchlist
-    repeats: dict[str, int]  # watchlist id -> planted repetitions (0: sampled background)
+    repeats: dict[str, int]  # watchlist id -> planted repetitions (0: background, canary:out)
 
 
 def build_data(cfg: DemoConfig) -> DemoData:
@@ -69,8 +75,10 @@ def build_data(cfg: DemoConfig) -> DemoData:
 
     pii_reps = [r for r in PII_REPEATS for _ in range(cfg.records_per_level)]
     records = fake_pii_records(len(pii_reps), seed=cfg.seed)
-    can_reps = [r for r in CANARY_REPEATS for _ in range(cfg.canaries_per_level)]
-    canaries = Watchlist.canaries(len(can_reps), tokenizer=tokenizer, seed=cfg.seed)
+    canaries = Watchlist.canaries(cfg.audit_canaries, tokenizer=tokenizer, seed=cfg.seed,
+                                  audit=True)
+    planted = np.flatnonzero(canaries.tag_mask(CANARY_IN))
+    can_reps = [CANARY_REPEATS[j % len(CANARY_REPEATS)] for j in range(len(planted))]
 
     # The records enter training cut to start at a prompt, with no document separator: a
     # hit without room around it has no row here (see short_records).
@@ -84,7 +92,7 @@ def build_data(cfg: DemoConfig) -> DemoData:
     for i, (t, _, _) in enumerate(pii.spans):
         start[t] = min(start.get(t, len(record_rows[t])), _offset(record_rows[t], pii.tokens[i]))
     record_rows = [row[start.get(t, 0):] for t, row in enumerate(record_rows)]
-    stream = planted_stream(background, record_rows + list(canaries.tokens),
+    stream = planted_stream(background, record_rows + list(canaries.tokens[planted]),
                             pii_reps + can_reps, seed=cfg.seed)
 
     g = torch.Generator().manual_seed(cfg.seed)
@@ -92,7 +100,8 @@ def build_data(cfg: DemoConfig) -> DemoData:
     sample = Watchlist.from_tokens(background[pick], ids=[f"sample#{int(i)}" for i in pick],
                                    tags="sample")
     repeats = {row_id: pii_reps[pii.spans[i][0]] for i, row_id in enumerate(pii.ids)}
-    repeats.update(zip(canaries.ids, can_reps, strict=True))
+    repeats.update(dict.fromkeys(canaries.ids, 0))  # canary:out: never planted
+    repeats.update({canaries.ids[i]: r for i, r in zip(planted, can_reps, strict=True)})
     repeats.update(dict.fromkeys(sample.ids, 0))
     return DemoData(tokenizer, stream, pii + canaries + sample, repeats)
 
@@ -132,6 +141,14 @@ def _run(cfg: DemoConfig, baseline=None) -> Path:
                           total_steps=cfg.steps, stopped_early=trainer.global_step < cfg.steps,
                           stop_reason=callback.reason, unmitigated=baseline,
                           flagged=monitor.flagged)
+    from memwatch.audit import history_audit
+
+    result = history_audit(monitor.history)
+    if result is not None:
+        print(f"\nprivacy audit at step {int(monitor.history.steps[-1])}: AUROC "
+              f"{result.auroc:.3f}, TPR at 1 % FPR {result.tpr_at_fpr[0.01]:.3f}, "
+              f"ε lower bound {result.epsilon_lb:.2f} ({result.n_in} canaries in, "
+              f"{result.n_out} out)")
     print(f"\nreport: {report.resolve()}")
     return report
 

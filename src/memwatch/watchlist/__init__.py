@@ -19,20 +19,21 @@ prompt is its last ``prompt_lens[i]`` tokens before ``prompt_len`` (see `probe_r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import warnings
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from memwatch.probe import CONT_LEN, PROMPT_LEN
-from memwatch.watchlist.tags import tag_mask
+from memwatch.watchlist.tags import CANARY_IN, CANARY_OUT, tag_mask
 
 FORMAT = "memwatch.watchlist"
 FORMAT_VERSION = 1
+_FILES = ("tokens.safetensors", "watchlist.json")
 Span = tuple[int, int, int]
 
 
@@ -238,12 +239,24 @@ class Watchlist:
                    [tags] * len(idx))
 
     @classmethod
-    def scan_pii(cls, texts: Iterable[str], tokenizer, entities: Sequence[str] | None = None,
+    def scan_pii(cls, texts, tokenizer, entities: Sequence[str] | None = None,
                  prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN, keep_text: bool = False,
-                 score_threshold: float = 0.35, backend: str = "auto",
+                 score_threshold: float = 0.35, backend: str = "auto", text_column: str = "text",
+                 fraction: float | None = None, max_rows: int | None = None, seed: int = 0,
+                 num_proc: int = 1, engine: str = "datasets",
+                 work_dir: str | os.PathLike | None = None,
                  ner_model: str | os.PathLike | None = None, short_records: bool = True,
                  eos_token_id: int | None = None) -> Watchlist:
         """One row per PII hit in `texts`, its continuation starting at the PII.
+
+        `texts`: a list of texts, a `datasets.Dataset` or streaming `IterableDataset`
+        (column `text_column`), a path (`pathlib.Path`: parquet, arrow, jsonl(.gz/.zst),
+        text, a ``save_to_disk`` directory) or a `memwatch.watchlist.corpus.Corpus`
+        (``open_corpus``, e.g. of a Pythia ``.bin``/``.idx``). `tokenizer`: a fast
+        tokenizer, or its directory / hub name. `fraction`, `max_rows`, `seed`: a
+        seeded sample of the rows. `num_proc` workers on `engine` (``"datasets"``:
+        multiprocessing on this machine; ``"ray"``: Ray Data); `work_dir` keeps each
+        finished shard, so a killed scan resumes there (see `memwatch.watchlist.pii_scan`).
 
         The row is the tokens [t - prompt_len, t + cont_len) where token t holds the
         hit's first character, so the PII starts at the prompt boundary (just after
@@ -252,93 +265,56 @@ class Watchlist:
         or `cont_len` after it in its text (a short record) gets the context a packed
         stream gives it: `eos_token_id` (default: the tokenizer's), the record, then
         `eos_token_id` again (see `memwatch.watchlist.pii_rows`); with
-        ``short_records=False`` such hits are skipped, with a warning.
+        ``short_records=False`` (always for Pythia sequences, cut from a packed
+        stream) such hits are skipped, with a warning.
         `ner_model`: an installed spaCy pipeline's name or path, to find PERSON and
         LOCATION too (see `memwatch.watchlist.ner`; nothing is downloaded).
-        Tag ``pii:<ENTITY>``; id ``pii:<ENTITY>#<hash of the row>``; ``spans`` holds the
-        hit's characters, ``span_tokens`` the tokens the PII covers, ``prompt_lens`` each
-        row's own prompt length; previews are redacted.
+        Tag ``pii:<ENTITY>``; id ``pii:<ENTITY>#<hash of the row>``; ``spans`` holds
+        (row of the corpus, start, end) of the hit's characters, ``span_tokens`` the
+        tokens the PII covers, ``prompt_lens`` each row's own prompt length; previews
+        are redacted.
         """
-        from memwatch.watchlist.pii import find_pii, redact
-        from memwatch.watchlist.pii_rows import hit_row
-        from memwatch.watchlist.text import encode
+        from memwatch.watchlist.pii_scan import scan_pii
 
-        M = prompt_len
-        if ner_model is not None:  # a missing model fails now, not at the first text
-            from memwatch.watchlist.ner import load_ner
-
-            load_ner(os.fspath(ner_model))
-        separator = None
-        if short_records:
-            separator = getattr(tokenizer, "eos_token_id", None) if eos_token_id is None \
-                else eos_token_id
-            if separator is None:
-                raise ValueError(
-                    "scan_pii gives PII in short records the context of a document start, the "
-                    "end-of-document token, and the tokenizer has no eos_token_id: pass "
-                    "eos_token_id=<the id your training stream puts between documents>, or "
-                    "short_records=False to skip such PII")
-        rows, ids, tags, spans, previews, kept, span_tokens, prompt_lens = ([] for _ in range(8))
-        skipped = 0
-        seen = set()
-        for t, text in enumerate(texts):
-            hits = find_pii(text, entities, score_threshold, backend, ner_model=ner_model)
-            if not hits:
-                continue
-            token_ids, offsets = encode(tokenizer, text)
-            for h in hits:
-                made = hit_row(token_ids, offsets, h.start, h.end, M, cont_len, separator)
-                if made is None:
-                    skipped += 1
-                    continue
-                row_id = f"pii:{h.entity}#{_digest(h.entity, made.tokens)}"
-                if row_id in seen:
-                    continue  # the same PII in the same context: one row
-                seen.add(row_id)
-                rows.append(made.tokens)
-                ids.append(row_id)
-                tags.append((f"pii:{h.entity}",))
-                spans.append((t, h.start, h.end))
-                previews.append(f"{h.entity} {redact(text[h.start:h.end], h.entity)}")
-                span_tokens.append(made.span_tokens)
-                prompt_lens.append(made.prompt_len)
-                if keep_text:
-                    a = max(0, made.first - made.prompt_len)
-                    b = min(len(offsets), made.first + cont_len) - 1
-                    kept.append(text[offsets[a][0]:offsets[b][1]])
-        if skipped:
-            warnings.warn(f"scan_pii skipped {skipped} PII hits with fewer than {M} tokens "
-                          f"before them or {cont_len} after them in their text "
-                          "(short_records=False)", stacklevel=2)
-        if not rows:
-            raise ValueError(f"scan_pii found no usable PII ({skipped} hits skipped): the "
-                             "watchlist would be empty")
-        return cls(torch.tensor(rows, dtype=torch.long), ids, tags, previews, spans,
-                   kept if keep_text else None, span_tokens, prompt_lens)
+        return scan_pii(cls, texts, tokenizer, entities, prompt_len, cont_len, keep_text,
+                        score_threshold, backend, text_column, fraction, max_rows, seed,
+                        num_proc, engine, work_dir, ner_model, short_records, eos_token_id)
 
     @classmethod
     def canaries(cls, n: int, template: str = "My secret is {secret}", tokenizer=None,
                  seed: int = 0, prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
-                 vocab_size: int | None = None) -> Watchlist:
+                 vocab_size: int | None = None, audit: bool = False, design: str = "random",
+                 token_pool=None) -> Watchlist:
         """`n` synthetic canaries (tag ``canary``, ids ``canary#<k>``), secrets at prompt_len.
 
         With a tokenizer each row is random filler words, the template and a random
         digit secret; the canary text is synthetic and kept (`texts`) so that it can
         be planted in text data, but previews hide the secret. Without a tokenizer
         rows are random token ids below `vocab_size`. See `memwatch.watchlist.canaries`.
-        """
-        from memwatch.watchlist.canaries import make_canaries
 
-        made = make_canaries(n, template, tokenizer, seed, prompt_len, cont_len, vocab_size)
+        audit: draw each canary in or out of training with probability ½ (seeded by
+            `seed`) and tag it ``canary:in`` or ``canary:out``: plant only the in half
+            (`insert_canaries` does), and `memwatch.audit` turns the two halves' scores
+            into AUROC, TPR at low FPR and a one-run ε lower bound (Steinke et al. 2023).
+        design: ``"random"`` (above) or ``"new_tokens"``: secrets of ids from `token_pool`,
+            ids reserved for the canaries (after Panda et al. 2025; token rows, no text).
+        """
+        from memwatch.watchlist.canaries import make_canaries, membership
+
+        made = make_canaries(n, template, tokenizer, seed, prompt_len, cont_len, vocab_size,
+                             design, token_pool)
         head = template.partition("{secret}")[0].strip()
         ids = [f"canary#{k}" for k in range(n)]
-        previews = [f"canary {head} ***".replace("  ", " ") if tokenizer is not None
+        has_text = tokenizer is not None and design == "random"
+        previews = [f"canary {head} ***".replace("  ", " ") if has_text
                     else "canary (random tokens)" for _ in made]
-        texts = [c.text for c in made] if tokenizer is not None else None
-        spans = [(k, *c.secret_span) for k, c in enumerate(made)] if tokenizer is not None \
-            else None
-        return cls(torch.stack([c.tokens for c in made]), ids, [("canary",)] * n, previews,
-                   spans, texts)
+        texts = [c.text for c in made] if has_text else None
+        spans = [(k, *c.secret_span) for k, c in enumerate(made)] if has_text else None
+        tags = [("canary",)] * n
+        if audit:
+            tags = [("canary", CANARY_IN if inside else CANARY_OUT)
+                    for inside in membership(n, seed)]
+        return cls(torch.stack([c.tokens for c in made]), ids, tags, previews, spans, texts)
 
     # ----------------------------------------------------------------------------------------
     # Views
@@ -457,11 +433,40 @@ class Watchlist:
 
         Tokens go to ``tokens.safetensors`` in the smallest unsigned dtype that holds
         them; ids, tags, previews, spans (and texts, only if kept) to ``watchlist.json``.
+        The directory is written under a temporary name and renamed into place (an
+        existing one is replaced), so a killed save leaves no half-written watchlist.
         """
+        path = os.fspath(path).rstrip("/\\") or os.fspath(path)
+        # Written beside `path`, then renamed into place: a killed save never leaves a
+        # half-written watchlist that loads.
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        if os.path.isdir(path) and not set(os.listdir(path)) <= set(_FILES):
+            raise ValueError(f"{path} exists and holds files other than a watchlist's: save "
+                             "to a new or empty directory")
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
+            self._write(tmp)
+            if os.path.isdir(path) and os.listdir(path):
+                old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+                os.replace(path, os.path.join(old, "watchlist"))
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                if os.path.isdir(path):
+                    os.rmdir(path)
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    def _write(self, path: str) -> None:
         from safetensors.torch import save_file
 
-        path = os.fspath(path)
-        os.makedirs(path, exist_ok=True)
         top = int(self.tokens.max())
         dtype = torch.uint16 if top < 2**16 else torch.int32 if top < 2**31 else torch.int64
         save_file({"tokens": self.tokens.to(dtype).contiguous()},
@@ -474,7 +479,6 @@ class Watchlist:
                 "prompt_lens": self.prompt_lens}
         with open(os.path.join(path, "watchlist.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False)
-        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Watchlist:
@@ -585,12 +589,6 @@ def _counts(values, name: str, ids: Sequence[str], low: int) -> list[int | None]
                              f">= {low} or None")
         out.append(None if v is None else int(v))
     return out
-
-
-def _digest(entity: str, row: Sequence[int]) -> str:
-    """8 hex digits identifying a row: stable across runs, not reversible to the PII."""
-    data = entity.encode() + np.asarray(row, dtype=np.int64).tobytes()
-    return hashlib.sha256(data).hexdigest()[:8]
 
 
 def _concat(parts: Sequence[Watchlist]) -> Watchlist:

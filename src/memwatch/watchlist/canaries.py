@@ -6,6 +6,14 @@ secret of ``cont_len`` tokens. With a tokenizer the secret is random digits; wit
 one, canary rows are random token ids (``vocab_size`` given). `exposure` ranks a
 canary's loss among other secrets of the same form; `memwatch.watchlist.planting`
 plants canaries in a training stream.
+
+For a privacy audit in one run (Steinke, Nasr & Jagielski 2023; `memwatch.audit`),
+`membership` draws each canary in or out of training with probability ½, independently
+of everything else (tags ``canary:in`` / ``canary:out``): only the in half is planted.
+`design="new_tokens"` makes secrets of ids from a reserved `token_pool` (tokens added to
+the vocabulary for the audit, or ids the corpus never uses), after the "new token"
+canaries of Panda et al. (ICLR 2025, "Privacy auditing of large language models"): no
+training text competes with such a secret, so a planted one is learned from few copies.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from memwatch.probe import CONT_LEN, PROMPT_LEN
 from memwatch.watchlist.text import encode
 
 DEFAULT_TEMPLATE = "My secret is {secret}"
+DESIGNS = ("random", "new_tokens")
 # Filler words for the context before the template: neutral, so a canary is not PII-like.
 _WORDS = ("the river morning window garden quiet paper stone light table music green "
           "north small letter yellow train market forest simple bright summer winter "
@@ -41,11 +50,24 @@ class Canary:
 
 def make_canaries(n: int, template: str = DEFAULT_TEMPLATE, tokenizer=None, seed: int = 0,
                   prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
-                  vocab_size: int | None = None) -> list[Canary]:
-    """`n` canaries, deterministic in `seed`; text ones if `tokenizer` is given, else token ones."""
+                  vocab_size: int | None = None, design: str = "random",
+                  token_pool=None) -> list[Canary]:
+    """`n` canaries, deterministic in `seed`; text ones if `tokenizer` is given, else token ones.
+
+    design: ``"random"`` (a random digit secret, or random token ids) or ``"new_tokens"``
+    (a secret of `cont_len` ids drawn from `token_pool`; token rows, no text).
+    """
     if n <= 0:
         raise ValueError(f"canaries(n={n}): n must be positive")
+    if design not in DESIGNS:
+        raise ValueError(f"canary design {design!r}: give one of {DESIGNS}")
     rng = np.random.default_rng(seed)
+    if design == "new_tokens":
+        return _new_token_canaries(n, template, tokenizer, rng, prompt_len, cont_len, vocab_size,
+                                   token_pool)
+    if token_pool is not None:
+        raise ValueError("token_pool is for design='new_tokens'; the random design draws digits "
+                         "(with a tokenizer) or any id below vocab_size")
     if tokenizer is None:
         if vocab_size is None or vocab_size < 3:
             raise ValueError("canaries without a tokenizer are random token rows: give "
@@ -56,6 +78,41 @@ def make_canaries(n: int, template: str = DEFAULT_TEMPLATE, tokenizer=None, seed
     if "{secret}" not in template:
         raise ValueError(f"canary template {template!r} has no '{{secret}}' field")
     return [_text_canary(template, tokenizer, rng, prompt_len, cont_len) for _ in range(n)]
+
+
+def membership(n: int, seed: int = 0) -> np.ndarray:
+    """bool [n]: each canary in training (True) or out, independently with probability ½.
+
+    Drawn from its own stream of `seed` (not the one the secrets come from), so whether
+    a canary is in says nothing about its content: the one-run audit's premise.
+    """
+    return np.random.default_rng([seed, 0x617564]).random(n) < 0.5
+
+
+def _new_token_canaries(n, template, tokenizer, rng, M, N, vocab_size, token_pool) -> list[Canary]:
+    pool = None if token_pool is None else np.unique(np.asarray(token_pool, dtype=np.int64))
+    if pool is None or len(pool) < 2 or (pool < 0).any():
+        raise ValueError("design='new_tokens' needs token_pool: two or more token ids reserved "
+                         "for the canaries (ids added to the vocabulary, or ids the corpus never "
+                         "uses)")
+    if tokenizer is not None:
+        head = template.partition("{secret}")[0]
+        rows = []
+        for _ in range(n):
+            words = " ".join(rng.choice(_WORDS, 4 * M)).capitalize() + ". " + head
+            ids, _ = encode(tokenizer, words)
+            if len(ids) < M:
+                raise ValueError(f"the canary prompt has {len(ids)} tokens; need {M}")
+            rows.append(ids[-M:])
+        prompts = np.array(rows, dtype=np.int64)
+    else:
+        if vocab_size is None or vocab_size < 3:
+            raise ValueError("new-token canaries without a tokenizer have random token prompts: "
+                             "give vocab_size (the model's vocabulary size)")
+        prompts = rng.integers(1, vocab_size, (n, M))
+    secrets = rng.choice(pool, (n, N))
+    return [Canary(torch.as_tensor(np.concatenate([p, s])), "", (0, 0))
+            for p, s in zip(prompts, secrets, strict=True)]
 
 
 def _text_canary(template, tokenizer, rng, M, N, attempts: int = 50) -> Canary:

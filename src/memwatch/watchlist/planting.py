@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from memwatch.watchlist import Watchlist
+from memwatch.watchlist.tags import CANARY_IN, CANARY_OUT
 
 DEFAULT_REPEATS = (1, 4, 16, 64)
 
@@ -35,6 +36,10 @@ def insert_canaries(data, canaries: Watchlist, repeats: Sequence[int] = DEFAULT_
                     seed: int = 0, text_column: str = "text") -> CanaryInsertion:
     """Plant canary `k` ``repeats[k % len(repeats)]`` times at random places in `data`.
 
+    Audit canaries (`Watchlist.canaries(n, audit=True)`): only the ``canary:in`` rows are
+    planted, the j-th of them ``repeats[j % len(repeats)]`` times; ``canary:out`` rows
+    never (tag ``canary:x0``), so the one-run audit compares trained and untrained halves.
+
     `data` is a 1-D token stream (canary tokens spliced in between tokens), a 2-D
     [sequences, tokens] array (each copy a new sequence: the canary, then the tail
     of a random existing sequence), a list of strings, or a `datasets.Dataset`
@@ -46,7 +51,15 @@ def insert_canaries(data, canaries: Watchlist, repeats: Sequence[int] = DEFAULT_
     reps = [int(r) for r in repeats]
     if not reps or any(r < 0 for r in reps):
         raise ValueError(f"repeats {list(repeats)} must be non-negative counts")
-    per_row = [reps[k % len(reps)] for k in range(len(canaries))]
+    inside, outside = canaries.tag_mask(CANARY_IN), canaries.tag_mask(CANARY_OUT)
+    if inside.any() or outside.any():  # an audit: the in half planted, the out half never
+        if 0 in reps:
+            raise ValueError(f"repeats {reps} has 0: an audit's canary:in rows must each be "
+                             "planted at least once (the canary:out rows are the unplanted ones)")
+        rank = np.cumsum(inside) - 1
+        per_row = [reps[rank[k] % len(reps)] if inside[k] else 0 for k in range(len(canaries))]
+    else:
+        per_row = [reps[k % len(reps)] for k in range(len(canaries))]
     order = np.repeat(np.arange(len(canaries)), per_row)
     rng = np.random.default_rng(seed)
     if isinstance(data, (torch.Tensor, np.ndarray)):

@@ -13,6 +13,8 @@ from fnmatch import fnmatchcase
 import numpy as np
 
 ALL_ROWS = "*"  # the pattern (and forecast key) for every row, tagged or not
+# audit canaries drawn into training / left out (`Watchlist.canaries(n, audit=True)`)
+CANARY_IN, CANARY_OUT = "canary:in", "canary:out"
 
 
 def tag_mask(tags: Sequence[Sequence[str]], pattern: str) -> np.ndarray:

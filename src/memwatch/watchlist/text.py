@@ -24,6 +24,28 @@ class Window(NamedTuple):
     text: str  # those characters
 
 
+def load_tokenizer(source: str):
+    """The Hugging Face tokenizer in directory `source` (or hub name), as the CLI loads it.
+
+    A value that looks like a path (starts with ``.``, ``/`` or ``~``, or exists) must be
+    a directory; one that cannot be loaded raises ValueError naming it.
+    """
+    import os
+
+    from transformers import AutoTokenizer
+
+    path = os.path.expanduser(source)
+    if (source.startswith((".", "/", "~")) or os.path.exists(path)) and not os.path.isdir(path):
+        raise ValueError(f"tokenizer {source!r}: no such directory (give a tokenizer "
+                         "directory or a hub name like EleutherAI/pythia-70m)")
+    try:
+        return AutoTokenizer.from_pretrained(path if os.path.isdir(path) else source)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"tokenizer {source!r}: no tokenizer could be loaded ({first})") \
+            from None
+
+
 def encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids and character offsets of `text`, without special tokens."""
     try:
