@@ -100,5 +100,6 @@ def test_cli_ner_model(ner_dir, tiny_tokenizer, tmp_path, capsys):
     assert "pii:PERSON" in Watchlist.load(out).tag_counts()
     code = main(["watchlist", "build", "--texts", str(texts), "--tokenizer", str(tok), "--pii",
                  "--ner-model", "en_core_web_nosuch", "--out", str(out)])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "spacy download en_core_web_nosuch" in err
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2 and len(errors) == 1 and "spacy download en_core_web_nosuch" in errors[0]
+    assert errors[0].startswith("memwatch watchlist build: error: ner_model=")

@@ -47,13 +47,13 @@ def load_ner(ner_model: str) -> object:
     where = "path" if os.path.sep in ner_model or os.path.exists(ner_model) else "package"
     try:
         nlp = spacy.load(ner_model)
-    except OSError as err:
+    except OSError as err:  # spaCy's E050: neither a package nor a pipeline directory
         fix = (f"no spaCy pipeline is saved at {ner_model!r} (nlp.to_disk(path) writes one)"
                if where == "path" else
                f"the spaCy pipeline {ner_model!r} is not installed. memwatch downloads "
                f"nothing: install it with `python -m spacy download {ner_model}` (or pip "
                "install its wheel), or pass the path of a saved pipeline")
-        raise ValueError(f"ner_model={ner_model!r}: {fix} ({err})") from None
+        raise ValueError(f"ner_model={ner_model!r}: {fix}") from err
     if "ner" not in nlp.pipe_names:
         raise ValueError(f"ner_model={ner_model!r} has no 'ner' component (it has "
                          f"{nlp.pipe_names}): give a pipeline trained to find entities")
