@@ -70,3 +70,18 @@ def test_one_group_is_one_plain_call(trained):
     probe_rows(trained.model, trained.rows[:4], [32, None, 40, 32], M, N, counting,
                mode="extractable")
     assert calls == [(torch.Size([4, 64]), 32)]
+
+
+def test_the_monitor_probes_short_rows_by_group(trained, one_thread):
+    from memwatch import MemWatch
+    from memwatch.watchlist import Watchlist
+
+    rows = trained.rows[[0, 1, 40, 41, 2, 42, 3, 43]]
+    tokens = _padded(rows, LENS, pad=0)
+    wl = Watchlist(tokens, [f"r{i}" for i in range(8)], [("pii:X",)] * 8, prompt_lens=LENS)
+    mon = MemWatch(wl, every_n_steps=1, abort=None)
+    mon.step(trained.model, 1)
+    expected = probe_rows(trained.model, tokens, LENS, M, N, mode="extractable")
+    assert np.array_equal(mon.history.match_prefix[-1], expected.match_prefix.numpy())
+    plain = probe(trained.model, tokens, M, N, mode="extractable")
+    assert not np.array_equal(mon.history.match_prefix[-1], plain.match_prefix.numpy())
