@@ -1,4 +1,4 @@
-"""Precision and recall of `find_pii` per entity on a labelled corpus of code and prose.
+"""Speed, precision and recall of `find_pii` per entity, and the scan's scaling with workers.
 
 The corpus is built on the spot, offline: chunks of this Python's standard library
 sources (code) and of its reference documentation (`pydoc_data.topics`, prose), into
@@ -13,18 +13,37 @@ labelled without a detector, so lines holding one (``://``, ``www.``, ``x@y.z``,
 ``d.d.d.d``) are left out of the chunks; every other character of code and prose is
 a negative. A hit counts as correct when it overlaps a planted span of its entity.
 
-    python benchmarks/bench_pii.py [--backend presidio regex] [--chunks 150] [--seed 0]
+Speed: MB/s per core (process CPU time, so the figure does not depend on what else
+runs on the machine) of each backend, with its line prefilter, on the first
+``--speed-mb`` MB of the standard library's sources (the text issue 24 measured),
+beside the same recognizers without the prefilter: for Presidio that is its plain
+``AnalyzerEngine.analyze`` on the whole text, measured in the same run. The hits
+of both must be the same.
 
-Goal (issue 17): precision >= 0.95 and recall >= 0.95 for every entity of
-`memwatch.watchlist.pii.DEFAULT_ENTITIES`.
+Workers: ``--workers 1 2`` scans a corpus of the standard library's sources and
+documentation (one row per file or topic, repeated to ``--scan-mb`` MB) with
+`Watchlist.scan_pii` on 1 and on 2 worker processes (`datasets` num_proc, regex
+backend, tokenizer included) and prints the wall-clock speed-up, with the
+machine's load average (other processes share its cores).
+
+    python benchmarks/bench_pii.py [--backend presidio regex] [--chunks 150] [--seed 0]
+                                   [--speed-mb 1] [--workers 1 2] [--scan-mb 20]
+
+Goals: precision >= 0.95 and recall >= 0.95 for every entity of
+`memwatch.watchlist.pii.DEFAULT_ENTITIES` (issue 17), unchanged by the prefilter
+(1.000/1.000 on this corpus); regex backend >= 20 MB/s per core, Presidio backend
+>= 10x the plain analyzer, 2 workers >= 1.7x one (issue 24).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
 import sysconfig
+import tempfile
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +147,10 @@ def fake_value(entity: str, rng: random.Random) -> str:
 
 PROSE = ["Please contact us at {v} before Friday.", "The customer gave {v} on the form.",
          "For the refund, use {v} (confirmed by phone).", "Records show {v}; do not share it.",
-         "Send questions to {v} or reply here."]
+         "Send questions to {v} or reply here.",
+         # a build / version / release word before a value that is not a build number
+         "The build server is at {v} behind the VPN.", "Release notes are mailed from {v}.",
+         "Version control lives at {v} for now."]
 CODE = ['CONTACT = "{v}"', "# owner: {v}", "    default = '{v}'  # from the fixture",
         '    """Reach the maintainer at {v} if this breaks."""', 'LOG.info("using %s", "{v}")']
 
@@ -145,6 +167,7 @@ NEAR_MISSES = [
     "ISBN 978-3-16-148410-0", "order ORD-2023-000123", "card 4539 1488 0343 6468 (bad Luhn)",
     "ssn 000-12-3456 and 666-12-3456 are invalid", "id 6107-1415-32", "x[::2] and a::b",
     "@property", "mail root@localhost", "range(10, 20, 30, 40)", "sk-learn is a library",
+    "build 10.0.0.12 is out", "version: 1.2.3.4", "Release no. 4.3.2.1 ships today",
 ]
 
 
@@ -247,6 +270,102 @@ def score(docs: list[Doc], backend: str):
     return counts, examples
 
 
+# ------------------------------------------------------------------------------------------
+# Speed
+# ------------------------------------------------------------------------------------------
+
+
+def stdlib_text(mb: float) -> str:
+    """The first `mb` MB of this Python's standard library sources, file after file."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out, size = [], 0
+    for p in sorted(root.glob("*.py")):
+        out.append(p.read_text(encoding="utf-8", errors="replace"))
+        size += len(out[-1])
+        if size >= mb * 1e6:
+            break
+    return "".join(out)[:int(mb * 1e6)]
+
+
+def cpu_seconds(fn):
+    """(result, CPU seconds of this process) of fn()."""
+    start = time.process_time()
+    out = fn()
+    return out, time.process_time() - start
+
+
+def speed(backends, mb: float) -> None:
+    from memwatch.watchlist import pii
+
+    text = stdlib_text(mb)
+    size = len(text.encode("utf-8")) / 1e6
+    print(f"\nspeed on {size:.2f} MB of stdlib sources, MB/s per core (process CPU time; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    pii.candidate_lines("warm up 1234")
+    for backend in backends:
+        find_pii("warm up maria@gmail.com", backend=backend)  # loads Presidio
+        fast, t_fast = cpu_seconds(lambda b=backend: find_pii(text, backend=b))
+        if backend == "presidio":  # the plain analyzer, same text, same recognizers
+            plain, t_plain = cpu_seconds(lambda: pii.dedupe(
+                [h for h in pii._presidio_hits(text, pii.ENTITIES)
+                 if h.score >= 0.35 and pii.plausible(h, text)]))
+            label = "plain AnalyzerEngine"
+        else:
+            plain, t_plain = cpu_seconds(lambda: find_pii(text, backend="regex",
+                                                          prefilter=False))
+            label = "without prefilter"
+        goal = "goal >= 10x" if backend == "presidio" else "goal >= 20 MB/s"
+        print(f"  {backend:<9} prefiltered {size / t_fast:8.2f} MB/s   {label} "
+              f"{size / t_plain:6.2f} MB/s   ratio {t_plain / t_fast:5.1f}x   same hits: "
+              f"{'yes' if fast == plain else 'NO'} ({len(fast)})   {goal}")
+
+
+def scan_corpus(mb: float) -> list[str]:
+    """Rows of a scan corpus: each stdlib source file and documentation topic, to `mb` MB."""
+    from pydoc_data.topics import topics
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    rows = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(root.glob("*.py"))]
+    rows += [topics[k] for k in sorted(topics)]
+    out, size = [], 0
+    while size < mb * 1e6:
+        for r in rows:
+            out.append(r)
+            size += len(r)
+            if size >= mb * 1e6:
+                break
+    return out
+
+
+def workers(counts, mb: float) -> None:
+    from datasets import Dataset
+
+    from memwatch.demos.tokenizer import train_tokenizer
+    from memwatch.watchlist import Watchlist
+
+    rows = scan_corpus(mb)
+    tok = train_tokenizer(rows[:50], vocab_size=2048)
+    with tempfile.TemporaryDirectory() as tmp:
+        Dataset.from_dict({"text": rows}).save_to_disk(f"{tmp}/ds")
+        size = sum(len(r.encode("utf-8")) for r in rows) / 1e6
+        print(f"\nscan of {len(rows)} rows ({size:.1f} MB; regex backend, tokenizer included) "
+              f"with 1 and 2 workers; load average before: "
+              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+        seconds, ids = {}, {}
+        for n in counts:
+            start = time.perf_counter()
+            wl = Watchlist.scan_pii(Path(f"{tmp}/ds"), tok, backend="regex", num_proc=n)
+            seconds[n] = time.perf_counter() - start
+            ids[n] = wl.ids
+            print(f"  {n} worker{'s' if n > 1 else ' '}  {seconds[n]:7.1f} s  "
+                  f"{size / seconds[n]:6.2f} MB/s  {len(wl)} rows")
+        base = counts[0]
+        for n in counts[1:]:
+            print(f"  {n} vs {base} workers: {seconds[base] / seconds[n]:.2f}x (goal >= "
+                  f"{0.85 * n / base:.2f}x), same rows: {'yes' if ids[n] == ids[base] else 'NO'}"
+                  f"; load average after: {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", nargs="+", default=["presidio", "regex"],
@@ -254,7 +373,16 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=150, help="code + prose chunks (default 150)")
     ap.add_argument("--per-entity", type=int, default=60, help="planted values per entity")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--speed-mb", type=float, default=1.0,
+                    help="MB of stdlib sources for the speed lines (0: skip)")
+    ap.add_argument("--workers", type=int, nargs="*", default=[1, 2],
+                    help="worker counts for the scan scaling line (none: skip)")
+    ap.add_argument("--scan-mb", type=float, default=20.0, help="MB scanned per worker count")
     args = ap.parse_args()
+    if args.speed_mb > 0:
+        speed(args.backend, args.speed_mb)
+    if len(args.workers) > 1:
+        workers(args.workers, args.scan_mb)
     docs = build_corpus(args.chunks, args.per_entity, args.seed)
     chars = sum(len(d.text) for d in docs)
     print(f"corpus: {len(docs)} chunks ({chars:,} chars; code and prose), "

@@ -218,8 +218,8 @@ def test_a_failing_sink_warns_once_per_hook_and_counts_at_finish(recorder):
     assert len(ours) == 3  # on_probe once, on_alert once, then the counts at finish
     assert "BrokenSink.on_probe failed" in ours[0] and "W&B is down" in ours[0]
     assert any("BrokenSink.on_alert failed" in w for w in ours[:2])
-    assert f"BrokenSink.on_probe {probes}x" in ours[2]
-    assert f"BrokenSink.on_alert {alerts}x" in ours[2]
+    assert f"BrokenSink: {probes} of {probes} probe records" in ours[2]
+    assert f"{alerts} of {alerts} alerts" in ours[2]
 
 
 def test_state_dict_round_trip(tmp_path):

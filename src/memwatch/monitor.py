@@ -24,6 +24,7 @@ the loop also routes its labels through the monitor before the forward pass::
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import MutableMapping, Sequence
@@ -43,15 +44,28 @@ from memwatch.events import (
 )
 from memwatch.forecast import forecast
 from memwatch.history import History
-from memwatch.lm import device_of, vocab_size
+from memwatch.lm import device_of, eos_ids, vocab_size
 from memwatch.masking import FlaggedWindows, MaskSpec
 from memwatch.policy import AbortPolicy, Verdict, evaluate
 from memwatch.probe import CONT_LEN, MODES, PROMPT_LEN, ProbeSpec
 from memwatch.prompt_groups import probe_rows
 from memwatch.schedule import Schedule
+from memwatch.sinks.base import check_sinks
 from memwatch.watchlist import Watchlist
+from memwatch.watchlist.tokenizer import check_same as check_tokenizer
 
 STATE_FORMAT = 1
+PROBE_FAILURE = ("warn", "raise")
+FAILING_PROBES = 3  # failures in a row, for one reason, that make the monitor say so loudly
+SINK_LOSSES = {"on_start": "its start (the run may not exist)", "on_probe": "probe records",
+               "on_alert": "alerts", "on_resume": "the resume event",
+               "on_end": "the end summary (tables, plots)",
+               "close": "its final flush (the file or run may be incomplete)"}
+logger = logging.getLogger("memwatch")
+
+
+class ProbeError(RuntimeError):
+    """A probe failed under ``MemWatch(on_probe_failure="raise")``."""
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -101,6 +115,11 @@ class MemWatch:
     mask_spec: how `mask` finds and masks flagged rows (`memwatch.masking.MaskSpec`);
         None: windows of min(16, cont_len) tokens, every continuation token masked.
         Rows are flagged only by an `AbortPolicy` with a ``"mask"`` action.
+    on_probe_failure: ``"warn"`` (default): a failed probe warns once and is retried
+        later, and a probe that fails FAILING_PROBES = 3 times in a row for the same
+        reason logs one error and sends an ERROR ``probe_failing`` alert (the run is
+        unmonitored until it recovers); ``"raise"``: the first failed probe raises
+        `ProbeError` on every rank, for runs that must not train unmonitored.
     """
 
     def __init__(
@@ -121,6 +140,7 @@ class MemWatch:
         first_seen=None,
         learning_rate=None,
         mask_spec: MaskSpec | None = None,
+        on_probe_failure: str = "warn",
     ):
         if not isinstance(watchlist, Watchlist):
             raise TypeError(f"MemWatch needs a Watchlist; got a {type(watchlist).__name__}: wrap "
@@ -142,13 +162,18 @@ class MemWatch:
         abort = AbortPolicy() if abort is None else abort
         if not isinstance(abort, AbortPolicy):
             raise TypeError(f"abort must be an AbortPolicy; got {type(abort).__name__}")
+        if on_probe_failure not in PROBE_FAILURE:
+            raise ValueError(f"on_probe_failure must be one of {PROBE_FAILURE}; got "
+                             f"{on_probe_failure!r}")
         watchlist.validate(spec.prompt_len, spec.cont_len)
+        abort.check(watchlist.tags)  # a key naming no row would never act
         _check_audit(watchlist, abort, spec)
         self.watchlist = watchlist
         self.spec = spec
         self.schedule = Schedule(total_steps, every_n_steps, max_overhead)
         self.exact_every, self.policy = exact_every, abort
-        self.sinks = list(sinks)
+        self.sinks = check_sinks(sinks)
+        self.on_probe_failure = on_probe_failure
         self.compute, self.first_seen, self.learning_rate = compute, first_seen, learning_rate
         self.mask_spec = MaskSpec(window=min(16, spec.cont_len)) if mask_spec is None else mask_spec
         if not isinstance(self.mask_spec, MaskSpec):
@@ -169,7 +194,9 @@ class MemWatch:
         self._last_time: float | None = None
         self._last_step: int | None = None
         self._sink_failures: dict[tuple[int, str], int] = {}
+        self._sink_calls: dict[str, int] = {}  # calls of each hook, to say what a failure lost
         self._probe_failures = 0
+        self._failing: tuple[str, int] = ("", 0)  # the last failure's reason, times in a row
         self._warned: set[str] = set()  # one-off warnings already given
         self._sync_ranks = True  # compare state across ranks at the next step
         self._finished = self._closed = False
@@ -185,9 +212,19 @@ class MemWatch:
             raise ValueError(f"total_steps must be >= 1 or None; got {value}")
         self.schedule.total_steps = None if value is None else int(value)
 
-    def check(self, model: torch.nn.Module) -> None:
-        """Raise before training if the model cannot be probed: its parameters are on the meta
-        device, its vocabulary is unknown, or a watchlist row has a token id outside it."""
+    def check(self, model: torch.nn.Module, tokenizer=None) -> None:
+        """Raise before training if this run would go unmonitored or be counted wrong.
+
+        The model's parameters are on the meta device; its vocabulary is unknown; a
+        watchlist row has a token id outside it; an EOS id of the model lies outside it
+        (every probe would fail); `tokenizer` (the model's, when known: the adapters
+        pass the Trainer's) is not the one the watchlist was built with; or a part of
+        the policy needs the run's length and `total_steps` is unknown. Adapters call it
+        at setup; a plain loop's first `step` calls it.
+        """
+        _check_model(model, "check")
+        self.policy.check(self.watchlist.tags, self.total_steps, run_length=True)
+        check_tokenizer(self.watchlist.tokenizer, tokenizer)
         inner = unwrap(model)
         if device_of(inner).type == "meta":
             raise ValueError(f"{type(inner).__name__} has its parameters on the meta device (not "
@@ -200,6 +237,13 @@ class MemWatch:
                 "or a get_output_embeddings() (transformers models have both)")
         if vocab != self._checked_vocab:
             self.watchlist.validate(self.spec.prompt_len, self.spec.cont_len, vocab)
+            outside = [i for i in eos_ids(inner) if not 0 <= i < vocab]
+            if outside:
+                raise ValueError(
+                    f"{type(inner).__name__}'s EOS id {outside[0]} (generation_config / "
+                    f"config.eos_token_id) lies outside its vocabulary of {vocab} ids, so every "
+                    "probe would fail: set model.generation_config.eos_token_id and "
+                    "model.config.eos_token_id to the tokenizer's eos_token_id")
             if self._checked_vocab is None:
                 self._emit("on_start")  # e.g. wandb.init: a one-off, not a probe's cost
             self._checked_vocab = vocab
@@ -208,6 +252,10 @@ class MemWatch:
     # ---- the training-loop hooks -------------------------------------------------------------
     def step(self, model: torch.nn.Module, step: int) -> Decision:
         """Return the `Decision` at optimizer step `step` (1-based), probing if it is due."""
+        _check_model(model, "step")
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+            raise TypeError(f"MemWatch.step(model, step): step is the optimizer step, an int; "
+                            f"got {step!r}")
         now = time.perf_counter()
         if self._last_time is not None and self._last_step is not None:
             self.schedule.observe_training(now - self._last_time, step - self._last_step)
@@ -253,9 +301,9 @@ class MemWatch:
         self._emit("on_end", self.history, self.watchlist)
         self.close()
         self.schedule.observe_other(time.perf_counter() - t0)
-        if self._sink_failures:
-            failed = ", ".join(f"{name} {n}x" for name, n in self._failure_counts().items())
-            warnings.warn(f"memwatch sink calls failed during this run: {failed}",
+        lost = self._failure_summary()
+        if lost:
+            warnings.warn(f"memwatch sinks failed during this run, so they lack: {lost}",
                           RuntimeWarning, stacklevel=2)
         distributed.barrier()
         return decision
@@ -307,8 +355,18 @@ class MemWatch:
         return self._decision(step, new, verdict, bool(shared[-1]), record)
 
     def _skipped(self, step: int, err: Exception, seconds: float) -> Decision:
-        """A probe that failed (on any rank): warn once, alert, retry later; training goes on."""
+        """A probe that failed (on any rank): warn once, alert, retry later; training goes on.
+
+        FAILING_PROBES failures in a row for the same reason: one error and an ERROR alert.
+        With ``on_probe_failure="raise"``: raise `ProbeError` instead, at the first.
+        """
+        if self.on_probe_failure == "raise":
+            raise ProbeError(f"memwatch probe at step {step} failed: {err} (on_probe_failure="
+                             "'raise'; the default 'warn' skips the probe and trains on)") from err
         self._probe_failures += 1
+        reason = _failure_reason(err)
+        same = self._failing[1] + 1 if self._failing[0] == reason else 1
+        self._failing = (reason, same)
         self._warn_once("probe", f"memwatch probe at step {step} failed: {err}; every rank "
                                  "skips it and training goes on (later failures are only "
                                  "counted, in probe_failed alerts)")
@@ -316,10 +374,20 @@ class MemWatch:
                       f"step {step}: {err}; skipped on every rank ({self._probe_failures} "
                       "failed so far); training goes on", step)
         self._emit("on_alert", alert)
+        alerts = (alert,)
+        if same == FAILING_PROBES:
+            text = (f"the probe failed {same} times in a row, last at step {step}, for the same "
+                    f"reason: {err}. This run is not monitored until a probe succeeds; fix the "
+                    "cause (or pass MemWatch(on_probe_failure='raise') to stop such runs)")
+            logger.error("memwatch: %s", text)
+            loud = Alert("probe_failing", "ERROR", "memwatch: the probe keeps failing", text,
+                         step)
+            self._emit("on_alert", loud)
+            alerts += (loud,)
         self.schedule.observe_other(seconds)
         if not self.schedule.every_n_steps:  # try again later, further off after each failure
             self.schedule.next_step = max(self.schedule.next_step, step + max(1, step // 2))
-        return Decision(step, alerts=(alert,))
+        return Decision(step, alerts=alerts)
 
     def _check_ranks_agree(self, step: int) -> None:
         """Raise on every rank if the ranks' monitor states differ (a resume on some ranks)."""
@@ -338,9 +406,21 @@ class MemWatch:
             self._warned.add(key)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
 
-    def _failure_counts(self) -> dict[str, int]:
+    def _failure_summary(self) -> str:
+        """What each failing sink lost, e.g. ``LocalSink: 3 of 5 probe records, the end
+        summary (tables, plots)``."""
         names = {id(s): type(s).__name__ for s in self.sinks}
-        return {f"{names[sink]}.{method}": n for (sink, method), n in self._sink_failures.items()}
+        lost: dict[str, list[str]] = {}
+        for (sink, method), n in self._sink_failures.items():
+            what = SINK_LOSSES.get(method, method)
+            count = f"{n} of {self._sink_calls.get(method, n)} " \
+                if method in ("on_probe", "on_alert") else ""
+            lost.setdefault(names[sink], []).append(f"{count}{what}")
+        for sink in self.sinks:  # what sinks that catch their own errors lost
+            said = _lost_by(sink)
+            if said:
+                lost.setdefault(names[id(sink)], []).append(said)
+        return "; ".join(f"{name}: {', '.join(items)}" for name, items in lost.items())
 
     # ---- masking flagged rows out of the loss ------------------------------------------------
     @property
@@ -403,6 +483,7 @@ class MemWatch:
         is counted (`finish` reports the counts) and skipped."""
         if distributed.rank_world()[0] != 0:
             return
+        self._sink_calls[method] = self._sink_calls.get(method, 0) + 1
         for sink in self.sinks:
             try:
                 hook = getattr(sink, method, None)  # a duck-typed sink may lack newer hooks
@@ -469,6 +550,25 @@ class MemWatch:
         self._finished = self._closed = False
         self._sync_ranks = True
         self._emit("on_resume", int(self.history.steps[-1]) if len(self.history) else 0)
+
+
+def _lost_by(sink) -> str:
+    try:
+        return str(sink.lost()) if callable(getattr(sink, "lost", None)) else ""
+    except Exception:  # noqa: BLE001 - a report about a sink must not fail the run's end
+        return ""
+
+
+def _check_model(model, where: str) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"MemWatch.{where}(model, ...) needs the model being trained (a "
+                        f"torch.nn.Module); got {type(model).__name__}")
+
+
+def _failure_reason(err: Exception) -> str:
+    """A failure's reason without its numbers (steps, sizes), so that repeats compare equal."""
+    cause = err.__cause__ or err
+    return type(cause).__name__ + ":" + "".join(c for c in str(cause) if not c.isdigit())[:200]
 
 
 def _is_count(value) -> bool:

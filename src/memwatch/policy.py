@@ -18,16 +18,18 @@ before it is memorized) or ``"abort"`` (alert and trigger the abort, what `tags`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from memwatch.audit import audit_metrics
 from memwatch.events import Alert
-from memwatch.watchlist.tags import ALL_ROWS
+from memwatch.watchlist.tags import ALL_ROWS, check_patterns, matching_keys
 
 ACTIONS = ("stop", "alert")
+DEFAULT_TAGS = ("pii:*", "canary")  # not checked against the watchlist: a default names no row
+DEFAULT_LEAK = ("pii:*",)
 ROW_ACTIONS = ("alert", "mask", "abort")  # weakest to strongest: a row takes its strongest
 
 
@@ -35,14 +37,19 @@ ROW_ACTIONS = ("alert", "mask", "abort")  # weakest to strongest: a row takes it
 class AbortPolicy:
     """What makes the monitor alert and stop.
 
-    Tag patterns are fnmatch patterns; ``"*"`` names every row (`memwatch.watchlist.tags`).
+    Every tag key here (in `tags`, `max_fraction`, `actions`, `forecast_budget`) is a tag
+    pattern, an fnmatch pattern matched case-sensitively against each row's tags; ``"*"``
+    names every row (`memwatch.watchlist.tags`). `MemWatch` refuses, at construction, a
+    key that names no row of its watchlist (`check`), and before training a part that
+    can never act (a forecast budget, or `mask_risk`, without the run's length).
 
     tags: tag patterns whose rows must never be memorized: each such row
         alerts once, and any of them memorized is an abort trigger. ``()`` disables.
     max_fraction: tag pattern -> highest tolerated memorized fraction of its rows
         (``"*"`` = all rows); passing it alerts and is an abort trigger.
     forecast_budget: highest tolerated forecast of memorized rows at the end of
-        training, for all rows (an int) or per forecast key (``"*"`` or a tag).
+        training, for all rows (an int) or per tag pattern (a pattern's forecast is the
+        sum of the forecasts of the tags it names; ``"*"``: all rows).
     patience: consecutive probes a trigger must hold before the abort fires.
     action: ``"stop"`` aborts the run; ``"alert"`` only sends the abort alert.
     actions: tag pattern -> ``"alert"`` | ``"mask"`` | ``"abort"``, what a memorized row
@@ -66,55 +73,87 @@ class AbortPolicy:
         false trigger is likelier than the significance says; `patience` guards.
     """
 
-    tags: tuple[str, ...] = ("pii:*", "canary")
+    tags: tuple[str, ...] = DEFAULT_TAGS
     max_fraction: Mapping[str, float] = field(default_factory=dict)
     forecast_budget: Mapping[str, int] | int | None = None
     patience: int = 1
     action: str = "stop"
     actions: Mapping[str, str] = field(default_factory=dict)
     mask_risk: float | None = None
-    leak: tuple[str, ...] = ("pii:*",)
+    leak: tuple[str, ...] = DEFAULT_LEAK
     max_epsilon: float | None = None
 
     def __post_init__(self):
-        tags = (self.tags,) if isinstance(self.tags, str) else tuple(self.tags)
-        object.__setattr__(self, "tags", tags)
-        leak = (self.leak,) if isinstance(self.leak, str) else tuple(self.leak)
-        if not all(isinstance(p, str) for p in leak):
-            raise ValueError(f"leak holds tag patterns (str); got {self.leak!r}")
-        object.__setattr__(self, "leak", leak)
-        object.__setattr__(self, "max_fraction", dict(self.max_fraction))
+        object.__setattr__(self, "tags", _patterns(self.tags, "tags"))
+        object.__setattr__(self, "leak", _patterns(self.leak, "leak"))
+        object.__setattr__(self, "max_fraction", _mapping(self.max_fraction, "max_fraction",
+                                                          "{'pii:*': 0.0}"))
         for pattern, share in self.max_fraction.items():
-            if not 0 <= share <= 1:
-                raise ValueError(f"max_fraction[{pattern!r}] = {share} is not a fraction in "
+            if isinstance(share, bool) or not isinstance(share, (int, float)) \
+                    or not 0 <= share <= 1:
+                raise ValueError(f"max_fraction[{pattern!r}] = {share!r} is not a fraction in "
                                  "[0, 1]")
         budget = self.forecast_budget
         if budget is not None:
-            budget = {ALL_ROWS: budget} if isinstance(budget, int) else dict(budget)
+            if _is_count(budget) or not isinstance(budget, Mapping):
+                budget = {ALL_ROWS: budget}
+            budget = _mapping(budget, "forecast_budget", "{'pii:*': 5}")
             for key, count in budget.items():
-                if not isinstance(count, int) or count < 0:
-                    raise ValueError(f"forecast_budget[{key!r}] = {count!r}; give a row count "
-                                     ">= 0")
+                if not _is_count(count):
+                    shown = "forecast_budget" if key == ALL_ROWS and \
+                        not isinstance(self.forecast_budget, Mapping) else \
+                        f"forecast_budget[{key!r}]"
+                    raise ValueError(f"{shown} = {count!r}; give a whole row count >= 0 (an "
+                                     "int, e.g. 5), or a mapping tag pattern -> count")
             object.__setattr__(self, "forecast_budget", budget)
         if not isinstance(self.patience, int) or self.patience < 1:
             raise ValueError(f"patience counts probes and must be an int >= 1; got "
                              f"{self.patience!r}")
         if self.action not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}; got {self.action!r}")
-        object.__setattr__(self, "actions", dict(self.actions))
+        object.__setattr__(self, "actions", _mapping(self.actions, "actions",
+                                                     "{'pii:*': 'mask'}"))
         for pattern, act in self.actions.items():
             if act not in ROW_ACTIONS:
                 raise ValueError(f"actions[{pattern!r}] = {act!r}; give one of {ROW_ACTIONS}")
         if self.mask_risk is not None:
-            if not 0 <= self.mask_risk <= 1:
-                raise ValueError(f"mask_risk = {self.mask_risk} is not a probability in [0, 1]")
+            if isinstance(self.mask_risk, bool) or not isinstance(self.mask_risk, (int, float)) \
+                    or not 0 <= self.mask_risk <= 1:
+                raise ValueError(f"mask_risk = {self.mask_risk!r} is not a probability in "
+                                 "[0, 1]")
             if not self.masks:
                 raise ValueError("mask_risk applies to rows whose action is 'mask', and no "
                                  "pattern has it: add e.g. actions={'pii:*': 'mask'}")
-
         if self.max_epsilon is not None and not (isinstance(self.max_epsilon, (int, float))
                                                  and self.max_epsilon >= 0):
             raise ValueError(f"max_epsilon = {self.max_epsilon!r}; give a privacy budget ε >= 0")
+
+    def check(self, tags, total_steps: int | None = None, *, run_length: bool = False) -> None:
+        """Raise ValueError if a part of the policy can never act on this watchlist / run.
+
+        `tags`: the watchlist's rows' tags; every tag key (`tags` and `leak` unless left at
+        their defaults, `max_fraction`, `actions`, `forecast_budget`) must name a row (see
+        `memwatch.watchlist.tags.check_patterns`). With `run_length` (the monitor's
+        check before training, once adapters have filled in the run's length), a
+        forecast budget or a `mask_risk` without `total_steps` is refused: no forecast
+        is ever made without it.
+        """
+        if self.tags != DEFAULT_TAGS:
+            check_patterns(self.tags, tags, "AbortPolicy.tags")
+        if self.leak != DEFAULT_LEAK:
+            check_patterns(self.leak, tags, "AbortPolicy.leak")
+        check_patterns(self.max_fraction, tags, "AbortPolicy.max_fraction")
+        check_patterns(self.actions, tags, "AbortPolicy.actions")
+        check_patterns(self.forecast_budget or (), tags, "AbortPolicy.forecast_budget")
+        if run_length and total_steps is None:
+            for name, given in (("forecast_budget", self.forecast_budget),
+                                ("mask_risk", self.mask_risk)):
+                if given is not None:
+                    raise ValueError(
+                        f"AbortPolicy.{name} needs the forecast, and the forecast needs the "
+                        "run's length, which this monitor does not know: give "
+                        "MemWatch(total_steps=...) (the Lightning and transformers adapters "
+                        f"fill it in from the trainer), or drop {name}")
 
     @property
     def masks(self) -> bool:
@@ -211,14 +250,17 @@ def evaluate(
 
     if policy.forecast_budget and forecast is not None:
         for key, budget in policy.forecast_budget.items():
-            tag = forecast.tags.get(key)
-            if tag is None:
+            matched = [forecast.tags[k] for k in matching_keys(forecast.tags, key)]
+            if not matched:
                 continue
-            expected = float(tag.expected_final_memorized)
+            # a pattern's forecast is the sum over the tags it names (an upper bound where a
+            # row carries two of them): the same rows a `tags` or `actions` pattern names
+            expected = sum(float(t.expected_final_memorized) for t in matched)
+            low = sum(float(t.expected_final_low) for t in matched)
+            high = sum(float(t.expected_final_high) for t in matched)
             if expected > budget:
                 text = (f"rule forecast_budget[{key!r}]: forecast for {key!r}: {expected:.0f} "
-                        f"rows memorized by the end "
-                        f"(range {tag.expected_final_low:.0f}-{tag.expected_final_high:.0f}) > "
+                        f"rows memorized by the end (range {low:.0f}-{high:.0f}) > "
                         f"budget {budget}")
                 triggers.append(text)
                 send(f"forecast:{key}", Alert("forecast", "WARN",
@@ -296,3 +338,34 @@ def _leak_alert(history, i: int, step: int, preview) -> Alert:
             f"of {history.cont_len} continuation tokens in all): {shown}")
     return Alert("leaked", "WARN", f"memwatch: watched row {row_id} leaked its PII", text, step,
                  (row_id,))
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
+
+
+def _patterns(value, name: str) -> tuple[str, ...]:
+    """`value` (one pattern or a sequence of them) as a tuple of str, or TypeError saying so."""
+    if isinstance(value, str):
+        return (value,)
+    if value is None or isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise TypeError(f"AbortPolicy {name} must be a tag pattern or a sequence of them, e.g. "
+                        f"('pii:*', 'canary'); () watches no tag; got {value!r}")
+    out = tuple(value)
+    bad = next((p for p in out if not isinstance(p, str)), None)
+    if bad is not None:
+        raise TypeError(f"AbortPolicy {name} holds {bad!r}; every entry is a tag pattern (a "
+                        "str such as 'pii:*')")
+    return out
+
+
+def _mapping(value, name: str, example: str) -> dict:
+    """`value` as a dict of str keys, or TypeError naming the setting and an example."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"AbortPolicy {name} must be a mapping tag pattern -> value, e.g. "
+                        f"{example}; got {value!r}")
+    bad = next((k for k in value if not isinstance(k, str)), None)
+    if bad is not None:
+        raise TypeError(f"AbortPolicy {name} has the key {bad!r}; keys are tag patterns (a "
+                        "str such as 'pii:*', or '*' for every row)")
+    return dict(value)

@@ -54,7 +54,8 @@ class MemWatchCallback(Callback):
         total = trainer.estimated_stepping_batches
         if self.monitor.total_steps is None and math.isfinite(total):
             self.monitor.total_steps = int(total)
-        self.monitor.check(self._model(pl_module))  # bad rows fail here, before any training
+        tokenizer = getattr(pl_module, "tokenizer", None)  # the module's, by convention
+        self.monitor.check(self._model(pl_module), tokenizer)  # bad input fails here
         self.reason = ""
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

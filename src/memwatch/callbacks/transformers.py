@@ -48,7 +48,8 @@ class MemWatchTrainerCallback(TrainerCallback):
             else:
                 warnings.warn(f"memwatch found no {self.state_file} in {folder}; resuming at step "
                               f"{state.global_step} with an empty history", stacklevel=2)
-        self.monitor.check(model)  # bad rows fail here, before any training
+        tokenizer = kwargs.get("processing_class") or kwargs.get("tokenizer")
+        self.monitor.check(model, tokenizer)  # bad rows fail here, before any training
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         decision = self.monitor.step(model, state.global_step)

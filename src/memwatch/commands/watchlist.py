@@ -50,6 +50,9 @@ def add_arguments(p) -> None:
     b.add_argument("--work-dir", metavar="DIR",
                    help="where finished shards are kept until the watchlist is saved (default "
                         "OUT.scan); a killed scan resumes from it")
+    b.add_argument("--backend", choices=["auto", "presidio", "regex"], default="auto",
+                   help="PII recognizers: Presidio's (extra pii) or memwatch's regexes "
+                        "(default: Presidio when installed)")
     b.add_argument("--max-line-bytes", type=positive_int, default=None, metavar="N",
                    help="longest line a .jsonl / text file may have (default 256 MiB)")
     b.add_argument("--ner-model", metavar="NAME_OR_PATH",
@@ -128,19 +131,41 @@ def _load_tokenizer(source: str):
 
 
 def _read_texts(files: list[str], field: str) -> list[str]:
+    """The texts of --texts files; a file that holds none, or a bad line, names the file."""
     texts = []
     for path in files:
-        with open(path, encoding="utf-8") as f:
-            if path.endswith(".jsonl"):
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        row = json.loads(line)
-                        if field not in row:
-                            raise ValueError(f"{path}:{n} has no field {field!r}")
-                        texts.append(str(row[field]))
-            else:
-                texts.append(f.read())
+        found = len(texts)
+        try:
+            with open(path, encoding="utf-8") as f:
+                if path.endswith(".jsonl"):
+                    for n, line in enumerate(f, 1):
+                        if line.strip():
+                            texts.append(_jsonl_text(line, field, f"{path}:{n}"))
+                else:
+                    text = f.read()
+                    if text.strip():
+                        texts.append(text)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"--texts {path} is not UTF-8 text ({err.reason} at byte "
+                             f"{err.start}); convert it to UTF-8") from None
+        if len(texts) == found:
+            raise ValueError(f"--texts {path} holds no text (an empty file"
+                             f"{' or only blank lines' if path.endswith('.jsonl') else ''}): "
+                             "give files with text, or leave this one out")
     return texts
+
+
+def _jsonl_text(line: str, field: str, where: str) -> str:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where} is not a JSON object ({err.msg}); .jsonl files hold one "
+                         "object per line") from None
+    except RecursionError:
+        raise ValueError(f"{where} nests too deep to be a JSON text record") from None
+    if not isinstance(row, dict) or field not in row:
+        raise ValueError(f"{where} has no field {field!r} (set --text-field)")
+    return str(row[field])
 
 
 def _pii_corpus(args, tokenizer):
@@ -194,9 +219,10 @@ def _build(args):
         print(f"scanning for PII; finished shards are kept in {work_dir} (a killed scan "
               "resumes from them)", file=sys.stderr)
         parts.append(Watchlist.scan_pii(_pii_corpus(args, tokenizer), tokenizer,
-                                        keep_text=args.keep_text, num_proc=args.num_proc,
-                                        engine=args.engine, work_dir=work_dir,
-                                        ner_model=args.ner_model, **lengths))
+                                        keep_text=args.keep_text, backend=args.backend,
+                                        num_proc=args.num_proc, engine=args.engine,
+                                        work_dir=work_dir, ner_model=args.ner_model,
+                                        **lengths))
     if args.canaries:
         parts.append(Watchlist.canaries(args.canaries, args.template, tokenizer, args.seed,
                                         **lengths))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from memwatch.probe import CONT_LEN, PROMPT_LEN
 from memwatch.watchlist.tags import CANARY_IN
 
 #: Repetitions of each planted record / canary in the training stream (one per level).
@@ -98,7 +99,7 @@ def build_data(cfg: DemoConfig) -> DemoData:
     g = torch.Generator().manual_seed(cfg.seed)
     pick = torch.randperm(len(background), generator=g)[: cfg.sample_rows]
     sample = Watchlist.from_tokens(background[pick], ids=[f"sample#{int(i)}" for i in pick],
-                                   tags="sample")
+                                   tags="sample", prompt_len=PROMPT_LEN, cont_len=CONT_LEN)
     repeats = {row_id: pii_reps[pii.spans[i][0]] for i, row_id in enumerate(pii.ids)}
     repeats.update(dict.fromkeys(canaries.ids, 0))  # canary:out: never planted
     repeats.update({canaries.ids[i]: r for i, r in zip(planted, can_reps, strict=True)})

@@ -124,9 +124,25 @@ def resolve_checkpoints(model: str, revisions: Sequence[str] | None = None) -> l
             raise ValueError(f"revision {missing[0]!r} not found under {model} (no "
                              f"{local / missing[0] / 'config.json'}); found: {found or 'none'}")
         return [Checkpoint(model, r, name, str(local / r)) for r in revisions]
-    if local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ValueError(f"model {model!r} is neither a local directory nor a hub id")
+    if local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1 \
+            or (local.parent != Path(".") and local.parent.is_dir()):
+        raise ValueError(_no_local_model(model, local))
     return [Checkpoint(model, r, name) for r in (revisions or ["main"])]
+
+
+def _no_local_model(model: str, local: Path) -> str:
+    """Why `model`, which looks like a local path, names no checkpoint folder (the hub is never
+    tried for a path: a typo would cost a minute of retries and end in a hub error)."""
+    if local.exists():
+        return f"--model {model!r} is a file, not a checkpoint folder"
+    parent = local.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    held = sorted(d.name for d in parent.iterdir() if d.is_dir()) if parent.is_dir() else []
+    near = [d for d in held if d.lower().startswith(local.name.lower()[:3])] or held
+    holds = f"{parent}/ holds {', '.join(near[:5])}" if held else f"{parent}/ holds no folder"
+    return (f"--model {model!r}: no folder {local}; {holds} (a path is never looked up on "
+            "the hub; a hub id is owner/name)")
 
 
 def result_path(out: str | os.PathLike, ckpt: Checkpoint) -> Path:

@@ -154,8 +154,24 @@ def read_meta(path: str | os.PathLike) -> dict:
     """The ``memwatch`` metadata of a results parquet written by `memwatch eval` ({} if none)."""
     import pyarrow.parquet as pq
 
-    raw = (pq.read_schema(path).metadata or {}).get(b"memwatch")
-    return json.loads(raw) if raw else {}
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(b"memwatch")
+    except Exception as err:  # pyarrow raises its own types for a corrupt footer
+        raise ValueError(f"{path}: unreadable parquet ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); the file is truncated "
+                         "or corrupt: run memwatch eval for that checkpoint again") from None
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        why = "nests too deep" if isinstance(err, RecursionError) else "is not valid JSON"
+        raise ValueError(f"{path}: its 'memwatch' metadata {why}; the file was not written by "
+                         "memwatch eval or is corrupt") from None
+    if not isinstance(meta, dict) or not {"model", "revision", "cont_len"} <= set(meta):
+        raise ValueError(f"{path}: its 'memwatch' metadata lacks model, revision or cont_len; "
+                         "the file was not written by memwatch eval or is corrupt")
+    return meta
 
 
 def read_memwatch(paths: Sequence[Path], meta: dict) -> Run:
@@ -235,6 +251,9 @@ def _read_csv_rows(path: Path) -> tuple[np.ndarray, np.ndarray]:
         scores = np.array([float(r[scol]) for r in rows], np.float32)
     except (ValueError, IndexError) as err:
         raise ValueError(f"{path}: unreadable row ({err})") from None
+    except OverflowError:
+        raise ValueError(f"{path}: a sequence index is beyond int64 ({_INDEX_COLS} must hold "
+                         "sequence numbers); the file is corrupt") from None
     return index, scores
 
 

@@ -34,6 +34,7 @@ class LocalSink(Sink):
         self.path = Path(path)
         self._file = None
         self._warned = False
+        self._lost: dict[str, int] = {}  # event kind (or file) -> times it was not written
 
     @property
     def records_path(self) -> Path:
@@ -56,6 +57,7 @@ class LocalSink(Sink):
             self._file.write("\n")
             self._file.flush()
         except (OSError, TypeError, ValueError) as err:
+            self._lost[event] = self._lost.get(event, 0) + 1
             self._warn(err)
 
     def on_probe(self, record: ProbeRecord) -> None:
@@ -77,12 +79,24 @@ class LocalSink(Sink):
         try:
             write_history_parquet(history, self.history_path)
         except Exception as err:  # pyarrow raises its own types; never into training
+            self._lost[HISTORY] = 1
             self._warn(err)
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError as err:  # a full disk: the last flush fails
+                self._lost["final flush"] = 1
+                self._warn(err)
+
+    def lost(self) -> str:
+        if not self._lost:
+            return ""
+        parts = [f"no {name}" if name in (HISTORY, "final flush") else
+                 f"{n} {name} event{'s' if n > 1 else ''}" for name, n in self._lost.items()]
+        return f"{self.path} lacks " + ", ".join(parts)
 
     def _warn(self, err: Exception) -> None:
         if not self._warned:

@@ -7,8 +7,10 @@ strings; tags are short labels such as ``pii:EMAIL_ADDRESS``, ``canary`` or
 
 ``spans[i]`` is ``(text_index, start, end)``: the characters row ``i`` is about in
 its source text (the window for `from_texts`, the PII hit for `scan_pii`, the
-secret for `canaries`), or None. Storage is safetensors (tokens) beside JSON
-(everything else); nothing is ever pickled.
+secret for `canaries`), or None. `tokenizer` records the tokenizer of rows built from
+text (name and vocabulary fingerprint, `memwatch.watchlist.tokenizer`), else None.
+Storage is safetensors (tokens) beside JSON (everything else, the row width and the
+tokenizer included); nothing is ever pickled.
 
 Two per-row fields, set by `scan_pii` (None elsewhere, and for rows without them):
 ``span_tokens[i]``, how many continuation tokens the PII itself covers (the row has
@@ -30,6 +32,8 @@ import torch
 
 from memwatch.probe import CONT_LEN, PROMPT_LEN
 from memwatch.watchlist.tags import CANARY_IN, CANARY_OUT, tag_mask
+from memwatch.watchlist.tokenizer import checked as checked_tokenizer
+from memwatch.watchlist.tokenizer import describe, merged
 
 FORMAT = "memwatch.watchlist"
 FORMAT_VERSION = 1
@@ -48,6 +52,7 @@ class Watchlist:
         previews: Sequence[str] | None = None,
         spans: Sequence[Span | None] | None = None,
         texts: Sequence[str | None] | None = None,
+        tokenizer: dict | None = None,
         span_tokens: Sequence[int | None] | None = None,
         prompt_lens: Sequence[int | None] | None = None,
     ):
@@ -92,6 +97,8 @@ class Watchlist:
             [None if s is None else tuple(int(x) for x in s) for s in spans]
         # Raw text of each row, present only when the user asked for it (keep_text=True).
         self.texts = list(texts) if texts is not None else None
+        # The tokenizer of the ids (`memwatch.watchlist.tokenizer.describe`), when known.
+        self.tokenizer = checked_tokenizer(tokenizer, "Watchlist")
         self.span_tokens = _counts(span_tokens, "span_tokens", ids, 1)
         self.prompt_lens = _counts(prompt_lens, "prompt_lens", ids, 1)
 
@@ -210,7 +217,7 @@ class Watchlist:
         if not rows:
             return None
         return cls(torch.tensor(rows, dtype=torch.long), ids, [tags] * len(rows), spans=spans,
-                   texts=kept if keep_text else None)
+                   texts=kept if keep_text else None, tokenizer=describe(tokenizer))
 
     @classmethod
     def from_pythia(cls, path_prefix: str | os.PathLike, indices, prompt_len: int = PROMPT_LEN,
@@ -314,7 +321,8 @@ class Watchlist:
         if audit:
             tags = [("canary", CANARY_IN if inside else CANARY_OUT)
                     for inside in membership(n, seed)]
-        return cls(torch.stack([c.tokens for c in made]), ids, tags, previews, spans, texts)
+        return cls(torch.stack([c.tokens for c in made]), ids, tags, previews, spans, texts,
+                   describe(tokenizer) if tokenizer is not None else None)
 
     # ----------------------------------------------------------------------------------------
     # Views
@@ -388,8 +396,8 @@ class Watchlist:
         return Watchlist(
             self.tokens[torch.as_tensor(idx, dtype=torch.long)],
             [self.ids[i] for i in idx], [self.tags[i] for i in idx],
-            pick(self._previews), pick(self.spans), pick(self.texts), pick(self.span_tokens),
-            pick(self.prompt_lens))
+            pick(self._previews), pick(self.spans), pick(self.texts), self.tokenizer,
+            pick(self.span_tokens), pick(self.prompt_lens))
 
     def sample(self, k: int, by_tag: str | Sequence[str] | None = None, seed: int = 0) -> Watchlist:
         """Up to `k` random rows (all if fewer), kept in watchlist order; deterministic in `seed`.
@@ -475,8 +483,9 @@ class Watchlist:
                 "tags": [list(t) for t in self.tags], "previews": self._previews,
                 "spans": None if self.spans is None else
                 [None if s is None else list(s) for s in self.spans],
-                "texts": self.texts, "span_tokens": self.span_tokens,
-                "prompt_lens": self.prompt_lens}
+                "texts": self.texts, "width": int(self.tokens.shape[1]),
+                "tokenizer": self.tokenizer,
+                "span_tokens": self.span_tokens, "prompt_lens": self.prompt_lens}
         with open(os.path.join(path, "watchlist.json"), "w", encoding="utf-8") as f:
             json.dump(meta, f, ensure_ascii=False)
 
@@ -498,6 +507,9 @@ class Watchlist:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{meta_path} is not valid JSON ({err}): truncated or corrupt; "
                              "save the watchlist again") from err
+        except RecursionError:
+            raise ValueError(f"{meta_path} nests too deep to be a watchlist.json (corrupt or "
+                             "not written by Watchlist.save); save the watchlist again") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT \
                 or meta.get("version") != FORMAT_VERSION:
             got = meta if not isinstance(meta, dict) else \
@@ -516,10 +528,16 @@ class Watchlist:
         if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
             raise ValueError(f"{tok_path}: 'tokens' has dtype {tokens.dtype}, not integer token "
                              "ids (Watchlist.save writes unsigned integers)")
+        width = meta.get("width")
+        if width is not None and (tokens.dim() != 2 or width != tokens.shape[1]):
+            raise ValueError(f"{tok_path} holds rows of shape {tuple(tokens.shape)}, but "
+                             f"{meta_path} records {width} tokens per row: the two files are "
+                             "from different saves; save the watchlist again")
         try:
             return cls(tokens, meta["ids"], meta["tags"], meta.get("previews"),
-                       meta.get("spans"), meta.get("texts"), meta.get("span_tokens"),
-                       meta.get("prompt_lens"))
+                       meta.get("spans"), meta.get("texts"),
+                       checked_tokenizer(meta.get("tokenizer"), meta_path),
+                       meta.get("span_tokens"), meta.get("prompt_lens"))
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
 
@@ -554,6 +572,9 @@ def _check_meta(meta: dict, where: str) -> None:
             fail(field, "is missing")
         if not isinstance(meta[field], list):
             fail(field, f"must be a list, got {type(meta[field]).__name__}")
+    width = meta.get("width")
+    if width is not None and (type(width) is not int or width < 1):
+        fail("width", f"must be a row length (an int >= 1), got {width!r}")
     n = len(meta["ids"])
     if not all(isinstance(i, str) for i in meta["ids"]):
         fail("ids", "must hold strings only")
@@ -592,10 +613,21 @@ def _counts(values, name: str, ids: Sequence[str], low: int) -> list[int | None]
 
 
 def _concat(parts: Sequence[Watchlist]) -> Watchlist:
-    """Rows of all `parts` in order, cut to the narrowest width; extras kept where any has them."""
-    width = min(p.tokens.shape[1] for p in parts)
+    """Rows of all `parts` in order; extras kept where any has them.
 
-    def merged(attr: str, fill):
+    Parts of different widths are an error (cutting rows to the narrowest would cut
+    canaries' secrets off), and so are parts built with different tokenizers.
+    """
+    widths = [int(p.tokens.shape[1]) for p in parts]
+    if len(set(widths)) > 1:
+        raise ValueError(f"cannot add watchlists of {' and '.join(map(str, widths))} tokens per "
+                         "row: cutting rows to the narrowest would cut their continuations "
+                         "(a canary's secret); build every part with the same prompt_len + "
+                         "cont_len")
+    width = widths[0]
+    tokenizer = merged([p.tokenizer for p in parts])
+
+    def extra(attr: str, fill):
         if all(getattr(p, attr) is None for p in parts):
             return None
         out = []
@@ -607,6 +639,6 @@ def _concat(parts: Sequence[Watchlist]) -> Watchlist:
     return Watchlist(
         torch.cat([p.tokens[:, :width] for p in parts]),
         [i for p in parts for i in p.ids], [t for p in parts for t in p.tags],
-        merged("_previews", lambda p, i: p.redacted_preview(i)),
-        merged("spans", lambda p, i: None), merged("texts", lambda p, i: None),
-        merged("span_tokens", lambda p, i: None), merged("prompt_lens", lambda p, i: None))
+        extra("_previews", lambda p, i: p.redacted_preview(i)),
+        extra("spans", lambda p, i: None), extra("texts", lambda p, i: None), tokenizer,
+        extra("span_tokens", lambda p, i: None), extra("prompt_lens", lambda p, i: None))

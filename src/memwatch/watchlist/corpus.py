@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ROWS_PER_SHARD = 10_000
+MIN_SHARDS = 64
 PYTHIA_SEQS_PER_SHARD = 256
 MAX_LINE_BYTES = 256 << 20  # a longer line is not a record but a broken file
 _JSON = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
@@ -186,8 +187,11 @@ def open_corpus(source, text_column: str = "text", fraction: float | None = None
         raise CorpusError(f"{description}: no column {text_column!r}; it has "
                           f"{source.column_names} (choose one with text_column= / --text-field)")
     rows = _sample(len(source), fraction, max_rows, seed)
+    # At least MIN_SHARDS shards (work for every worker) of at most ROWS_PER_SHARD rows; a
+    # function of the corpus only, so that the shards do not change with the workers.
+    per_shard = rows_per_shard or min(ROWS_PER_SHARD, max(1, -(-len(rows) // MIN_SHARDS)))
     return Corpus("dataset", source, text_column, description, rows, **common,
-                  rows_per_shard=rows_per_shard or ROWS_PER_SHARD)
+                  rows_per_shard=per_shard)
 
 
 def _sample(n: int, fraction: float | None, max_rows: int | None, seed: int) -> np.ndarray:

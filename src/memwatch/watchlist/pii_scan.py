@@ -375,5 +375,8 @@ def _assemble(cls, job: _Job):
     if not rows:
         raise ValueError(f"scan_pii found no usable PII ({skipped} hits skipped): the "
                          "watchlist would be empty")
+    from memwatch.watchlist.tokenizer import describe
+
     return cls(torch.tensor(rows, dtype=torch.long), ids, tags, previews, spans,
-               kept if s.keep_text else None, span_tokens, prompt_lens)
+               kept if s.keep_text else None, describe(job.tokenizer),
+               span_tokens, prompt_lens)
