@@ -77,11 +77,14 @@ def test_the_monitor_probes_short_rows_by_group(trained, one_thread):
     from memwatch.watchlist import Watchlist
 
     rows = trained.rows[[0, 1, 40, 41, 2, 42, 3, 43]]
-    tokens = _padded(rows, LENS, pad=0)
-    wl = Watchlist(tokens, [f"r{i}" for i in range(8)], [("pii:X",)] * 8, prompt_lens=LENS)
+    lens = [32, 5, 17, 1, 5, None, 32, 17]  # a watchlist's prompts fit its prompt_len
+    tokens = _padded(rows, lens, pad=0)
+    wl = Watchlist(tokens, [f"r{i}" for i in range(8)], [("pii:X",)] * 8, prompt_lens=lens)
+    with pytest.raises(ValueError, match="'r6' has a 40-token prompt.*built with prompt_len=40"):
+        MemWatch(Watchlist(tokens, wl.ids, wl.tags, prompt_lens=LENS))
     mon = MemWatch(wl, every_n_steps=1, abort=None)
     mon.step(trained.model, 1)
-    expected = probe_rows(trained.model, tokens, LENS, M, N, mode="extractable")
+    expected = probe_rows(trained.model, tokens, lens, M, N, mode="extractable")
     assert np.array_equal(mon.history.match_prefix[-1], expected.match_prefix.numpy())
     plain = probe(trained.model, tokens, M, N, mode="extractable")
     assert not np.array_equal(mon.history.match_prefix[-1], plain.match_prefix.numpy())
