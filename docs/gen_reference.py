@@ -28,6 +28,7 @@ OBJECTS = {
                     "AbortPolicy", "MaskSpec",
                     "History", "Decision", "Alert"],
     "Forecast": ["forecast", "Forecast"],
+    "Privacy audit": ["audit", "Audit", "memwatch.audit.history_audit", "memwatch.audit.log_pz"],
     "Sinks": ["WandbSink", "LocalSink", "ConsoleSink", "Sink"],
     "Framework adapters": ["callbacks.MemWatchCallback", "callbacks.MemWatchTrainerCallback",
                            "callbacks.MaskingCollator"],

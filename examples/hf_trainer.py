@@ -7,12 +7,19 @@ back on `trainer.train(resume_from_checkpoint=...)`: the script trains to the la
 then resumes a second Trainer from the half-way checkpoint with a fresh monitor, which
 continues the first run's probe history instead of starting over. The policy only alerts
 (the default `AbortPolicy()` would stop the run at the first memorized canary).
+
+The resumed Trainer gets the model loaded with `from_pretrained(checkpoint)`, not a fresh
+model: resuming a fresh GPT-NeoX through `resume_from_checkpoint` alone takes a path on
+which transformers 5.24 drops the output head's weights (tied-weight handling), so the
+resumed model would silently train from a random head and memorize nothing the first run
+had. Loading the checkpoint's model first gives it every weight; the Trainer then restores
+the optimizer, scheduler and step from the same folder.
 """
 
 import argparse
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import GPTNeoXForCausalLM, Trainer, TrainingArguments
 
 import memwatch as mw
 from memwatch.callbacks import MemWatchTrainerCallback
@@ -38,7 +45,10 @@ def train(steps: int, out: str, corpus, watchlist, resume: str | None = None) ->
     args = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=16,
                              learning_rate=3e-3, save_steps=max(1, steps // 2), report_to=[],
                              logging_steps=50, use_cpu=True, seed=0, disable_tqdm=True)
-    trainer = Trainer(model=tiny_model(hidden_size=128), args=args,
+    # resuming: the checkpoint's own model (see the module docstring), not a fresh one
+    model = tiny_model(hidden_size=128) if resume is None else \
+        GPTNeoXForCausalLM.from_pretrained(resume)
+    trainer = Trainer(model=model, args=args,
                       train_dataset=Rows(corpus.stream(seed=0)),
                       callbacks=[MemWatchTrainerCallback(monitor)])
     trainer.train(resume_from_checkpoint=resume)

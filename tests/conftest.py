@@ -201,9 +201,10 @@ class RecordingSink:
         return out
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def recorder():
-    """A factory of `RecordingSink`s: ``rec = recorder()``."""
+    """A factory of `RecordingSink`s, the one recording sink of the tests: ``rec = recorder()``
+    (a class, so module-scoped fixtures can use it too)."""
     from memwatch.sinks.base import Sink
 
     return type("RecordingSink", (RecordingSink, Sink), {})

@@ -21,12 +21,13 @@ PLOTS = ["correlation.png", "memorized_fraction.png", "precision.png", "recall.p
 @pytest.fixture(scope="module")
 def results(suite, tmp_path_factory):
     from memwatch.posthoc.evaluate import EvalConfig, evaluate, resolve_checkpoints
+    from memwatch.probe import ProbeSpec
     from memwatch.watchlist import Watchlist
 
     out = tmp_path_factory.mktemp("results")
     ckpts = [c for m in ("small", "large") for c in resolve_checkpoints(str(suite.root / m))]
     evaluate(ckpts, Watchlist.from_pythia(suite.prefix, "0:128:2"), out,
-             config=EvalConfig(mode="extractable", with_nll=False), progress=False)
+             config=EvalConfig(ProbeSpec(mode="extractable")), progress=False)
     return out
 
 
@@ -72,6 +73,10 @@ def test_recall_vs_compute_uses_both_predictor_families(results):
     assert result.smaller_models.compute.tolist() == [compute_of(small, TOKENS_PER_STEP)]
     assert result.checkpoints.keys == ("large@step12", "large@step24")
     assert result.checkpoints.fit is not None
+    fit, at = result.checkpoints, result.checkpoints.compute
+    assert len(fit.fit.samples) == 200  # the bootstrap the plot draws as a band
+    low, high = fit.band(at, result.target_compute)
+    assert (low <= high).all() and ((0 <= low) & (high <= 1)).all()
     by_key = {p.key: p for p in result.pairs}
     assert result.checkpoints.recall.tolist() == [by_key["large@step12"].recall,
                                                   by_key["large@step24"].recall]
@@ -97,6 +102,11 @@ def test_report_renders_every_plot(results, tmp_path):
     assert small12.split(" | ")[8] == "n/a"  # precision of a run that memorized nothing
     numbers = json.loads((tmp_path / "analysis.json").read_text())
     assert numbers["target"] == "large@step48" and len(numbers["pairs"]) == 6
+    memorized = len(_direct(results / "large" / "step48.parquet")[0])
+    assert "## Memorized rows per tag" in report  # how many of the watchlist's rows, per tag
+    assert f"| large@step48 | sample | 64 | {memorized} | {memorized / 64:.4f} |" in report
+    assert {"run": "large@step48", "tag": "sample", "rows": 64,
+            "memorized": memorized} in numbers["tag_counts"]
 
 
 def _eleuther_layouts(root, universe, memorized):

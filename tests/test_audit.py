@@ -42,7 +42,7 @@ def test_a_null_run_gives_zero_in_95_percent_of_40_seeds(ties):
 def test_ties_are_broken_at_random_not_by_membership():
     # Every canary scores the same (nothing learned): a tie broken by the order of the
     # arguments would make every guess right (or every one wrong).
-    a = audit(np.zeros(100), np.zeros(100), k=100, n_boot=0)
+    a = audit(np.zeros(100), np.zeros(100), k=100, bottom=True, n_boot=0)
     assert 0.35 * a.guesses < a.correct < 0.65 * a.guesses
     assert a.epsilon_lb == 0
 
@@ -121,7 +121,14 @@ def test_separated_canaries_give_a_bound_and_metrics():
     rng = np.random.default_rng(0)
     a = audit(rng.normal(3, 1, 200), rng.normal(0, 1, 200), n_boot=200, seed=0)
     assert a.auroc > 0.95 and a.auroc_interval[0] < a.auroc < a.auroc_interval[1]
-    assert a.epsilon_lb > 1 and a.k in a.ks and a.guesses == 2 * a.k
+    assert a.epsilon_lb > 1 and a.k in a.ks and a.guesses == a.k + a.k_out
+    assert a.k_out in (0, a.k)
+    # only a few planted canaries learned: the top guesses alone certify more
+    some = np.r_[rng.normal(0, 1, 150), rng.normal(50, 1, 50)]
+    rest = rng.normal(0, 1, 200)
+    one_sided = audit(some, rest, n_boot=0, bottom=False).epsilon_lb
+    assert one_sided > audit(some, rest, n_boot=0, bottom=True).epsilon_lb
+    assert audit(some, rest, n_boot=0).k_out == 0
     metrics = a.metrics()
     assert set(metrics) >= {"audit/auroc", "audit/tpr@1%fpr", "audit/tpr@0.1%fpr",
                             "audit/epsilon_lb"}

@@ -420,3 +420,20 @@ def test_the_table_is_counted():
     assert len({c[0] for c in CASES}) == len(CASES)
     before = counts["construction"] + counts["check"] + counts["load"] + counts["cli"]
     assert (before, counts["probe"]) == (71, 5), counts
+
+
+def test_the_end_summary_names_what_a_failing_sink_lost(tmp_path):
+    from memwatch.sinks import LocalSink
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monitor = mon(every_n_steps=1, abort=AbortPolicy(tags=()),
+                  sinks=[LocalSink(blocker / "log")])  # a folder under a file: a full disk
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monitor.step(model(), 1)
+        monitor.finish(model(), 2)
+    end = [str(w.message) for w in caught if "so they lack" in str(w.message)]
+    assert len(end) == 1
+    assert f"LocalSink: {blocker / 'log'} lacks 2 probe events, 1 end event, no " \
+           "history.parquet" in end[0]

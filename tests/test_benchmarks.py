@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_runs_on_cpu_and_agrees_in_fp32():
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke"],

@@ -2,13 +2,13 @@
 
 import re
 from dataclasses import replace
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from probe_results import probe_result
 
 from memwatch.demos.data import fake_pii_records
-from memwatch.demos.report import outcome_sentences
+from memwatch.demos.report import outcome_sentences, repetition_table, tag_table
 from memwatch.demos.run import DemoConfig, build_data, run_demo
 from memwatch.history import History
 
@@ -22,8 +22,8 @@ def _history(memorized_by_probe, tags):
     h = History([f"r{i}" for i in range(len(tags))], [(t,) for t in tags])
     for k, row in enumerate(memorized_by_probe):
         mem = np.array(row, dtype=bool)
-        h.update(10 * (k + 1), SimpleNamespace(match_prefix=np.where(mem, 32, 3),
-                                               scores=np.where(mem, 1.0, 0.1), nll=None), "exact")
+        h.update(10 * (k + 1), probe_result(np.where(mem, 32, 3), np.where(mem, 1.0, 0.1)),
+                 "exact")
     return h
 
 
@@ -34,7 +34,11 @@ def test_report_sentences_are_computed_from_the_run():
     text = " ".join(outcome_sentences(h, reps))
     assert ("Memorized at step 30: emails 2 of 2, phone numbers 0 of 2, canaries 0 of 1, "
             "sampled training rows 0 of 1.") in text
-    assert "8x: 1 of 3, first at step 10 (median); 1x: 1 of 2, first at step 30 (median)" in text
+    assert repetition_table(h, reps)[2:] == ["| 8 | 3 | 1 | 2 | 10 |", "| 1 | 2 | 1 | 1 | 30 |"]
+    assert "Planted PII not memorized at the end (phone numbers 2 of 2) is a " \
+           "fact of the data" in text
+    assert "| PII | 4 | 2 | 2 | 20 |" in tag_table(h)
+    assert "| &nbsp;&nbsp;phone numbers (`pii:PHONE_NUMBER`) | 2 | 0 | 0 | - |" in tag_table(h)
     assert "1 row(s) memorized at some probe were no longer memorized at the end" in text
     nothing = outcome_sentences(_history([[0] * 6, [0] * 6], tags), reps)
     assert nothing == ["Nothing on the watchlist was memorized in 20 steps (emails 0 of 2, "
@@ -105,3 +109,40 @@ def test_demo_act_mask_compares_with_the_unmitigated_run(tmp_path, monkeypatch):
     assert sum(masked) < sum(unmitigated), section
     assert int(re.search(r"(\d+) planted row\(s\) were masked", section)[1]) > 0
     assert (tmp_path / "demo" / "unmitigated" / "records").is_dir()
+
+
+def test_report_audit_section_states_the_bound_and_plots_it(tmp_path):
+    import torch
+
+    from memwatch.demos.report import audit_section
+    from memwatch.probe import ProbeResult
+
+    rng = np.random.default_rng(0)
+    inside = rng.random(40) < 0.5
+    h = History([f"c{i}" for i in range(40)],
+                [("canary", "canary:in" if x else "canary:out") for x in inside], cont_len=8)
+    zero = torch.zeros(40, dtype=torch.int16)
+    for k in range(3):
+        nll = torch.tensor(rng.normal(4, 0.3, 40) - 2 * k * inside, dtype=torch.float32)
+        h.update(10 * (k + 1), ProbeResult(zero.float(), zero == 8, zero, nll=nll), "exact")
+    text = "\n".join(audit_section(h, tmp_path))
+    assert "## Privacy audit (one run)" in text and f"{inside.sum()} planted" in text
+    assert "is rejected at 95 % confidence" in text and "lower bound for these canaries" in text
+    assert (tmp_path / "privacy_audit.png").read_bytes()[:4] == b"\x89PNG"
+    assert audit_section(_history([[0, 1]], ["canary", "sample"]), tmp_path) == []
+
+
+def test_the_demo_progress_bar_says_step_n_of_m_not_epoch_21_of_minus_2():
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from memwatch.demos.lightning import StepProgressBar
+
+    bar = StepProgressBar()
+    bar.train_progress_bar = tqdm(total=10, disable=True)
+    bar._describe(SimpleNamespace(global_step=21, max_steps=1500))
+    assert bar.train_progress_bar.desc.startswith("step 21 of 1500")
+    bar._describe(SimpleNamespace(global_step=21, max_steps=-1))
+    assert bar.train_progress_bar.desc.startswith("step 21") and "of" not in \
+        bar.train_progress_bar.desc

@@ -14,7 +14,7 @@ import torch
 
 import memwatch.posthoc.evaluate as ev
 from memwatch.cli import main
-from memwatch.probe import reference_probe
+from memwatch.probe import ProbeSpec, reference_probe
 
 INDICES = "0:128:4"
 ROWS = np.arange(0, 128, 4)
@@ -85,7 +85,7 @@ def test_eval_writes_reference_scores_for_every_checkpoint(suite, evaluated):
 @pytest.mark.slow
 def test_resume_after_crash_gives_identical_results(suite, evaluated, tmp_path, monkeypatch):
     calls = []
-    real_probe = ev.probe
+    real_probe = ev._probe
 
     def counting(*args, **kwargs):
         if crash_after is not None and len(calls) == crash_after:
@@ -98,7 +98,7 @@ def test_resume_after_crash_gives_identical_results(suite, evaluated, tmp_path, 
                      "--indices", INDICES, "--out", str(tmp_path), "--batch-size", "16",
                      "--no-progress"])
 
-    monkeypatch.setattr(ev, "probe", counting)
+    monkeypatch.setattr(ev, "_probe", counting)
     crash_after = 3  # large@step12 done (2 batches of 16 rows), 1 batch into large@step24
     with pytest.raises(RuntimeError, match="simulated crash"):
         run()
@@ -165,7 +165,7 @@ def no_scoring(monkeypatch):
     def fail(*args, **kwargs):
         pytest.fail("scoring started before the bad input was reported")
 
-    monkeypatch.setattr(ev, "probe", fail)
+    monkeypatch.setattr(ev, "_probe", fail)
 
 
 def _bad(capsys, tmp_path, *args) -> str:
@@ -230,7 +230,12 @@ def test_model_with_another_vocab_fails_before_scoring(suite, tmp_path, capsys, 
 
 def test_mode_and_index_are_checked(suite, tmp_path, no_scoring):
     with pytest.raises(ValueError, match="mode must be one of"):
-        ev.EvalConfig(mode="greedy")
+        ev.EvalConfig(ProbeSpec(mode="greedy"))
+    with pytest.warns(DeprecationWarning, match=r"spec=ProbeSpec"):
+        old = ev.EvalConfig(mode="extractable", with_nll=False)  # the loose settings, deprecated
+    assert old.spec == ProbeSpec(mode="extractable") and ev.EvalConfig().spec.with_nll
+    with pytest.raises(TypeError, match="unknown settings"):
+        ev.EvalConfig(prompt_length=3)
     with pytest.raises(ValueError, match="index has shape"):
         from memwatch.watchlist import Watchlist
 
@@ -239,6 +244,7 @@ def test_mode_and_index_are_checked(suite, tmp_path, no_scoring):
                     index=np.arange(3))
 
 
+@pytest.mark.slow
 def test_pythia_example_script_parses():
     from pathlib import Path
 
@@ -280,6 +286,7 @@ print("STDERR", repr(err.getvalue()))
 """
 
 
+@pytest.mark.slow
 def test_hub_checkpoints_load_offline_from_the_cache(suite, evaluated, tmp_path):
     cache = tmp_path / "hf" / "hub"
     for repo_id, name in (("EleutherAI/pythia-70m", "small"), ("EleutherAI/pythia-160m", "large")):

@@ -62,5 +62,6 @@ def test_ddp_example_runs_on_two_processes(tmp_path):
     assert STOPPED.search(stdout) or _trained_to_the_end(stdout, 20), stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_posthoc_script_parses():
     subprocess.run(["bash", "-n", str(ROOT / "examples" / "pythia_posthoc.sh")], check=True)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from probe_results import probe_result
 
 import memwatch as mw
 from memwatch.forecast import PYTHIA_PRIOR, Forecast, TagForecast, forecast
@@ -16,8 +16,7 @@ N = 32
 
 
 def _result(prefix: np.ndarray, nll=None, nll_first=None):
-    prefix = prefix.astype(np.int16)
-    return SimpleNamespace(match_prefix=prefix, scores=prefix / N, nll=nll, nll_first=nll_first)
+    return probe_result(prefix, nll=nll, nll_first=nll_first, cont_len=N)
 
 
 def power_history(n=2000, memorizable=600, beta=0.7, total=1000, probe_steps=None, seed=0):

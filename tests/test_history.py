@@ -3,20 +3,13 @@ import io
 import numpy as np
 import pytest
 import torch
+from probe_results import probe_result
 
-import memwatch as mw
 from memwatch.history import History
 
 
 def _result(prefix, counts, nll=None, N=4, nll_first=None):
-    prefix = torch.tensor(prefix, dtype=torch.int16)
-    scores = torch.tensor(counts, dtype=torch.float32) / N
-
-    def t(x):
-        return None if x is None else torch.tensor(x, dtype=torch.float32)
-
-    return mw.ProbeResult(scores=scores, memorized=prefix == N, match_prefix=prefix,
-                          nll=t(nll), nll_first=t(nll_first))
+    return probe_result(prefix, np.asarray(counts) / N, nll, nll_first, cont_len=N)
 
 
 def _history(probes=20):
@@ -54,7 +47,8 @@ def test_state_dict_round_trip_loads_without_pickle():
     buf = io.BytesIO()
     torch.save(h.state_dict(), buf)
     buf.seek(0)
-    back = History.from_state_dict(torch.load(buf, weights_only=True))
+    back = History(h.ids, h.tags, cont_len=h.cont_len)
+    back.load_state_dict(torch.load(buf, weights_only=True))
     for name in ("steps", "match_prefix", "scores", "memorized", "nll", "nll_first"):
         np.testing.assert_array_equal(getattr(back, name), getattr(h, name))
     assert back.modes == h.modes and back.tags == h.tags
@@ -74,7 +68,8 @@ def test_the_nll_signal_is_the_continuations_when_measured_else_the_first_tokens
 def test_a_state_saved_before_nll_first_loads_with_it_unmeasured():
     state = _history(4).state_dict()
     del state["nll_first"]
-    back = History.from_state_dict(state)
+    back = History(state["ids"], state["tags"], cont_len=state["cont_len"])
+    back.load_state_dict(state)
     assert back.nll_first.shape == (4, 3) and np.isnan(back.nll_first).all()
     np.testing.assert_array_equal(back.nll, _history(4).nll)
 

@@ -222,18 +222,13 @@ def test_bad_actions_fail_with_the_fix():
 
 
 # ---- the monitor in a plain loop --------------------------------------------------------------
-LOOP_M = LOOP_N = 8
-LOOP_CORPUS = None
+LOOP_M = LOOP_N = 8  # planted.M, planted.N
 
 
 def loop_corpus():
-    from memwatch.demos.model import planted_corpus
+    from planted import CORPUS
 
-    global LOOP_CORPUS
-    if LOOP_CORPUS is None:
-        LOOP_CORPUS = planted_corpus([16] * 4 + [4] * 4 + [1] * 8, seq_len=16, vocab_size=512,
-                                     seed=0)
-    return LOOP_CORPUS
+    return CORPUS
 
 
 def loop_monitor(**kwargs):
@@ -261,19 +256,11 @@ def expected_labels(ids: torch.Tensor, flagged: set[int]) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def masked_run(one_thread):
+def masked_run(one_thread, recorder):
     """24 steps of the tiny model, labels through `mon.mask`; records what each step trained on."""
     from memwatch.demos.model import tiny_model
-    from memwatch.sinks.base import Sink
 
-    class Alerts(Sink):
-        def __init__(self):
-            self.alerts = []
-
-        def on_alert(self, alert):
-            self.alerts.append(alert)
-
-    mon = loop_monitor(sinks=[Alerts()], every_n_steps=2)
+    mon = loop_monitor(sinks=[recorder()], every_n_steps=2)
     stream = loop_corpus().stream(seed=0)
     model = tiny_model(seed=0, hidden_size=64, num_layers=2).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
@@ -326,7 +313,7 @@ def test_monitor_state_round_trip_keeps_the_flagged_rows(masked_run, tmp_path):
 
 def test_mask_alert_names_rows_by_id_and_redacted_preview(masked_run):
     mon, _ = masked_run
-    alerts = [a for a in mon.sinks[0].alerts if a.kind == "mask"]
+    alerts = [a for a in mon.sinks[0].of("alert") if a.kind == "mask"]
     assert alerts and sum(len(a.row_ids) for a in alerts) == len(mon.flagged)
     for a in alerts:
         for row_id in a.row_ids:

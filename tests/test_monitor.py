@@ -7,23 +7,19 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from planted import CORPUS, STREAM, TAGS, M, N
 
-from memwatch.demos.model import planted_corpus, tiny_model
+from memwatch.demos.model import tiny_model
 from memwatch.forecast import forecast
 from memwatch.monitor import MemWatch
 from memwatch.policy import AbortPolicy
-from memwatch.probe import probe, reference_probe
+from memwatch.probe import ProbeSpec, probe, reference_probe
 from memwatch.sinks import LocalSink
 from memwatch.sinks.base import Sink
 from memwatch.sinks.local import read_records
 from memwatch.watchlist import Watchlist
 
-M = N = 8
 BATCH = 8
-# Four canaries seen often (memorized within a few dozen steps), four seen sometimes, eight once.
-CORPUS = planted_corpus([16] * 4 + [4] * 4 + [1] * 8, seq_len=M + N, vocab_size=512, seed=0)
-STREAM = CORPUS.stream(seed=0)
-TAGS = [("canary",)] * 4 + [("sample",)] * 12
 NO_ABORT = AbortPolicy(tags=())
 
 
@@ -42,9 +38,14 @@ def watchlist() -> Watchlist:
     return Watchlist(CORPUS.rows, [f"row-{i}" for i in range(len(CORPUS.rows))], TAGS)
 
 
+PROBE_SETTINGS = ("prompt_len", "cont_len", "mode", "with_nll", "batch_size")
+
+
 def monitor(**kwargs) -> MemWatch:
-    kwargs = {"prompt_len": M, "cont_len": N, "abort": NO_ABORT, **kwargs}
-    return MemWatch(watchlist(), **kwargs)
+    """A monitor on the test watchlist; the probe's settings may be given loose here."""
+    spec = {"prompt_len": M, "cont_len": N, "mode": "extractable",
+            **{k: kwargs.pop(k) for k in PROBE_SETTINGS if k in kwargs}}
+    return MemWatch(watchlist(), **{"abort": NO_ABORT, "probe": ProbeSpec(**spec), **kwargs})
 
 
 def fresh(dropout: float = 0.0):
@@ -295,6 +296,17 @@ def test_token_outside_the_vocab_fails_before_training():
         mon.check(model)
 
 
+def test_the_probe_settings_given_loose_still_work_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="probe=ProbeSpec"):
+        old = MemWatch(watchlist(), prompt_len=M, cont_len=N, with_nll=1, batch_size=4)
+    assert old.spec == ProbeSpec(M, N, mode="extractable", with_nll=True, batch_size=4)
+    assert MemWatch(watchlist(), probe=ProbeSpec(M, N)).spec.mode == "exact"
+    with pytest.raises(TypeError, match="not beside it"):
+        MemWatch(watchlist(), probe=ProbeSpec(M, N), mode="exact")
+    with pytest.raises(TypeError, match="probe must be a ProbeSpec"):
+        MemWatch(watchlist(), probe={"prompt_len": M})
+
+
 def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="mode must be one of"):
         monitor(mode="greedy")
@@ -313,7 +325,7 @@ def test_forecast_runs_on_the_compute_clock_given():
         steps = np.asarray(steps, np.float64)
         return steps - steps**2 / 80
 
-    mons = [monitor(every_n_steps=3, total_steps=40, compute=clock) for clock in (None, lr_clock)]
+    mons = [monitor(every_n_steps=3, total_steps=40, clock=clock) for clock in (None, lr_clock)]
     for mon in mons:
         model, opt = fresh()
         _, decisions = loop(model, opt, 24, mon)
@@ -403,6 +415,8 @@ def test_a_probe_out_of_memory_halves_the_batch_then_skips(recorder):
         torch.testing.assert_close(torch.from_numpy(mon.history.match_prefix[-1]).long(),
                                    expected.long())
         assert raised[0] == (16 if batch_size is None else 8) and set(raised) <= {16, 8}
+        raised.clear()
+        assert mon.step(model, 2).probed and not raised  # starts at the size that worked
     rec = recorder()
     mon = monitor(every_n_steps=1, sinks=[rec])
     fail_probes(model, torch.OutOfMemoryError("CUDA out of memory (simulated)"), lambda r: True)
@@ -485,10 +499,13 @@ def test_bad_inputs_fail_before_training():
         MemWatch(wl, prompt_len=0, cont_len=N)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1 or None.*got 0"):
         monitor(batch_size=0)
-    with pytest.raises(TypeError, match="compute must be vectorised.*raised TypeError"):
-        monitor(compute=lambda step: float(step) ** 0.5)
-    with pytest.raises(TypeError, match="compute must be vectorised.*returned shape \\(\\)"):
-        monitor(compute=lambda steps: 1.0)
+    with pytest.raises(TypeError, match="clock must be vectorised.*raised TypeError"):
+        monitor(clock=lambda step: float(step) ** 0.5)
+    with pytest.raises(TypeError, match="clock must be vectorised.*returned shape \\(\\)"):
+        monitor(clock=lambda steps: 1.0)
+    with pytest.warns(DeprecationWarning, match="compute=.*is deprecated: pass clock="):
+        old = monitor(compute=lambda steps: 2.0 * steps)
+    assert old.clock(np.array([3.0]))[0] == 6.0
 
     class Plain(torch.nn.Module):  # no config, no output embeddings
         def __init__(self, vocab=256):
@@ -526,4 +543,5 @@ def test_an_epsilon_budget_without_audit_canaries_or_nll_is_refused():
         MemWatch(audited, abort=AbortPolicy(max_epsilon=1.0))
     with pytest.warns(RuntimeWarning, match="no audit/\\* metrics"):
         MemWatch(audited)
-    MemWatch(audited, abort=AbortPolicy(max_epsilon=1.0), with_nll=True)
+    MemWatch(audited, abort=AbortPolicy(max_epsilon=1.0),
+             probe=ProbeSpec(mode="extractable", with_nll=True))

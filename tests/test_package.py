@@ -3,11 +3,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import memwatch as mw
 
 SRC = Path(mw.__file__).parent.parent
 
 
+@pytest.mark.slow
 def test_import_is_light():
     code = ("import sys, memwatch; heavy = {'transformers', 'lightning', 'wandb',"
             " 'presidio_analyzer', 'matplotlib', 'datasets', 'spacy', 'pytorch_lightning'};"
@@ -58,6 +61,7 @@ def test_no_import_cycle():
         visit(module, [])
 
 
+@pytest.mark.slow
 def test_cli_bench_runs(capsys):
     from memwatch.cli import main
 

@@ -100,6 +100,28 @@ def test_forecast_budget():
     assert not evaluate(AbortPolicy(tags=(), forecast_budget=3), h).abort  # no forecast yet
 
 
+@pytest.mark.parametrize("key", ["*", "pii:*", "pii:EMAIL*", "pii:EMAIL_ADDRESS"])
+def test_a_forecast_budget_key_is_a_pattern_like_every_other_key(key):
+    fc = _Forecast({"*": _Tag(1, 9.0, 7, 12), "pii:EMAIL_ADDRESS": _Tag(1, 4.0, 3, 6),
+                    "pii:PHONE_NUMBER": _Tag(0, 2.0, 1, 3), "canary": _Tag(0, 3.0, 2, 4)})
+    v = evaluate(AbortPolicy(tags=(), forecast_budget={key: 3}), history(set()), forecast=fc)
+    assert v.abort and f"rule forecast_budget[{key!r}]" in v.reason
+    expected = {"*": 9, "pii:*": 6, "pii:EMAIL*": 4, "pii:EMAIL_ADDRESS": 4}[key]
+    assert f"{expected} rows memorized by the end" in v.reason
+
+
+def test_policy_keys_are_checked_against_the_watchlist_tags():
+    AbortPolicy(tags=("pii:*",), max_fraction={"*": 0.1}, actions={"canary": "mask"},
+                forecast_budget={"sample": 1}).check(TAGS)
+    AbortPolicy().check([("sample",)])  # the default tags name no row here: not an error
+    with pytest.raises(ValueError, match=r"'Sample' names no watchlist row \(tags are "
+                                         r"case-sensitive"):
+        AbortPolicy(tags=(), actions={"Sample": "alert"}).check(TAGS)
+    with pytest.raises(ValueError, match="needs the forecast"):
+        AbortPolicy(forecast_budget=3).check(TAGS, None, run_length=True)
+    AbortPolicy(forecast_budget=3).check(TAGS, 100, run_length=True)
+
+
 def test_alert_text_has_ids_tags_and_preview_only():
     v = evaluate(AbortPolicy(), history({"p0"}), preview=lambda i: f"<redacted {i}>")
     text = v.alerts[0].text

@@ -210,3 +210,51 @@ def test_lockstep_calls_the_model_equally_often_whatever_the_rows(trained, mode)
         hook.remove()
     assert counts[0] == counts[1] == counts[2]
     assert results[0].memorized.all() and not results[1].memorized.any()
+
+
+def test_a_spec_is_the_loose_settings_as_one_value(trained):
+    spec = mw.ProbeSpec(16, 24, mode="extractable", with_nll=True, batch_size=7)
+    assert spec.total_len == 40
+    whole = mw.probe(trained.model, trained.rows, spec=spec)
+    loose = mw.probe(trained.model, trained.rows, 16, 24, "extractable", True, 7)
+    assert torch.equal(whole.match_prefix, loose.match_prefix) and whole.mode == "extractable"
+    torch.testing.assert_close(whole.nll, loose.nll)
+    with pytest.raises(TypeError, match="either spec= or the loose settings"):
+        mw.probe(trained.model, trained.rows, batch_size=3, spec=spec)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        mw.ProbeSpec(batch_size=0)
+
+
+def test_out_of_memory_halves_the_batch_and_later_probes_start_there(trained):
+    """One OOM loop: a batch that runs out of memory is halved and redone, and the size that
+    worked is remembered, so the next probe with the same BatchSize never tries the larger."""
+    from memwatch.probe import BatchSize, ProbeSpec, _probe
+
+    tried, fits = [], {"rows": 10}
+
+    def hook(module, args, kwargs):
+        rows = len(kwargs.get("input_ids", args[0] if args else None))
+        tried.append(rows)
+        if rows > fits["rows"]:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    expected = mw.probe(trained.model, trained.rows, mode="extractable")
+    handle = trained.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        sizer = BatchSize(40)
+        spec = ProbeSpec(mode="extractable")
+        first = _probe(trained.model, trained.rows, spec, sizer)
+        assert tried[:3] == [40, 20, 10] and sizer.cap == 10
+        tried.clear()
+        second = _probe(trained.model, trained.rows, spec, sizer)
+        assert tried and max(tried) == 10  # no failing attempt repeated
+        tried.clear()
+        fits["rows"] = 0
+        with pytest.raises(torch.OutOfMemoryError):  # not even one row fits: the error, no loop
+            _probe(trained.model, trained.rows, spec, BatchSize(2))
+        assert tried == [2, 1]
+    finally:
+        handle.remove()
+    for res in (first, second):
+        assert torch.equal(res.match_prefix, expected.match_prefix)
+

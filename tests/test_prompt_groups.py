@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from memwatch.probe import probe, reference_probe
+from memwatch.probe import ProbeSpec, probe, reference_probe
 from memwatch.prompt_groups import probe_rows, prompt_groups
 
 M, N = 32, 32
@@ -34,7 +34,7 @@ def test_prompt_groups_longest_first():
 def test_short_rows_score_as_the_reference_on_their_own_tokens(trained, one_thread, mode):
     rows = trained.rows[[0, 1, 40, 41, 2, 42, 3, 43]]  # memorized and not, mixed
     tokens = _padded(rows, LENS, pad=0)
-    res = probe_rows(trained.model, tokens, LENS, M, N, mode=mode)
+    res = probe_rows(trained.model, tokens, LENS, ProbeSpec(M, N, mode))
     for i, p in enumerate(LENS):
         p = min(p or M, M)
         own = rows[i:i + 1, M - p:M + N]  # the row as the record gives it: no padding
@@ -45,7 +45,8 @@ def test_short_rows_score_as_the_reference_on_their_own_tokens(trained, one_thre
             assert res.scores[i] == ref[0]
         assert bool(res.memorized[i]) == bool(ref[0] == 1)
     # the padding is never read: other padding, the same results
-    again = probe_rows(trained.model, _padded(rows, LENS, pad=7), LENS, M, N, mode=mode)
+    again = probe_rows(trained.model, _padded(rows, LENS, pad=7), LENS,
+                       ProbeSpec(M, N, mode))
     assert torch.equal(again.scores, res.scores)
     assert torch.equal(again.match_prefix, res.match_prefix)
 
@@ -54,7 +55,7 @@ def test_short_prompts_change_scores(trained, one_thread):
     """The grouping matters: probing the padded rows as full prompts gives other scores."""
     rows = trained.rows[:6]
     lens = [1] * 6
-    grouped = probe_rows(trained.model, _padded(rows, lens, 0), lens, M, N)
+    grouped = probe_rows(trained.model, _padded(rows, lens, 0), lens, ProbeSpec(M, N))
     padded = probe(trained.model, _padded(rows, lens, 0), M, N)
     assert not torch.equal(grouped.scores, padded.scores)
     assert np.array_equal(grouped.nll_first.isnan().numpy(), np.zeros(6, bool))
@@ -63,12 +64,12 @@ def test_short_prompts_change_scores(trained, one_thread):
 def test_one_group_is_one_plain_call(trained):
     calls = []
 
-    def counting(model, tokens, p, n, **kw):
-        calls.append((tokens.shape, p))
-        return probe(model, tokens, p, n, **kw)
+    def counting(model, tokens, spec):
+        calls.append((tokens.shape, spec.prompt_len))
+        return probe(model, tokens, spec=spec)
 
-    probe_rows(trained.model, trained.rows[:4], [32, None, 40, 32], M, N, counting,
-               mode="extractable")
+    probe_rows(trained.model, trained.rows[:4], [32, None, 40, 32],
+               ProbeSpec(M, N, "extractable"), counting)
     assert calls == [(torch.Size([4, 64]), 32)]
 
 
@@ -84,7 +85,7 @@ def test_the_monitor_probes_short_rows_by_group(trained, one_thread):
         MemWatch(Watchlist(tokens, wl.ids, wl.tags, prompt_lens=LENS))
     mon = MemWatch(wl, every_n_steps=1, abort=None)
     mon.step(trained.model, 1)
-    expected = probe_rows(trained.model, tokens, lens, M, N, mode="extractable")
+    expected = probe_rows(trained.model, tokens, lens, ProbeSpec(M, N, "extractable"))
     assert np.array_equal(mon.history.match_prefix[-1], expected.match_prefix.numpy())
     plain = probe(trained.model, tokens, M, N, mode="extractable")
     assert not np.array_equal(mon.history.match_prefix[-1], plain.match_prefix.numpy())

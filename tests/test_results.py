@@ -114,13 +114,14 @@ def published(suite, tmp_path_factory):
     """memwatch's results of one checkpoint named as Pythia's, beside the same checkpoint's
     published results: eval_memorization.py CSVs and a memorized-evals split."""
     from memwatch.posthoc.evaluate import Checkpoint, EvalConfig, evaluate
+    from memwatch.probe import ProbeSpec
     from memwatch.watchlist import Watchlist
 
     root = tmp_path_factory.mktemp("published")
     ckpt = Checkpoint(str(suite.root / "large"), "step48", "pythia-70m-deduped",
                       str(suite.root / "large" / "step48"))
     (path,) = evaluate([ckpt], Watchlist.from_pythia(suite.prefix, "0:128"), root / "memwatch",
-                       config=EvalConfig(mode="extractable", with_nll=False), progress=False)
+                       config=EvalConfig(ProbeSpec(mode="extractable")), progress=False)
     table = pq.read_table(path)
     index, scores = table["index"].to_numpy(), table["score"].to_numpy()
     memorized = index[table["match_prefix"].to_numpy() == 32]
@@ -184,6 +185,15 @@ def test_undefined_precision_and_recall_are_nan():
     p, r = set_precision_recall(some, none)
     assert p == 0.0 and np.isnan(r)
     assert set_precision_recall(some, np.array([1, 1, 0, 0], bool)) == (0.5, 0.5)
+    pred = np.array([1, 1, 0, 0, 1], bool)
+    target = np.array([1, 0, 1, 0, 1], bool)
+    assert set_precision_recall(pred, target) == pytest.approx((2 / 3, 2 / 3))
+    many = np.stack([pred, target, np.zeros(5, bool)])  # broadcasts over leading axes
+    p, r = set_precision_recall(many[:, None], many[None])
+    assert p.shape == r.shape == (3, 3)
+    np.testing.assert_allclose(np.diag(r)[:2], 1.0)
+    assert np.isnan(p[2]).all() and np.isnan(r[:, 2]).all()  # nothing claimed / nothing to find
+    assert np.isfinite(p[:2, :2]).all() and np.isfinite(r[:2, :2]).all()
 
 
 def test_step_of_revision():

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
+from probe_results import probe_result
 
-from memwatch.forecast.risk import rank_at_risk
+from memwatch.forecast.risk import checked_clock, checked_duplicates, risk_at
 from memwatch.history import History
 
 N = 32
 TOTAL = 1000
 
 
+def rank_at_risk(history, total_steps, duplicates=None, compute=None):
+    """The ranking at the latest probe, as the forecast computes it (`risk_at`)."""
+    dups = checked_duplicates(duplicates, history.num_rows)
+    clock, total = history.steps.astype(np.float64), float(total_steps)
+    if compute is not None:
+        clock, total = checked_clock(compute, history.steps, int(total_steps))
+    return risk_at(history, len(history) - 1, clock, total, dups)
+
+
 def _result(prefix, nll=None):
-    prefix = np.asarray(prefix).astype(np.int16)
-    return SimpleNamespace(match_prefix=prefix, scores=prefix / N, nll=nll)
+    return probe_result(prefix, nll=nll, cont_len=N)
 
 
 def drifting_history(n=600, seed=0, now=500):

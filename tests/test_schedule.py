@@ -103,3 +103,22 @@ def test_first_probe_calibrates_outside_the_ledger():
     s.observe_training(3.0, s.next_step - 2)
     s.observe_probe(s.next_step, "extractable", 0.06, compute_seconds=0.05)
     assert s.monitor_seconds == pytest.approx(0.06)
+
+
+def test_the_schedule_says_when_a_probe_is_exact_and_backs_off_after_a_failure():
+    s = Schedule(total_steps=100, exact_every=3)
+    assert s.mode(10, "extractable") == "extractable"
+    s.probes = 2  # the third probe
+    assert s.mode(10, "extractable") == "exact"
+    s.probes = 3
+    assert s.mode(99, "extractable") == "extractable" and s.mode(100, "extractable") == "exact"
+    s.next_step = 12
+    s.back_off(40)
+    assert s.next_step == 60  # half the steps so far again
+    fixed = Schedule(every_n_steps=5)
+    fixed.back_off(40)
+    assert fixed.next_step == 5  # a fixed cadence goes on
+    with pytest.raises(ValueError, match="exact_every counts probes.*got 0"):
+        Schedule(exact_every=0)
+    with pytest.raises(ValueError, match="total_steps counts optimizer steps.*got 0"):
+        s.total_steps = 0

@@ -31,6 +31,7 @@ def leaked(texts: list[str], secrets) -> list[str]:
     return [s for s in secrets if any(s in t for t in texts)]
 
 
+@pytest.mark.slow
 def test_importing_sinks_does_not_import_wandb():
     code = ("import sys, memwatch, memwatch.sinks as s; s.LocalSink; s.ConsoleSink; "
             "print('wandb' in sys.modules, 'matplotlib' in sys.modules)")
@@ -134,7 +135,7 @@ def test_local_sink_never_raises(tmp_path, sink_events):
 def test_console_sink_one_line_per_event(sink_events):
     ev = sink_events
     out = io.StringIO()
-    drive(ConsoleSink(file=out, max_rows=2), ev)
+    drive(ConsoleSink(file=out, max_rows=2, width=10_000), ev)  # one line per event
     lines = out.getvalue().splitlines()
     # a row's memorized alert is not repeated after the probe line announced it
     repeats = sum(1 for kind, e in ev.events if kind == "alert" and e.kind == "memorized")
@@ -153,6 +154,22 @@ def test_console_sink_one_line_per_event(sink_events):
     assert lines[-1].startswith(f"memwatch end: {count}/{len(ev.watchlist)} rows memorized "
                                 "at step 30")
     assert leaked(lines, ev.secrets) == []
+
+
+def test_console_lines_fit_120_columns_and_say_step_n_of_m(sink_events):
+    from dataclasses import replace
+
+    out, wide = io.StringIO(), io.StringIO()
+    drive(ConsoleSink(file=out, max_rows=5), sink_events)
+    drive(ConsoleSink(file=wide, max_rows=5, width=10_000), sink_events)
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in wide.getvalue().splitlines()) > 120  # there is wrapping
+    assert max(len(line) for line in lines) <= 120
+    assert " ".join(line.strip() for line in lines).split() == wide.getvalue().split()
+    record = next(e for kind, e in sink_events.events if kind == "probe")
+    one = io.StringIO()
+    ConsoleSink(file=one).on_probe(replace(record, total_steps=1500))
+    assert one.getvalue().startswith(f"memwatch step {record.step} of 1500 [")
 
 
 def test_console_sink_keeps_tqdm_bars_intact(sink_events):

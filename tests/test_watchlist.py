@@ -202,6 +202,7 @@ def test_load_rejects_other_files(tmp_path):
         Watchlist.load(tmp_path / "nothing")
 
 
+@pytest.mark.slow
 def test_tokenizer_free_paths_do_not_import_transformers(tmp_path):
     code = (
         "import sys, numpy as np\n"
@@ -340,3 +341,18 @@ def test_load_rejects_truncated_files_float_ids_and_missing_keys(tmp_path):
     save_file({"tokens": floats}, tok_path)
     with pytest.raises(ValueError, match="tokens.safetensors: 'tokens' has dtype torch.float32"):
         Watchlist.load(path)  # once cast to 3
+
+
+def test_watchlist_json_records_the_tokenizer_and_width(tmp_path, tiny_tokenizer):
+    from memwatch.watchlist.tokenizer import describe
+
+    texts = ["alpha beta gamma delta river stone light paper " * 12]
+    wl = Watchlist.from_texts(texts, tiny_tokenizer, prompt_len=8, cont_len=8)
+    assert wl.tokenizer == describe(tiny_tokenizer) and wl.tokenizer["size"] == len(tiny_tokenizer)
+    wl.save(tmp_path / "wl")
+    meta = json.loads((tmp_path / "wl" / "watchlist.json").read_text())
+    assert meta["width"] == 16 and meta["tokenizer"]["fingerprint"] == wl.tokenizer["fingerprint"]
+    loaded = Watchlist.load(tmp_path / "wl")
+    assert loaded.tokenizer == wl.tokenizer
+    assert (loaded + Watchlist.from_tokens(wl.tokens[:1], ids=["x"])).tokenizer == wl.tokenizer
+    assert wl.select([0]).tokenizer == wl.tokenizer

@@ -8,7 +8,7 @@ from importlib import import_module
 
 from memwatch.audit import Audit, audit
 from memwatch.forecast import Forecast, forecast
-from memwatch.probe import ProbeResult, probe, reference_probe
+from memwatch.probe import ProbeResult, ProbeSpec, probe, reference_probe
 
 __version__ = "0.1.0"
 
@@ -33,7 +33,8 @@ _LAZY = {
     "WandbSink": "memwatch.sinks",
 }
 
-__all__ = ["ProbeResult", "probe", "reference_probe", "Forecast", "forecast", "Audit", "audit",
+__all__ = ["ProbeResult", "ProbeSpec", "probe", "reference_probe", "Forecast", "forecast",
+           "Audit", "audit",
            "__version__", *_LAZY]
 
 

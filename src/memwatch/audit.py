@@ -5,18 +5,20 @@ run", arXiv 2305.08846): m canaries, each included in training independently wit
 probability ½ (`Watchlist.canaries(n, audit=True)` draws and records it). After (or
 during) training every canary gets a score, higher meaning "looks trained on". The
 auditor guesses "in" for the k highest scores and "out" for the k lowest, abstains on
-the rest, and counts the correct guesses v among the r = 2k made. Under (ε, δ)-DP,
+the rest, and counts the correct guesses V among the r = 2k made. Under (ε, δ)-DP,
 
-    P[v correct] <= P[Binomial(r, q) >= v] + 2 m δ α,    q = e^ε / (1 + e^ε)
+    P[V >= v] <= P[Binomial(r, q) >= v] + 2 m δ α,    q = e^ε / (1 + e^ε)
 
-with α = max_{1<=i<=v} P[v - i <= Binomial(r, q) < v] / i (the paper's Theorem 3 and its
-Algorithm 2; DeepMind's `jax_privacy/auditing.py`, `_one_run_p_value`, computes the same).
+with α = max_{1<=i<=v} P[v - i <= Binomial(r, q) < v] / i (the paper's main theorem with its
+δ correction; DeepMind's `jax_privacy/auditing.py`, `_one_run_p_value`, computes the same).
 The ε lower bound is the largest ε whose p-value is at most the significance level: a
 claim of (ε, δ)-DP with a smaller ε is rejected at that level.
 
-`audit` tries several k (powers of two, and "guess every canary") and keeps the best
-bound, each tested at significance / (number of k tried) (Bonferroni), so the bound holds
-at the stated significance whichever k wins. Ties in the scores are broken at random
+`audit` tries several k (powers of two, and "guess every canary"), each both ways (top and
+bottom k, and the top k alone: when only some planted canaries are learned, the bottom
+guesses are coin flips that dilute the count), and keeps the best bound, each tested at
+significance / (number of tries) (Bonferroni), so the bound holds at the stated
+significance whichever wins. Ties in the scores are broken at random
 (seeded), never by membership: a tie broken by the order of `scores_in` and `scores_out`
 would count as correct guesses that the model never made.
 
@@ -65,8 +67,9 @@ class Audit:
     tpr_at_fpr: FPR -> the highest TPR of a threshold rule whose FPR is at most that.
     epsilon_lb: the one-run ε lower bound (Steinke et al. 2023) at `delta`, `significance`.
     epsilon_lb_fdp: the f-DP bound (Mahloujifar et al. 2024), or None if not asked for.
-    k, guesses, correct: the guesses behind `epsilon_lb`: k top and k bottom scores,
-        ``guesses`` = 2k made, ``correct`` of them right (when no k rejects, the largest k).
+    k, k_out, guesses, correct: the guesses behind `epsilon_lb`: "in" for the k top
+        scores, "out" for the k_out bottom ones (k or 0); ``guesses`` = k + k_out made,
+        ``correct`` of them right (when nothing rejects, the largest k both ways).
     """
 
     n_in: int
@@ -77,6 +80,7 @@ class Audit:
     delta: float
     significance: float
     k: int = 0
+    k_out: int = 0
     guesses: int = 0
     correct: int = 0
     auroc_interval: tuple[float, float] | None = None
@@ -100,13 +104,15 @@ class Audit:
 def audit(scores_in, scores_out, *, delta: float = DELTA, significance: float = SIGNIFICANCE,
           k: int | Sequence[int] | None = None, fpr: Sequence[float] = FPRS,
           n_boot: int = 1000, confidence: float = 0.95, fdp: bool = False,
-          seed: int = 0) -> Audit:
+          bottom: bool | None = None, seed: int = 0) -> Audit:
     """Return the `Audit` of canaries trained on (`scores_in`) against those left out.
 
     Scores: higher means "more likely trained on" (e.g. `log_pz`); NaN is an error.
     delta, significance: the (ε, δ) claim tested and the test's level.
-    k: guesses per side (top k "in", bottom k "out"); a sequence tries each at
-        significance / len(k); None: 4, 8, 16, ... below m/2, and m//2 (every canary).
+    k: guesses per side (top k "in", bottom k "out"); a sequence tries each; None: 4, 8,
+        16, ... below m/2, and m//2 (every canary).
+    bottom: True: guess the bottom k "out" too (the paper's k+ = k- = k); False: the top k
+        only; None: try both. Each try is tested at significance / (number of tries).
     fpr: the FPRs at which to report the TPR.
     n_boot: bootstrap resamples for the AUROC interval (0: no interval).
     fdp: also compute the f-DP bound of Mahloujifar et al. 2024.
@@ -132,16 +138,18 @@ def audit(scores_in, scores_out, *, delta: float = DELTA, significance: float = 
     member = np.arange(m) < len(s_in)
     # ascending by score; ties in random order, drawn independently of membership
     order = np.lexsort((rng.random(m), scores))
-    level = significance / max(len(ks), 1)
-    best = (0.0, 0, 0, 0)
+    tries = [(kk, kk if both else 0) for both in ((False, True) if bottom is None
+                                                  else (bool(bottom),)) for kk in ks]
+    level = significance / max(len(tries), 1)
+    best = (0.0, 0, 0, 0, 0)
     best_fdp = 0.0
-    for kk in ks:
-        v = int(member[order[m - kk:]].sum() + (~member[order[:kk]]).sum())
-        eps = epsilon_one_run(m, 2 * kk, v, level, delta)
-        if eps >= best[0]:  # on a tie (no k rejects: all 0) the largest k is reported
-            best = (eps, kk, 2 * kk, v)
+    for k_in, k_out in tries:
+        v = int(member[order[m - k_in:]].sum() + (~member[order[:k_out]]).sum())
+        eps = epsilon_one_run(m, k_in + k_out, v, level, delta)
+        if eps >= best[0]:  # on a tie (nothing rejects: all 0) the last try is reported
+            best = (eps, k_in, k_out, k_in + k_out, v)
         if fdp:
-            best_fdp = max(best_fdp, epsilon_one_run_fdp(m, 2 * kk, v, level, delta))
+            best_fdp = max(best_fdp, epsilon_one_run_fdp(m, k_in + k_out, v, level, delta))
     interval = None
     if n_boot:
         boot = [auroc(rng.choice(s_in, len(s_in)), rng.choice(s_out, len(s_out)))
@@ -150,7 +158,7 @@ def audit(scores_in, scores_out, *, delta: float = DELTA, significance: float = 
         interval = (float(np.quantile(boot, tail)), float(np.quantile(boot, 1 - tail)))
     return Audit(len(s_in), len(s_out), auroc(s_in, s_out),
                  {f: tpr_at_fpr(s_in, s_out, f) for f in fprs}, best[0], float(delta),
-                 float(significance), best[1], best[2], best[3], interval, float(confidence),
+                 float(significance), *best[1:], interval, float(confidence),
                  best_fdp if fdp else None, tuple(ks))
 
 
@@ -158,10 +166,16 @@ def audit(scores_in, scores_out, *, delta: float = DELTA, significance: float = 
 def log_pz(history) -> np.ndarray:
     """float32 [P, n]: log p_z, the continuation's log-probability, at every probe of `history`.
 
-    log p_z = sum_t log p(z_t | x, z_<t) = -(mean NLL) * cont_len; NaN where the probe did
-    not measure the NLL (``with_nll=False``).
+    The history's own record of it (``History.log_pz``, float32) where there is one, else
+    derived from the mean NLL: log p_z = sum_t log p(z_t | x, z_<t) = -(mean NLL) * cont_len.
+    NaN where the probe measured neither (``with_nll=False``).
     """
-    return -history.nll * np.float32(history.cont_len)
+    derived = -history.nll * np.float32(history.cont_len)
+    stored = getattr(history, "log_pz", None)
+    if stored is None:
+        return derived
+    stored = np.asarray(stored, dtype=np.float32)
+    return np.where(np.isfinite(stored), stored, derived)
 
 
 def audit_rows(tags: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
@@ -234,7 +248,7 @@ def _log_binomial_coefficients(r: int) -> np.ndarray:
 
 def one_run_p_value(m: int, guesses: int, correct: int, eps: float, delta: float) -> float:
     """The p-value of the claim "(eps, delta)-DP" after `correct` of `guesses` right guesses on
-    `m` canaries (Steinke et al. 2023, Theorem 3 / Algorithm 2)."""
+    `m` canaries (Steinke et al. 2023, with the δ correction)."""
     log_q = -math.log1p(math.exp(-eps))  # log of e^eps / (1 + e^eps)
     log_1mq = -eps + log_q
     sf = np.exp(binomial_log_sf(guesses, log_q, log_1mq))

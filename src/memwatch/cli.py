@@ -7,7 +7,7 @@ import sys
 from importlib import import_module
 
 # name -> module in memwatch.commands defining HELP, add_arguments(parser) and run(args) -> int
-COMMANDS = ["demo", "eval", "analyze", "watchlist", "bench"]
+COMMANDS = ["demo", "eval", "analyze", "watchlist", "bench", "audit"]
 
 
 class OneLineParser(argparse.ArgumentParser):

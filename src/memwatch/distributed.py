@@ -21,7 +21,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from memwatch.probe import ProbeResult, _auto_batch_size, probe
+from memwatch.probe import BatchSize, ProbeResult, ProbeSpec, _probe
 
 # The latest collectives' work handles (and through them their tensors); see `_collective`.
 # A few suffice: a worker thread lags behind its caller by microseconds, not by collectives.
@@ -91,67 +91,56 @@ def _any_rank(flags: list[bool], world: int) -> list[list[int]]:
     return [[r for r in range(world) if table[r, i]] for i in range(len(flags))]
 
 
-def probe_sharded(model, tokens: torch.Tensor, prompt_len: int, cont_len: int, mode: str,
-                  with_nll: bool, batch_size: int | None) -> ProbeResult:
-    """Return the `ProbeResult` of all rows, each rank probing one shard (plain `probe` alone).
+class _Ranks:
+    """What `memwatch.probe._batched` asks of the ranks between batches (see there)."""
 
-    The shard is probed in batches of `batch_size` rows (automatic when None). After every
-    batch the ranks share two flags: if any rank ran out of memory, all halve the batch and
-    retry it together; if any rank's probe raised anything else (or ran out of memory with
-    one row), every rank raises `ProbeFailed` before the gather, so all skip this probe.
-    """
-    rank, world = rank_world()
-    kwargs = dict(prompt_len=prompt_len, cont_len=cont_len, mode=mode, with_nll=with_nll)
-    idx = shard_indices(len(tokens), rank, world)
-    shard = tokens[torch.from_numpy(idx)]
-    bs = batch_size or _auto_batch_size(model, len(idx), prompt_len + cont_len)
-    if world > 1 and batch_size is None:  # ranks may see different free memory: the smallest
+    def __init__(self, world: int):
+        self.world = world
+
+    def smallest(self, bs: int) -> int:
+        """The smallest of the ranks' batch sizes (ranks may see different free memory)."""
+        if self.world == 1:
+            return bs
         local = torch.tensor([bs], device=_device())
         _collective(torch.distributed.all_reduce, local, op=torch.distributed.ReduceOp.MIN)
-        bs = int(local.item())
-    parts, start = [], 0
-    while start < len(shard):
-        oom, error, part = False, None, None
-        try:
-            # lockstep: FSDP / ZeRO-3 gather parameters in every forward, so every rank must
-            # call the model equally often whatever its rows memorize.
-            part = probe(model, shard[start:start + bs], batch_size=bs, lockstep=world > 1,
-                         **kwargs)
-        except torch.OutOfMemoryError as err:
-            oom, error = True, err
-        except Exception as err:  # noqa: BLE001 - shared with every rank below, then raised
-            error = err
-        retry = oom and bs > 1
-        oom_ranks, failed_ranks = _any_rank([retry, error is not None and not retry], world)
+        return int(local.item())
+
+    def share(self, retry: bool, error: BaseException | None) -> bool:
+        """True when some rank ran out of memory (all redo the batch smaller); raises
+        `ProbeFailed` on every rank when some rank failed otherwise."""
+        oom_ranks, failed_ranks = _any_rank([retry, error is not None], self.world)
         if failed_ranks:
-            where = f" on rank(s) {failed_ranks}" if world > 1 else ""
+            where = f" on rank(s) {failed_ranks}" if self.world > 1 else ""
             what = f"{type(error).__name__}: {error}" if error is not None else \
                 f"see the warning of rank {failed_ranks[0]}"
             raise ProbeFailed(f"the probe failed{where} ({what})") from error
-        if oom_ranks:
-            error = None  # its traceback holds the failed batch's tensors: free them first
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            bs //= 2  # every rank halves together and redoes the batch: they stay in lockstep
-            continue
-        parts.append(part)
-        start += bs
-    res = ProbeResult(
-        scores=torch.cat([p.scores for p in parts]),
-        memorized=torch.cat([p.memorized for p in parts]),
-        match_prefix=torch.cat([p.match_prefix for p in parts]),
-        nll=None if parts[0].nll is None else torch.cat([p.nll for p in parts]),
-        greedy=None if parts[0].greedy is None else torch.cat([p.greedy for p in parts]),
-        mode=parts[0].mode,
-        nll_first=torch.cat([p.nll_first for p in parts]),
-    )
+        return bool(oom_ranks)
+
+
+def probe_sharded(model, tokens: torch.Tensor, spec: ProbeSpec,
+                  sizer: BatchSize | None = None) -> ProbeResult:
+    """Return the `ProbeResult` of all rows, each rank probing one shard (plain `probe` alone).
+
+    The shard is probed in batches sized by `sizer` (`BatchSize(spec.batch_size)` when None;
+    pass the same one to every probe so that it remembers a size that ran out of memory).
+    After every batch the ranks share two flags: if any rank ran out of memory, all halve the
+    batch and retry it together; if any rank's probe raised anything else (or ran out of
+    memory with one row), every rank raises `ProbeFailed` before the gather, so all skip it.
+    """
+    rank, world = rank_world()
+    idx = shard_indices(len(tokens), rank, world)
+    shard = tokens[torch.from_numpy(idx)]
+    sizer = BatchSize(spec.batch_size) if sizer is None else sizer
+    # lockstep: FSDP / ZeRO-3 gather parameters in every forward, so every rank must call the
+    # model equally often whatever its rows memorize.
+    res = _probe(model, shard, spec, sizer, lockstep=world > 1, ranks=_Ranks(world))
     if world == 1:
         return res
     n = len(tokens)
     prefix = _gather(res.match_prefix, n, world)
     return ProbeResult(
         scores=_gather(res.scores, n, world),
-        memorized=prefix == cont_len,
+        memorized=prefix == spec.cont_len,
         match_prefix=prefix,
         nll=None if res.nll is None else _gather(res.nll, n, world),
         greedy=None if res.greedy is None else _gather(res.greedy, n, world),

@@ -59,6 +59,7 @@ class ProbeRecord:
     metrics: dict[str, float]
     scores: np.ndarray  # float32 [n], for histograms
     new_rows: tuple[RowReport, ...] = ()
+    total_steps: int | None = None  # the run's length when known ("step N of M")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from memwatch.probe import CONT_LEN
+from memwatch.probe import CONT_LEN, MODES
 from memwatch.watchlist.tags import tag_mask
 
 _NO_NLL = np.float16(np.nan)
@@ -197,6 +197,7 @@ class History:
                 f"({len(state['ids'])} rows, first id {state['ids'][:1]}); "
                 f"this one has {self.num_rows} rows, first id {self.ids[:1]}"
             )
+        _check_arrays(state)
         self.cont_len = int(state["cont_len"])
         if "span_tokens" in state:  # saved before memwatch knew PII spans: keep the current
             self.span_tokens = state["span_tokens"].numpy().astype(np.int64).copy()
@@ -211,12 +212,24 @@ class History:
             self._nll_first = np.full(self._nll.shape, _NO_NLL, dtype=np.float16)
         self._len = len(self._steps)
 
-    @classmethod
-    def from_state_dict(cls, state: dict) -> History:
-        h = cls(state["ids"], state["tags"], cont_len=int(state["cont_len"]))
-        h.load_state_dict(state)
-        return h
-
 
 def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _check_arrays(hist: dict) -> None:
+    """Raise naming the field if a saved history's arrays disagree in shape or range."""
+    steps, cont_len = hist["steps"], int(hist["cont_len"])
+    k, n = len(steps), len(hist["ids"])
+    if len(hist["modes"]) != k or any(m not in MODES for m in hist["modes"]):
+        raise ValueError(f"saved history has {len(hist['modes'])} modes {hist['modes'][:3]}... "
+                         f"for {k} steps; each must be one of {MODES}")
+    for key in ("match_prefix", "match_count", "nll", "nll_first"):
+        if key in hist and tuple(hist[key].shape) != (k, n):
+            raise ValueError(f"saved history's {key} has shape {tuple(hist[key].shape)}; "
+                             f"{k} steps x {n} rows needs ({k}, {n})")
+    for key in ("match_prefix", "match_count"):
+        values = hist[key]
+        if len(values) and (int(values.min()) < 0 or int(values.max()) > cont_len):
+            raise ValueError(f"saved history's {key} holds {int(values.max())}; with "
+                             f"cont_len={cont_len} it must lie in [0, {cont_len}]")

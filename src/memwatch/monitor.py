@@ -28,6 +28,7 @@ import logging
 import time
 import warnings
 from collections.abc import MutableMapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -47,20 +48,17 @@ from memwatch.history import History
 from memwatch.lm import device_of, eos_ids, vocab_size
 from memwatch.masking import FlaggedWindows, MaskSpec
 from memwatch.policy import AbortPolicy, Verdict, evaluate
-from memwatch.probe import CONT_LEN, MODES, PROMPT_LEN, ProbeSpec
+from memwatch.probe import BatchSize, ProbeSpec
 from memwatch.prompt_groups import probe_rows
 from memwatch.schedule import Schedule
-from memwatch.sinks.base import check_sinks
+from memwatch.sinks.fanout import Fanout
 from memwatch.watchlist import Watchlist
+from memwatch.watchlist.tags import tag_set
 from memwatch.watchlist.tokenizer import check_same as check_tokenizer
 
 STATE_FORMAT = 1
 PROBE_FAILURE = ("warn", "raise")
 FAILING_PROBES = 3  # failures in a row, for one reason, that make the monitor say so loudly
-SINK_LOSSES = {"on_start": "its start (the run may not exist)", "on_probe": "probe records",
-               "on_alert": "alerts", "on_resume": "the resume event",
-               "on_end": "the end summary (tables, plots)",
-               "close": "its final flush (the file or run may be incomplete)"}
 logger = logging.getLogger("memwatch")
 
 
@@ -82,83 +80,75 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 class MemWatch:
     """Probes a model on a watchlist during training; see the module docstring for the loop.
 
-    watchlist: the `Watchlist` to probe (validated against the lengths here, and
-        against the model's vocabulary at `check` / the first `step`).
-    total_steps: optimizer steps in the run, if known (enables the forecast and
-        an exact probe at the last step); adapters fill it in from the framework.
-    every_n_steps: probe at every multiple of this step instead of the
-        overhead-bounded schedule.
-    max_overhead: the share of training wall time the monitor may use.
-    mode: ``"extractable"`` (cheap; memorized and match_prefix exact) or ``"exact"``
-        (full Pythia scores) for scheduled probes; the final probe is always exact.
-    exact_every: make every k-th scheduled probe exact.
-    abort: the `AbortPolicy`.
-    sinks: `Sink`s that receive records, alerts and the final history (rank 0 only).
-    prompt_len, cont_len, with_nll, batch_size: passed to `probe`; with `mode` they
-        make the monitor's `spec`, one `ProbeSpec` validated here. The forecast's
-        per-row ``trajectory`` estimate (the most accurate one in
-        `benchmarks/backtest_forecast.py`) follows each row's NLL: by default the first
-        continuation token's, which every probe measures almost free; ``with_nll=True``
-        gives it the whole continuation's (a better forecast) at the cost of one
-        teacher-forced forward per probe, so the overhead budget affords fewer probes.
-    compute: vectorised step -> cumulative compute (e.g. the learning rate summed up
-        to each step), the clock the forecast measures progress in; None: steps (which
-        forecast better than the summed learning rate in the backtest, where rows recur
-        through a cosine-decayed run).
-    first_seen: per watchlist row, the step at which training first sees it (inf: never),
-        so the forecast also reports the paper's recall over rows already seen
-        (`TagForecast.recall_seen`); for rows of `Watchlist.from_pythia` trained in
-        Pythia's order it is ``index // 1024``.
-    learning_rate: vectorised step -> learning rate, so the forecast flags a decay
-        ahead that the probes have not seen yet (`TagForecast.decay_ahead`) and widens
-        its interval.
-    mask_spec: how `mask` finds and masks flagged rows (`memwatch.masking.MaskSpec`);
-        None: windows of min(16, cont_len) tokens, every continuation token masked.
-        Rows are flagged only by an `AbortPolicy` with a ``"mask"`` action.
-    on_probe_failure: ``"warn"`` (default): a failed probe warns once and is retried
-        later, and a probe that fails FAILING_PROBES = 3 times in a row for the same
-        reason logs one error and sends an ERROR ``probe_failing`` alert (the run is
-        unmonitored until it recovers); ``"raise"``: the first failed probe raises
-        `ProbeError` on every rank, for runs that must not train unmonitored.
+    The parameters come in groups:
+
+    - what: ``watchlist``, the `Watchlist` to probe (validated against the probe's
+      lengths here, and against the model's vocabulary at `check` / the first `step`).
+    - when (the `Schedule`): ``total_steps``, optimizer steps in the run if known (enables
+      the forecast and an exact probe at the last step; adapters fill it in);
+      ``every_n_steps``, a fixed cadence instead of the overhead-bounded schedule;
+      ``max_overhead``, the share of training wall time the monitor may use;
+      ``exact_every``, make every k-th scheduled probe exact.
+    - acting: ``abort``, the `AbortPolicy` (alerts, masking, stopping); ``sinks``, the
+      `Sink`s that receive records, alerts and the final history (rank 0 only);
+      ``mask_spec``, how `mask` finds and masks flagged rows (`memwatch.masking.MaskSpec`;
+      None: windows of min(16, cont_len) tokens, every continuation token masked);
+      ``on_probe_failure``, ``"warn"`` (default: a failed probe warns once and is retried
+      later; one failing FAILING_PROBES = 3 times in a row for the same reason logs an
+      error and sends an ERROR ``probe_failing`` alert) or ``"raise"`` (the first failed
+      probe raises `ProbeError` on every rank, for runs that must not train unmonitored).
+    - how to probe: ``probe``, one `ProbeSpec` (default ``ProbeSpec(mode="extractable")``:
+      memorized and match_prefix exact, cheap; the final probe is always exact). The
+      forecast's per-row ``trajectory`` estimate follows each row's NLL: by default the
+      first continuation token's, which every probe measures almost free;
+      ``with_nll=True`` gives it the whole continuation's (a better forecast in
+      `benchmarks/backtest_forecast.py`) at the cost of one teacher-forced forward per
+      probe, so the overhead budget affords fewer probes.
+    - what the forecast knows of the run: ``clock``, vectorised step -> cumulative
+      compute (e.g. the summed learning rate), the clock the forecast measures progress
+      in (None: steps, which forecast better in the backtest; named ``compute`` before,
+      which also meant a metric's compute step and the FLOPs of `memwatch analyze`);
+      ``first_seen``, per row the step at which training first sees it (inf: never), for
+      the recall over rows already seen (`TagForecast.recall_seen`; ``index // 1024``
+      for `Watchlist.from_pythia` rows in Pythia's order); ``learning_rate``, vectorised
+      step -> learning rate, so the forecast flags a decay ahead
+      (`TagForecast.decay_ahead`) and widens its interval.
+
+    The probe's settings given loose (``mode``, ``prompt_len``, ``cont_len``,
+    ``with_nll``, ``batch_size``) and ``compute=`` (now ``clock=``) still work, with a
+    DeprecationWarning, for one release.
     """
 
     def __init__(
         self,
-        watchlist,
-        total_steps: int | None = None,
+        watchlist: Watchlist,
+        total_steps: int | None = None,  # when: the Schedule's settings
         every_n_steps: int | None = None,
         max_overhead: float = 0.01,
-        mode: str = "extractable",
-        exact_every: int | None = None,
-        abort: AbortPolicy | None = None,
+        abort: AbortPolicy | None = None,  # acting: the policy and where it reports
         sinks: Sequence = (),
-        prompt_len: int = PROMPT_LEN,
-        cont_len: int = CONT_LEN,
-        with_nll: bool = False,
-        batch_size: int | None = None,
-        compute=None,
+        *,
+        probe: ProbeSpec | None = None,  # how to probe
+        exact_every: int | None = None,
+        clock=None,  # what the forecast knows of the run
         first_seen=None,
         learning_rate=None,
         mask_spec: MaskSpec | None = None,
         on_probe_failure: str = "warn",
+        **retired,
     ):
         if not isinstance(watchlist, Watchlist):
             raise TypeError(f"MemWatch needs a Watchlist; got a {type(watchlist).__name__}: wrap "
                             "token rows with memwatch.Watchlist.from_tokens(rows)")
-        spec = ProbeSpec(prompt_len, cont_len, mode, bool(with_nll), batch_size)  # names the value
-        for name, value in (("total_steps", total_steps), ("every_n_steps", every_n_steps)):
-            if value is not None and not _is_count(value):
-                raise ValueError(f"{name} counts optimizer steps: an int >= 1 or None; "
-                                 f"got {value!r}")
-        _check_compute(compute)
-        _check_compute(learning_rate, "learning_rate")
+        clock = _retired_clock(clock, retired)
+        spec = _probe_spec(probe, retired)
+        _check_clock(clock, "clock")
+        _check_clock(learning_rate, "learning_rate")
         if first_seen is not None:
             first_seen = np.asarray(first_seen, dtype=np.float64)
             if first_seen.shape != (len(watchlist),):
                 raise ValueError(f"first_seen gives each watchlist row's first training step: "
                                  f"{len(watchlist)} values; got shape {first_seen.shape}")
-        if exact_every is not None and (not isinstance(exact_every, int) or exact_every < 1):
-            raise ValueError(f"exact_every counts probes: an int >= 1 or None; got {exact_every!r}")
         abort = AbortPolicy() if abort is None else abort
         if not isinstance(abort, AbortPolicy):
             raise TypeError(f"abort must be an AbortPolicy; got {type(abort).__name__}")
@@ -170,11 +160,13 @@ class MemWatch:
         _check_audit(watchlist, abort, spec)
         self.watchlist = watchlist
         self.spec = spec
-        self.schedule = Schedule(total_steps, every_n_steps, max_overhead)
-        self.exact_every, self.policy = exact_every, abort
-        self.sinks = check_sinks(sinks)
+        self._batch_size = BatchSize(spec.batch_size)  # remembers a size that ran out of memory
+        self.schedule = Schedule(total_steps, every_n_steps, max_overhead, exact_every)
+        self.policy = abort
+        self._fanout = Fanout(sinks)
+        self.sinks = self._fanout.sinks
         self.on_probe_failure = on_probe_failure
-        self.compute, self.first_seen, self.learning_rate = compute, first_seen, learning_rate
+        self.clock, self.first_seen, self.learning_rate = clock, first_seen, learning_rate
         self.mask_spec = MaskSpec(window=min(16, spec.cont_len)) if mask_spec is None else mask_spec
         if not isinstance(self.mask_spec, MaskSpec):
             raise TypeError(f"mask_spec must be a MaskSpec; got {type(mask_spec).__name__}")
@@ -187,14 +179,12 @@ class MemWatch:
         self._windows: FlaggedWindows | None = None
         self.history = History(watchlist.ids, watchlist.tags, cont_len=spec.cont_len,
                                span_tokens=watchlist.span_tokens)
-        self._tags = sorted({t for row in watchlist.tags for t in row})
+        self._tags = tag_set(watchlist.tags)
         self._sent: frozenset[str] = frozenset()
         self._streak = 0
         self._checked_vocab: int | None = None
         self._last_time: float | None = None
         self._last_step: int | None = None
-        self._sink_failures: dict[tuple[int, str], int] = {}
-        self._sink_calls: dict[str, int] = {}  # calls of each hook, to say what a failure lost
         self._probe_failures = 0
         self._failing: tuple[str, int] = ("", 0)  # the last failure's reason, times in a row
         self._warned: set[str] = set()  # one-off warnings already given
@@ -208,9 +198,7 @@ class MemWatch:
 
     @total_steps.setter
     def total_steps(self, value: int | None) -> None:
-        if value is not None and value < 1:
-            raise ValueError(f"total_steps must be >= 1 or None; got {value}")
-        self.schedule.total_steps = None if value is None else int(value)
+        self.schedule.total_steps = value
 
     def check(self, model: torch.nn.Module, tokenizer=None) -> None:
         """Raise before training if this run would go unmonitored or be counted wrong.
@@ -276,10 +264,7 @@ class MemWatch:
         if done or not self.schedule.due(step):
             self._last_time = time.perf_counter()
             return Decision(step)
-        last = self.total_steps is not None and step >= self.total_steps
-        nth = self.exact_every is not None and (self.schedule.probes + 1) % self.exact_every == 0
-        exact = last or nth
-        decision = self._probe(model, step, "exact" if exact else self.spec.mode)
+        decision = self._probe(model, step, self.schedule.mode(step, self.spec.mode))
         self._last_time = time.perf_counter()
         return decision
 
@@ -301,7 +286,7 @@ class MemWatch:
         self._emit("on_end", self.history, self.watchlist)
         self.close()
         self.schedule.observe_other(time.perf_counter() - t0)
-        lost = self._failure_summary()
+        lost = self._fanout.failure_summary()
         if lost:
             warnings.warn(f"memwatch sinks failed during this run, so they lack: {lost}",
                           RuntimeWarning, stacklevel=2)
@@ -317,13 +302,11 @@ class MemWatch:
     # ---- one probe ---------------------------------------------------------------------------
     def _probe(self, model: torch.nn.Module, step: int, mode: str) -> Decision:
         t0 = time.perf_counter()
-        spec = self.spec
         try:
             # Short-record PII rows have shorter prompts: probed in groups, never padded.
-            result = probe_rows(
-                unwrap(model), self.watchlist.tokens, self.watchlist.prompt_lens,
-                spec.prompt_len, spec.cont_len, distributed.probe_sharded, mode=mode,
-                with_nll=spec.with_nll, batch_size=spec.batch_size)
+            result = probe_rows(unwrap(model), self.watchlist.tokens, self.watchlist.prompt_lens,
+                                replace(self.spec, mode=mode), distributed.probe_sharded,
+                                self._batch_size)
         except distributed.ProbeFailed as err:  # every rank gets it: all skip this probe
             return self._skipped(step, err, time.perf_counter() - t0)
         probe_seconds = time.perf_counter() - t0
@@ -345,7 +328,8 @@ class MemWatch:
             monitor_seconds=self.schedule.monitor_seconds + time.perf_counter() - t0,
             train_seconds=self.schedule.train_seconds)
         record = ProbeRecord(step, mode, metrics, self.history.scores[-1].copy(),
-                             row_reports(self.history, new, self.watchlist.redacted_preview))
+                             row_reports(self.history, new, self.watchlist.redacted_preview),
+                             self.total_steps)
         self._emit("on_probe", record)
         for alert in verdict.alerts:
             self._emit("on_alert", alert)
@@ -385,8 +369,7 @@ class MemWatch:
             self._emit("on_alert", loud)
             alerts += (loud,)
         self.schedule.observe_other(seconds)
-        if not self.schedule.every_n_steps:  # try again later, further off after each failure
-            self.schedule.next_step = max(self.schedule.next_step, step + max(1, step // 2))
+        self.schedule.back_off(step)
         return Decision(step, alerts=alerts)
 
     def _check_ranks_agree(self, step: int) -> None:
@@ -405,22 +388,6 @@ class MemWatch:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-    def _failure_summary(self) -> str:
-        """What each failing sink lost, e.g. ``LocalSink: 3 of 5 probe records, the end
-        summary (tables, plots)``."""
-        names = {id(s): type(s).__name__ for s in self.sinks}
-        lost: dict[str, list[str]] = {}
-        for (sink, method), n in self._sink_failures.items():
-            what = SINK_LOSSES.get(method, method)
-            count = f"{n} of {self._sink_calls.get(method, n)} " \
-                if method in ("on_probe", "on_alert") else ""
-            lost.setdefault(names[sink], []).append(f"{count}{what}")
-        for sink in self.sinks:  # what sinks that catch their own errors lost
-            said = _lost_by(sink)
-            if said:
-                lost.setdefault(names[id(sink)], []).append(said)
-        return "; ".join(f"{name}: {', '.join(items)}" for name, items in lost.items())
 
     # ---- masking flagged rows out of the loss ------------------------------------------------
     @property
@@ -473,31 +440,13 @@ class MemWatch:
             return None
         try:
             return forecast(self.history, self.total_steps, n_boot=0,
-                            with_risk=self.policy.mask_risk is not None, compute=self.compute,
+                            with_risk=self.policy.mask_risk is not None, compute=self.clock,
                             first_seen=self.first_seen, learning_rate=self.learning_rate)
         except (ValueError, np.linalg.LinAlgError):  # too few probes to fit yet
             return None
 
     def _emit(self, method: str, *args) -> None:
-        """Call `method` on every sink, on rank 0; a failing call warns once per (sink, method),
-        is counted (`finish` reports the counts) and skipped."""
-        if distributed.rank_world()[0] != 0:
-            return
-        self._sink_calls[method] = self._sink_calls.get(method, 0) + 1
-        for sink in self.sinks:
-            try:
-                hook = getattr(sink, method, None)  # a duck-typed sink may lack newer hooks
-                if hook is None:
-                    continue
-                with torch.random.fork_rng(devices=[]):  # a sink must not shift training's RNG
-                    hook(*args)
-            except Exception as err:  # noqa: BLE001 - a sink must never stop training
-                key = (id(sink), method)
-                self._sink_failures[key] = self._sink_failures.get(key, 0) + 1
-                if self._sink_failures[key] == 1:
-                    warnings.warn(f"memwatch sink {type(sink).__name__}.{method} failed "
-                                  f"({type(err).__name__}: {err}); training goes on",
-                                  RuntimeWarning, stacklevel=3)
+        self._fanout.emit(method, *args)
 
     # ---- persistence: tensors and plain types, loadable with torch.load(weights_only=True) ---
     def state_dict(self) -> dict:
@@ -534,8 +483,6 @@ class MemWatch:
                 f"monitor has prompt_len={self.spec.prompt_len}, cont_len={self.spec.cont_len}: "
                 "build the MemWatch with the saved lengths (match counts at other lengths mean "
                 "nothing)")
-        if list(hist.get("ids", ())) == self.history.ids:  # otherwise History names the mismatch
-            _check_history_arrays(hist, self.spec.cont_len)
         self.history.load_state_dict(hist)
         self.schedule.load_state_dict(state["schedule"])
         self._sent = frozenset(state["alerts_sent"])
@@ -552,13 +499,6 @@ class MemWatch:
         self._emit("on_resume", int(self.history.steps[-1]) if len(self.history) else 0)
 
 
-def _lost_by(sink) -> str:
-    try:
-        return str(sink.lost()) if callable(getattr(sink, "lost", None)) else ""
-    except Exception:  # noqa: BLE001 - a report about a sink must not fail the run's end
-        return ""
-
-
 def _check_model(model, where: str) -> None:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"MemWatch.{where}(model, ...) needs the model being trained (a "
@@ -569,10 +509,6 @@ def _failure_reason(err: Exception) -> str:
     """A failure's reason without its numbers (steps, sizes), so that repeats compare equal."""
     cause = err.__cause__ or err
     return type(cause).__name__ + ":" + "".join(c for c in str(cause) if not c.isdigit())[:200]
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
 def _check_audit(watchlist, policy: AbortPolicy, spec: ProbeSpec) -> None:
@@ -586,14 +522,14 @@ def _check_audit(watchlist, policy: AbortPolicy, spec: ProbeSpec) -> None:
     if has_audit and not spec.with_nll:
         message = ("the privacy audit scores the canary:in / canary:out rows by log p_z, "
                    "which the probe measures only with with_nll=True: pass "
-                   "MemWatch(..., with_nll=True)")
+                   "MemWatch(..., probe=ProbeSpec(with_nll=True))")
         if policy.max_epsilon is not None:
             raise ValueError(f"AbortPolicy(max_epsilon=...) can never act: {message}")
         warnings.warn(f"memwatch: no audit/* metrics in this run: {message}", RuntimeWarning,
                       stacklevel=3)
 
 
-def _check_compute(fn, name: str = "compute") -> None:
+def _check_clock(fn, name: str) -> None:
     """Raise unless `fn` maps an array of steps to an array of as many numbers."""
     if fn is None:
         return
@@ -610,19 +546,38 @@ def _check_compute(fn, name: str = "compute") -> None:
                         f"{out.shape}, not (3,)")
 
 
-def _check_history_arrays(hist: dict, cont_len: int) -> None:
-    """Raise naming the field if a saved history's arrays disagree in shape or range."""
-    steps = hist["steps"]
-    k, n = len(steps), len(hist["ids"])
-    if len(hist["modes"]) != k or any(m not in MODES for m in hist["modes"]):
-        raise ValueError(f"saved history has {len(hist['modes'])} modes {hist['modes'][:3]}... "
-                         f"for {k} steps; each must be one of {MODES}")
-    for key in ("match_prefix", "match_count", "nll", "nll_first"):
-        if key in hist and tuple(hist[key].shape) != (k, n):
-            raise ValueError(f"saved history's {key} has shape {tuple(hist[key].shape)}; "
-                             f"{k} steps x {n} rows needs ({k}, {n})")
-    for key in ("match_prefix", "match_count"):
-        values = hist[key]
-        if len(values) and (int(values.min()) < 0 or int(values.max()) > cont_len):
-            raise ValueError(f"saved history's {key} holds {int(values.max())}; with "
-                             f"cont_len={cont_len} it must lie in [0, {cont_len}]")
+_RETIRED_PROBE_SETTINGS = ("mode", "prompt_len", "cont_len", "with_nll", "batch_size")
+
+
+def _probe_spec(spec: ProbeSpec | None, retired: dict) -> ProbeSpec:
+    """The monitor's `ProbeSpec`: `spec`, or one built from the retired loose settings."""
+    unknown = sorted(set(retired) - set(_RETIRED_PROBE_SETTINGS))
+    if unknown:
+        raise TypeError(f"MemWatch got unexpected keyword argument(s) {unknown}; it takes "
+                        "watchlist, total_steps, every_n_steps, max_overhead, abort, sinks, "
+                        "probe, exact_every, clock, first_seen, learning_rate, mask_spec, "
+                        "on_probe_failure")
+    if spec is not None and not isinstance(spec, ProbeSpec):
+        raise TypeError(f"probe must be a ProbeSpec; got {type(spec).__name__}")
+    if not retired:
+        return ProbeSpec(mode="extractable") if spec is None else spec
+    if spec is not None:
+        raise TypeError(f"MemWatch takes the probe's settings in probe=ProbeSpec(...); give "
+                        f"{sorted(retired)} there, not beside it")
+    warnings.warn(f"MemWatch({', '.join(f'{k}=' for k in sorted(retired))}...) is deprecated: "
+                  "pass probe=ProbeSpec(...) (memwatch.ProbeSpec)", DeprecationWarning,
+                  stacklevel=3)
+    settings = {"mode": "extractable", **retired}
+    settings["with_nll"] = bool(settings.get("with_nll", False))
+    return ProbeSpec(**settings)
+
+
+def _retired_clock(clock, retired: dict):
+    """`clock`, or the value of the retired ``compute=`` keyword (with a DeprecationWarning)."""
+    if "compute" not in retired:
+        return clock
+    if clock is not None:
+        raise TypeError("MemWatch got both clock= and its old name compute=; pass clock= only")
+    warnings.warn("MemWatch(compute=...) is deprecated: pass clock=... (the same vectorised "
+                  "step -> cumulative compute)", DeprecationWarning, stacklevel=3)
+    return retired.pop("compute")

@@ -25,7 +25,7 @@ import numpy as np
 
 from memwatch.audit import audit_metrics
 from memwatch.events import Alert
-from memwatch.watchlist.tags import ALL_ROWS, check_patterns, matching_keys
+from memwatch.watchlist.tags import ALL_ROWS, check_patterns, matching_keys, tag_label
 
 ACTIONS = ("stop", "alert")
 DEFAULT_TAGS = ("pii:*", "canary")  # not checked against the watchlist: a default names no row
@@ -301,7 +301,7 @@ def _mask_alert(history, rows: tuple[int, ...], step: int, forecast, preview) ->
     risk = None if forecast is None else getattr(forecast, "risk", None)
     lines = []
     for i in rows:
-        tags = ",".join(history.tags[i]) or "untagged"
+        tags = tag_label(history.tags[i])
         why = ("memorized" if history.memorized[-1, i] else
                "leaked its PII" if history.leaked[-1, i]
                else f"at risk (p={float(risk.score[i]):.2f})")
@@ -315,14 +315,14 @@ def _mask_alert(history, rows: tuple[int, ...], step: int, forecast, preview) ->
 
 def _row_named(history, i: int, preview) -> str:
     """``id [tags] preview``: a row as alerts name it, never with raw text."""
-    tags = ",".join(history.tags[i]) or "untagged"
+    tags = tag_label(history.tags[i])
     shown = preview(i) if preview is not None else ""
     return f"{history.ids[i]} [{tags}]" + (f" {shown}" if shown and not shown.startswith("[")
                                            else "")
 
 
 def _row_alert(history, i: int, step: int, preview) -> Alert:
-    row_id, tags = history.ids[i], ",".join(history.tags[i]) or "untagged"
+    row_id, tags = history.ids[i], tag_label(history.tags[i])
     shown = preview(i) if preview is not None else f"[{tags}]"
     text = (f"{row_id} ({tags}) reproduces all {history.cont_len} continuation tokens at step "
             f"{step}: {shown}")

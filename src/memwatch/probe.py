@@ -31,7 +31,8 @@ CONT_LEN = 32  # N: the greedy continuation compared with the truth
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    """What to probe: shared by `MemWatch`, `memwatch eval` and the CLI (see `probe`)."""
+    """What to probe, as one value: `probe(spec=...)`, `MemWatch(probe=...)`, `EvalConfig`
+    and the CLI all take it whole (the fields are `probe`'s settings of the same names)."""
 
     prompt_len: int = PROMPT_LEN
     cont_len: int = CONT_LEN
@@ -47,9 +48,7 @@ class ProbeSpec:
                 raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {self.mode!r}")
-        bs = self.batch_size
-        if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
-            raise ValueError(f"batch_size must be an integer >= 1 or None (automatic); got {bs!r}")
+        BatchSize(self.batch_size)  # validates it
 
     @property
     def total_len(self) -> int:
@@ -89,7 +88,8 @@ class ProbeResult:
 # --------------------------------------------------------------------------------------------
 
 
-def _check(tokens, prompt_len: int, cont_len: int, vocab_size: int | None) -> torch.Tensor:
+def _check(tokens, spec: ProbeSpec, vocab_size: int | None) -> torch.Tensor:
+    """`tokens` as int64 [n, spec.total_len], or a ValueError naming the first bad row."""
     if not isinstance(tokens, torch.Tensor):
         tokens = torch.as_tensor(tokens)
     if tokens.dim() != 2 or tokens.dtype.is_floating_point or tokens.dtype.is_complex \
@@ -97,11 +97,9 @@ def _check(tokens, prompt_len: int, cont_len: int, vocab_size: int | None) -> to
         raise ValueError(
             f"tokens must be a 2-D integer tensor [n, >= prompt_len + cont_len]; got "
             f"shape {tuple(tokens.shape)} dtype {tokens.dtype}")
-    if prompt_len < 1 or cont_len < 1:
-        raise ValueError(f"prompt_len and cont_len must be >= 1; got {prompt_len}, {cont_len}")
     if tokens.shape[0] == 0:
         raise ValueError("tokens is empty: the probe needs at least one row")
-    need = prompt_len + cont_len
+    need = spec.total_len
     if tokens.shape[1] < need:
         raise ValueError(
             f"every row has {tokens.shape[1]} tokens; prompt_len + cont_len = {need} needs at "
@@ -146,6 +144,7 @@ class _Preserved:
 
 
 def _auto_batch_size(model, n: int, total_len: int) -> int:
+    """The default rows per batch: 128 on a CPU; on a GPU what half its free memory holds."""
     dev = device_of(model)
     if dev.type != "cuda":
         return min(n, 128)
@@ -164,22 +163,68 @@ def _auto_batch_size(model, n: int, total_len: int) -> int:
     return max(1, min(n, int(0.5 * free) // per_row))
 
 
-def _batched(fn, model, tokens, batch_size):
-    """Apply fn to row batches; with batch_size=None, a CUDA OOM halves the batch and retries."""
-    auto = batch_size is None
-    bs = _auto_batch_size(model, len(tokens), tokens.shape[1]) if auto else int(batch_size)
-    if bs < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+class BatchSize:
+    """Rows per probe batch: `fixed`, or `_auto_batch_size` when None; remembers out-of-memory.
+
+    An out-of-memory error halves the batch (`halve`), and the size that worked then caps
+    every later probe that uses this object (a monitor or an eval keeps one), so they start
+    there instead of failing the same larger sizes again.
+    """
+
+    def __init__(self, fixed: int | None = None):
+        if fixed is not None and (isinstance(fixed, bool) or not isinstance(fixed, int)
+                                  or fixed < 1):
+            raise ValueError(f"batch_size must be an integer >= 1 or None (automatic); got "
+                             f"{fixed!r}")
+        self.fixed = fixed
+        self.cap: int | None = None  # the size that worked after an out-of-memory error
+
+    def first(self, model, n: int, total_len: int) -> int:
+        """The size to start a probe of `n` rows of `total_len` tokens with."""
+        bs = self.fixed or _auto_batch_size(model, n, total_len)
+        return max(1, min(bs, n, self.cap or bs))
+
+    def halve(self, bs: int) -> int:
+        """The size to retry with after `bs` ran out of memory (remembered as the cap)."""
+        self.cap = max(1, bs // 2)
+        return self.cap
+
+
+def _batched(fn, model, tokens, sizer: BatchSize, ranks=None):
+    """Apply fn to row batches; an out-of-memory error halves the batch and redoes it.
+
+    The one OOM loop of memwatch. `ranks` (`memwatch.distributed`) makes every rank start
+    from the same size and share, after each batch, whether any rank ran out of memory
+    (then all halve and redo it together, staying in lockstep) or failed otherwise (then it
+    raises on every rank); without it an error other than a retryable OOM is raised as is.
+    """
+    bs = sizer.first(model, len(tokens), tokens.shape[1])
+    if ranks is not None:
+        bs = ranks.smallest(bs)
     outs, start = [], 0
     while start < len(tokens):
+        error = out = None
         try:
-            outs.append(fn(tokens[start:start + bs]))
-            start += bs
-        except torch.OutOfMemoryError:
-            if not auto or bs == 1:
+            out = fn(tokens[start:start + bs])
+        except torch.OutOfMemoryError as err:
+            error = err
+        except Exception as err:
+            if ranks is None:
                 raise
-            torch.cuda.empty_cache()
-            bs //= 2
+            error = err
+        retry = isinstance(error, torch.OutOfMemoryError) and bs > 1
+        if ranks is not None:
+            retry = ranks.share(retry, None if retry else error)
+        elif error is not None and not retry:
+            raise error
+        if retry:
+            error = None  # its traceback holds the failed batch's tensors: free them first
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            bs = sizer.halve(bs)
+            continue
+        outs.append(out)
+        start += bs
     return outs
 
 
@@ -377,6 +422,8 @@ def probe(
     suppress_eos: bool = True,
     lockstep: bool = False,
     strategy: str = "auto",
+    *,
+    spec: ProbeSpec | None = None,
 ) -> ProbeResult:
     """Return the memorization `ProbeResult` of each row of `tokens` [n, >= M+N].
 
@@ -386,24 +433,36 @@ def probe(
     than one prefill of the prompts when few rows are memorized. ``suppress_eos``
     bans every EOS id from the greedy argmax, as Pythia's ``min_length`` did.
     The model is left exactly as found (train/eval flags, grad mode, RNG state).
-    ``lockstep=True`` makes the number of model calls per batch independent of the
-    data (spare forwards fill in), as FSDP / ZeRO-3 need when ranks probe
-    different rows; results are unchanged. ``strategy``: ``"auto"`` picks
-    ``"speculative"`` or ``"teacher_forced"`` by `choose_strategy`'s cost model
-    (device, ``with_nll``); both give the same results.
+    ``spec``: a `ProbeSpec` instead of the six loose settings (then leave those at
+    their defaults). ``batch_size`` (default: `_auto_batch_size`) is halved after an
+    out-of-memory error and the batch redone. ``lockstep=True`` makes the number of
+    model calls per batch independent of the data (spare forwards fill in), as FSDP /
+    ZeRO-3 need when ranks probe different rows; results are unchanged. ``strategy``:
+    ``"auto"`` picks ``"speculative"`` or ``"teacher_forced"`` by `choose_strategy`'s
+    cost model (device, ``with_nll``); both give the same results.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    loose = ProbeSpec(prompt_len, cont_len, mode, with_nll, batch_size, suppress_eos)
+    if spec is None:
+        spec = loose
+    elif loose != ProbeSpec():
+        raise TypeError("probe takes either spec= or the loose settings (prompt_len, cont_len, "
+                        "mode, with_nll, batch_size, suppress_eos), not both")
+    return _probe(model, tokens, spec, BatchSize(spec.batch_size), lockstep, strategy)
+
+
+def _probe(model, tokens, spec: ProbeSpec, sizer: BatchSize, lockstep: bool = False,
+           strategy: str = "auto", ranks=None) -> ProbeResult:
+    """`probe` with its batch size kept in `sizer` (see `_batched` for `ranks`)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
     vocab = vocab_size(model)
-    tokens = _check(tokens, prompt_len, cont_len, vocab)
-    M, N, exact = prompt_len, cont_len, mode == "exact"
+    tokens = _check(tokens, spec, vocab)
+    M, N, exact, with_nll = spec.prompt_len, spec.cont_len, spec.mode == "exact", spec.with_nll
     dev = device_of(model)
     if strategy == "auto":
         strategy = choose_strategy(dev, with_nll, lockstep)
     with _Preserved(model):
-        lm, eos = runner(model), eos_ids(model) if suppress_eos else []
+        lm, eos = runner(model), eos_ids(model) if spec.suppress_eos else []
 
         def run(batch):
             batch = batch.to(dev)
@@ -416,7 +475,7 @@ def probe(
             return prefix.cpu(), None if greedy is None else greedy.cpu(), \
                 None if nll is None else nll.cpu(), first.cpu()
 
-        parts = _batched(run, model, tokens, batch_size)
+        parts = _batched(run, model, tokens, sizer, ranks)
     match_prefix = torch.cat([p[0] for p in parts])
     greedy = torch.cat([p[1] for p in parts]) if exact else None
     nll = torch.cat([p[2] for p in parts]).float() if with_nll else None
@@ -427,7 +486,7 @@ def probe(
         scores = match_prefix.float() / N
     return ProbeResult(scores=scores, memorized=match_prefix == N,
                        match_prefix=match_prefix.to(torch.int16), nll=nll, greedy=greedy,
-                       mode=mode, nll_first=nll_first)
+                       mode=spec.mode, nll_first=nll_first)
 
 
 def _generation_config(model, M: int, N: int):
@@ -468,7 +527,8 @@ def reference_probe(
     stop at EOS), get the same greedy loop, recomputed without a cache. The yardstick
     that `probe` must equal; slow by design.
     """
-    tokens = _check(tokens, prompt_len, cont_len, vocab_size(model))
+    spec = ProbeSpec(prompt_len, cont_len, batch_size=batch_size, suppress_eos=suppress_eos)
+    tokens = _check(tokens, spec, vocab_size(model))
     M, N = prompt_len, cont_len
     dev = device_of(model)
     with _Preserved(model):
@@ -487,4 +547,4 @@ def reference_probe(
                     out = torch.cat([out, nxt[:, None]], dim=1)
             return (out[:, M:M + N] == batch[:, M:M + N]).float().mean(dim=1).cpu()
 
-        return torch.cat(_batched(run, model, tokens, batch_size))
+        return torch.cat(_batched(run, model, tokens, BatchSize(batch_size)))

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from memwatch.probe import CONT_LEN, PROMPT_LEN, ProbeResult, probe
+from memwatch.probe import PROMPT_LEN, ProbeResult, ProbeSpec, probe
 
 
 def prompt_groups(prompt_lens: Sequence[int | None] | None, n: int,
@@ -40,21 +41,24 @@ def prompt_groups(prompt_lens: Sequence[int | None] | None, n: int,
 
 
 def probe_rows(model, tokens: torch.Tensor, prompt_lens: Sequence[int | None] | None,
-               prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
-               probe_fn: Callable[..., ProbeResult] = probe, **kwargs) -> ProbeResult:
+               spec: ProbeSpec = ProbeSpec(),  # noqa: B008 (frozen, so a shared default is safe)
+               probe_fn: Callable[..., ProbeResult] | None = None, *args) -> ProbeResult:
     """The `ProbeResult` of every row of `tokens`, each probed with its own prompt length.
 
     Rows are grouped by `prompt_groups`; each group's tokens ``[prompt_len - p,
-    prompt_len + cont_len)`` go to ``probe_fn(model, tokens, p, cont_len, **kwargs)``
-    (`probe`, or `memwatch.distributed.probe_sharded`: every rank runs the same groups
-    in the same order) and the results are put back in row order. With one group
-    this is a single ``probe_fn`` call on `tokens` itself.
+    prompt_len + cont_len)`` go to ``probe_fn(model, tokens, spec_p, *args)`` where
+    ``spec_p`` is `spec` with ``prompt_len=p`` (default: `probe`; the monitor passes
+    `memwatch.distributed.probe_sharded`, and every rank runs the same groups in the
+    same order) and the results are put back in row order. With one group this is a
+    single ``probe_fn`` call on `tokens` itself.
     """
-    groups = prompt_groups(prompt_lens, len(tokens), prompt_len)
-    if len(groups) == 1 and groups[0][0] == prompt_len:
-        return probe_fn(model, tokens, prompt_len, cont_len, **kwargs)
-    parts = [(rows, probe_fn(model, tokens[torch.from_numpy(rows), prompt_len - p:
-                                           prompt_len + cont_len], p, cont_len, **kwargs))
+    run = probe_fn or (lambda m, t, s: probe(m, t, spec=s))
+    M, N = spec.prompt_len, spec.cont_len
+    groups = prompt_groups(prompt_lens, len(tokens), M)
+    if len(groups) == 1 and groups[0][0] == M:
+        return run(model, tokens, spec, *args)
+    parts = [(rows, run(model, tokens[torch.from_numpy(rows), M - p:M + N],
+                        replace(spec, prompt_len=p), *args))
              for p, rows in groups]
     return _merge(parts, len(tokens))
 

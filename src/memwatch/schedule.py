@@ -17,6 +17,7 @@ every distributed rank agrees on when to probe without talking in between.
 from __future__ import annotations
 
 import math
+import numbers
 
 MAX_REGULAR_PROBES = 200
 # Exact probes decode every diverged row to the end; until one is measured, assume it costs
@@ -31,17 +32,18 @@ class Schedule:
     """Decides, step by step, whether the monitor probes (``due``); re-plans after each probe."""
 
     def __init__(self, total_steps: int | None = None, every_n_steps: int | None = None,
-                 max_overhead: float = 0.01):
-        if total_steps is not None and total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1 or None; got {total_steps}")
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1 or None; got {every_n_steps}")
+                 max_overhead: float = 0.01, exact_every: int | None = None):
+        for name, value, unit in (("total_steps", total_steps, "optimizer steps"),
+                                  ("every_n_steps", every_n_steps, "optimizer steps"),
+                                  ("exact_every", exact_every, "probes")):
+            _check_count(name, value, unit)
         if not 0 < max_overhead < 1:
             raise ValueError(f"max_overhead is a share of training time in (0, 1); got "
                              f"{max_overhead}")
-        self.total_steps = total_steps
+        self._total_steps = None if total_steps is None else int(total_steps)
         self.every_n_steps = every_n_steps
         self.max_overhead = float(max_overhead)
+        self.exact_every = exact_every
         self.train_seconds = 0.0
         self.monitor_seconds = 0.0
         self.seconds_per_step = math.nan
@@ -49,6 +51,29 @@ class Schedule:
         self.probes = 0
         # The first probe waits for the second step so that one training step has been timed.
         self.next_step = every_n_steps or 2
+
+    @property
+    def total_steps(self) -> int | None:
+        """Optimizer steps in the run, when known (adapters fill it in from the framework)."""
+        return self._total_steps
+
+    @total_steps.setter
+    def total_steps(self, value: int | None) -> None:
+        _check_count("total_steps", value, "optimizer steps")
+        self._total_steps = None if value is None else int(value)
+
+    def mode(self, step: int, scheduled: str) -> str:
+        """The mode of a probe due at `step`: ``"exact"`` at the run's last step and at every
+        `exact_every`-th probe, else the `scheduled` mode."""
+        last = self.total_steps is not None and step >= self.total_steps
+        nth = self.exact_every is not None and (self.probes + 1) % self.exact_every == 0
+        return "exact" if last or nth else scheduled
+
+    def back_off(self, step: int) -> None:
+        """After a probe at `step` failed: try again later, further off after each failure
+        (the fixed cadence of ``every_n_steps`` simply goes on)."""
+        if not self.every_n_steps:
+            self.next_step = max(self.next_step, step + max(1, step // 2))
 
     def due(self, step: int) -> bool:
         """True when the monitor should probe at training `step`."""
@@ -135,3 +160,9 @@ class Schedule:
         if missing:
             raise ValueError(f"schedule state lacks {missing}; it has {sorted(state)}")
         self.set_ledger([state[k] for k in _LEDGER])
+
+
+def _check_count(name: str, value, unit: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                              or value < 1):
+        raise ValueError(f"{name} counts {unit}: an int >= 1 or None; got {value!r}")

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import torch
 
-from memwatch.demos.model import planted_corpus, tiny_model
+from memwatch.demos.model import tiny_model
 from memwatch.monitor import MemWatch
 from memwatch.policy import AbortPolicy
 from memwatch.probe import probe
 from memwatch.sinks.base import Sink
 from memwatch.watchlist import Watchlist
 
-M = N = 8
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/, for the shared planted rows
+from planted import CORPUS, STREAM, M, N  # noqa: E402
+
 BATCH = 8  # global batch: every rank takes BATCH / world of it
-CORPUS = planted_corpus([16] * 4 + [4] * 4 + [1] * 8, seq_len=M + N, vocab_size=512, seed=0)
-STREAM = CORPUS.stream(seed=0)
 ROWS = 15  # an odd count, so that the shards need padding
 
 

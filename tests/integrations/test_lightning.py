@@ -10,21 +10,18 @@ import torch
 
 pytest.importorskip("lightning")
 import lightning as L  # noqa: E402
+from planted import CORPUS, STREAM, TAGS, M, N  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from memwatch.callbacks import MemWatchCallback  # noqa: E402
 from memwatch.demos.lightning import LitCausalLM  # noqa: E402
-from memwatch.demos.model import planted_corpus, tiny_model  # noqa: E402
+from memwatch.demos.model import tiny_model  # noqa: E402
 from memwatch.monitor import MemWatch  # noqa: E402
 from memwatch.policy import AbortPolicy  # noqa: E402
 from memwatch.probe import reference_probe  # noqa: E402
 from memwatch.watchlist import Watchlist  # noqa: E402
 
-M = N = 8
-BATCH = 8
-CORPUS = planted_corpus([16] * 4 + [4] * 4 + [1] * 8, seq_len=M + N, vocab_size=512, seed=0)
-STREAM = CORPUS.stream(seed=0)  # 88 rows: 11 optimizer steps per epoch
-TAGS = [("canary",)] * 4 + [("sample",)] * 12
+BATCH = 8  # the planted stream's 88 rows: 11 optimizer steps per epoch
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,6 +80,7 @@ def fit(root, max_steps: int, callbacks=(), dropout: float = 0.0, ckpt_path=None
     return trainer, module
 
 
+@pytest.mark.slow
 def test_bit_identical_and_detects_memorization_at_its_step(tmp_path, recorder):
     plain = Recorder(snapshots=True)
     fit(tmp_path / "a", 12, [plain], dropout=0.1)
@@ -105,12 +103,14 @@ def test_bit_identical_and_detects_memorization_at_its_step(tmp_path, recorder):
     assert mon.total_steps == 12 and rec.events[-2:] == [("end", 12), ("close", None)]
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_probes_on_optimizer_steps(tmp_path):
     mon = monitor(every_n_steps=1)
     fit(tmp_path, 6, [MemWatchCallback(mon)], accumulate=2)
     assert list(mon.history.steps) == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_abort_stops_the_trainer_with_the_reason(tmp_path, recorder):
     rec = recorder()
     mon = monitor(every_n_steps=2, abort=AbortPolicy(tags=("canary",)), sinks=[rec])
@@ -124,6 +124,7 @@ def test_abort_stops_the_trainer_with_the_reason(tmp_path, recorder):
     assert rec.events[-2:] == [("end", len(mon.history)), ("close", None)]
 
 
+@pytest.mark.slow
 def test_two_monitors_share_a_trainer_and_an_abort_before_min_steps_says_it_waits(tmp_path):
     canaries = monitor(every_n_steps=2, abort=AbortPolicy(tags=("canary",)))
     sample = monitor(every_n_steps=5)
@@ -172,6 +173,7 @@ def test_kill_and_resume_from_a_checkpoint_continues_the_history(tmp_path, recor
     assert [p.step for p in rec_b.of("probe")] == list(range(12, 31, 3))
 
 
+@pytest.mark.slow
 def test_bad_watchlist_fails_at_fit_start_before_any_step(tmp_path):
     rows = CORPUS.rows.clone()
     rows[2, 0] = 4096

@@ -47,6 +47,7 @@ def check(seen: list, mon: MemWatch) -> None:
     assert masked >= 3 * N
 
 
+@pytest.mark.slow
 def test_lightning_masks_dict_batches_in_on_train_batch_start(tmp_path):
     pytest.importorskip("lightning")
     import lightning as L
@@ -76,6 +77,7 @@ def test_lightning_masks_dict_batches_in_on_train_batch_start(tmp_path):
     check(seen, mon)
 
 
+@pytest.mark.slow
 def test_trainer_masking_collator_masks_what_the_model_receives(tmp_path):
     pytest.importorskip("transformers")
     from transformers import Trainer, TrainingArguments, default_data_collator

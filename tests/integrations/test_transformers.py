@@ -63,6 +63,7 @@ def train(out, max_steps: int, callbacks=(), resume=None, save_steps: int | None
     return trainer
 
 
+@pytest.mark.slow
 def test_bit_identical_detects_and_ends_with_an_exact_probe(tmp_path, recorder):
     plain = Losses()
     base = train(tmp_path / "a", 12, [plain])
@@ -81,6 +82,7 @@ def test_bit_identical_detects_and_ends_with_an_exact_probe(tmp_path, recorder):
     assert rec.events[-2:] == [("end", 12), ("close", None)]  # finish closes the sinks
 
 
+@pytest.mark.slow
 def test_abort_stops_training_with_the_reason(tmp_path, recorder):
     rec = recorder()
     mon = monitor(every_n_steps=2, abort=AbortPolicy(tags=("canary",)), sinks=[rec])
@@ -118,6 +120,7 @@ def test_kill_and_resume_from_a_checkpoint_continues_the_history(tmp_path, recor
     assert [p.step for p in rec_b.of("probe")] == [12, 15, 18, 21, 24]
 
 
+@pytest.mark.slow
 def test_two_monitors_share_a_trainer_and_resume_apart(tmp_path):
     def callbacks(a, b):
         return [MemWatchTrainerCallback(a, state_key="pii"),
@@ -136,6 +139,7 @@ def test_two_monitors_share_a_trainer_and_resume_apart(tmp_path):
         MemWatchTrainerCallback(a, state_key="../x")
 
 
+@pytest.mark.slow
 def test_bad_watchlist_fails_before_the_first_step(tmp_path):
     rows = CORPUS.rows.clone()
     rows[7, 9] = 777

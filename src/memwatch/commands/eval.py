@@ -7,7 +7,7 @@ import os
 import sys
 
 from memwatch.commands.args import positive_int
-from memwatch.probe import CONT_LEN, PROMPT_LEN
+from memwatch.probe import CONT_LEN, PROMPT_LEN, ProbeSpec
 
 HELP = ("Probe every (model, revision) over a watchlist or Pythia's training data; one "
         "resumable parquet per checkpoint (run under torchrun to split the rows over ranks).")
@@ -95,8 +95,9 @@ def run(args) -> int:
 
     started = False
     try:
-        config = EvalConfig(args.prompt_len, args.cont_len, args.mode, args.dtype,
-                            args.batch_size, not args.no_nll, args.cache_dir, args.device)
+        spec = ProbeSpec(args.prompt_len, args.cont_len, args.mode, not args.no_nll,
+                         args.batch_size)
+        config = EvalConfig(spec, args.dtype, args.cache_dir, args.device)
         checkpoints = [c for m in args.model for c in resolve_checkpoints(m, args.revision)]
         rows = _rows(args)
         started = _init_distributed()

@@ -17,6 +17,7 @@ from memwatch.commands.args import (
     tokenizer_source,
 )
 from memwatch.probe import CONT_LEN, PROMPT_LEN
+from memwatch.watchlist.canaries import DEFAULT_TEMPLATE
 
 HELP = "Build a watchlist (text windows, PII, canaries, Pythia sequences) or show one."
 
@@ -61,7 +62,10 @@ def add_arguments(p) -> None:
                         "memwatch downloads nothing")
     b.add_argument("--canaries", type=nonnegative_int, default=0, metavar="N",
                    help="add N canaries")
-    b.add_argument("--template", default="My secret is {secret}", help="canary template")
+    b.add_argument("--template", default=DEFAULT_TEMPLATE, help="canary template")
+    b.add_argument("--audit", action="store_true",
+                   help="audit canaries: each in or out with probability 1/2 (tags canary:in / "
+                        "canary:out); plant only canary:in (docs/audit.md)")
     b.add_argument("--pythia", type=_pythia_prefix, metavar="PREFIX",
                    help="Megatron .idx/.bin prefix")
     b.add_argument("--indices", type=_index_range,
@@ -225,7 +229,7 @@ def _build(args):
                                         **lengths))
     if args.canaries:
         parts.append(Watchlist.canaries(args.canaries, args.template, tokenizer, args.seed,
-                                        **lengths))
+                                        audit=args.audit, **lengths))
     if args.pythia and not scan_only:
         from memwatch.watchlist.pythia import steps_range
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, TensorDataset
 
 
@@ -29,6 +30,27 @@ class LitCausalLM(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.0)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar labelled ``step N of M`` (optimizer step, ``max_steps``).
+
+    Lightning labels it ``Epoch E/<max_epochs - 1>``, which reads "Epoch 21/-2" in a run
+    bounded by ``max_steps`` (max_epochs = -1); the step is what the monitor reports.
+    """
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._describe(trainer)
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        super().on_train_batch_end(trainer, *args)
+        self._describe(trainer)
+
+    def _describe(self, trainer) -> None:
+        total = f" of {trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else ""
+        self.train_progress_bar.set_description(f"step {trainer.global_step}{total}",
+                                                refresh=False)
 
 
 def stream_loader(stream: torch.Tensor, batch_size: int, seed: int = 0,

@@ -1,6 +1,6 @@
 """The demo's report: Markdown with plots of memorization over time and forecast vs. actual.
 
-Needs the `plot` extra (matplotlib, Agg backend). Shows ids, tags and redacted previews only.
+Needs the `plot` extra (drawn with `memwatch.figures`). Shows ids, tags and redacted previews only.
 """
 
 from __future__ import annotations
@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from memwatch.figures import new_figure, save_png
+from memwatch.watchlist.tags import tag_set
 
 GROUPS = (("PII", "pii:*"), ("canaries", "canary"), ("sampled training rows", "sample"))
 # what a tag's rows are called in the report's sentences
@@ -22,13 +25,9 @@ def _tag_name(tag: str) -> str:
 
 
 def _plot_over_time(history, repeats: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pii, canary = history.tag_mask("pii:*"), history.tag_mask("canary")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+    fig = new_figure(15, 4)
+    axes = fig.subplots(1, 3, sharey=True)
     steps, mem = history.steps, history.memorized
     for label, pattern in GROUPS:
         mask = history.tag_mask(pattern)
@@ -47,24 +46,21 @@ def _plot_over_time(history, repeats: np.ndarray, path: Path) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _plot_heatmap(history, path: Path) -> None:
-    from memwatch.sinks.summary import figure_png, heatmap_figure
+    from memwatch.sinks.summary import heatmap_figure
 
-    path.write_bytes(figure_png(heatmap_figure(history)))
+    save_png(heatmap_figure(history), path, dpi=100)
 
 
 def outcome_sentences(history, repeats: np.ndarray) -> list[str]:
     """What happened in the run, in sentences computed from its history: memorized rows per
     tag at the end, by repetition count, and rows forgotten along the way."""
     final, ever = history.memorized[-1], history.memorized.any(axis=0)
-    first = history.first_memorized_step()
     steps = int(history.steps[-1])
-    tags = sorted({t for row in history.tags for t in row},
+    tags = sorted(tag_set(history.tags),
                   key=lambda t: (not t.startswith("pii:"), t != "canary", t))
     counts = []
     for tag in tags:
@@ -75,16 +71,19 @@ def outcome_sentences(history, repeats: np.ndarray) -> list[str]:
                 f"({', '.join(counts)}): no row's continuation was reproduced in full at any "
                 "probe."]
     out = [f"Memorized at step {steps}: {', '.join(counts)}."]
-    planted = repeats > 0
-    levels = []
-    for r in sorted(set(repeats[planted].tolist()), reverse=True):
-        mask = repeats == r
-        hit = first[mask][first[mask] >= 0]
-        when = f", first at step {int(np.median(hit))} (median)" if len(hit) else ""
-        levels.append(f"{r}x: {int(final[mask].sum())} of {int(mask.sum())}{when}")
-    if levels:
-        out.append("Planted PII and canaries by times seen per epoch — " + "; ".join(levels)
-                   + ".")
+    missed = [f"{_tag_name(t)} {int((~final & m & (repeats > 0)).sum())} of {int(m.sum())}"
+              for t in tags if t.startswith("pii:")
+              for m in [history.tag_mask(t)] if (~final & m & (repeats > 0)).any()]
+    if missed:
+        out.append(
+            f"Planted PII not memorized at the end ({', '.join(missed)}) is a fact of the "
+            "data, not of the probe: a row is memorized according to how often training "
+            "sees it (the table by times seen per epoch) and where it sits. Each planted "
+            "record enters training as one sequence that starts at its first PII's prompt "
+            "(its email), so its phone and card numbers sit further into that sequence, "
+            "after the email and more text, where a small model memorizes later or not at all "
+            "in a short run; a run of your own, where such PII leads its sequences, catches "
+            "them.")
     forgotten = int((ever & ~final).sum())
     if forgotten:
         out.append(f"{forgotten} row(s) memorized at some probe were no longer memorized at the "
@@ -105,12 +104,8 @@ def _forecasts(history, total_steps: int):
 
 
 def _plot_forecast(history, fc: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = new_figure(7, 4)
+    ax = fig.add_subplot()
     final = int(history.memorized[-1].sum())
     ax.plot(history.steps, history.memorized.sum(axis=1), "k.-", label="memorized at the step")
     if len(fc):
@@ -120,9 +115,7 @@ def _plot_forecast(history, fc: np.ndarray, path: Path) -> None:
     ax.axhline(final, color="C2", ls="--", label=f"actual final count ({final})")
     ax.set(title="forecast vs. actual", xlabel="training step", ylabel="memorized rows")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _masking_section(history, unmitigated, flagged: tuple[str, ...]) -> list[str]:
@@ -160,12 +153,8 @@ def audit_curve(history) -> np.ndarray:
 
 
 def _plot_audit(curve: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = new_figure(7, 4)
+    ax = fig.add_subplot()
     ax.plot(curve[:, 0], curve[:, 3], "C3.-", label="ε lower bound (95 %, δ = 1e-5)")
     ax.set(title="privacy audit over training (audit canaries, log p_z)",
            xlabel="training step", ylabel="ε lower bound")
@@ -176,9 +165,7 @@ def _plot_audit(curve: np.ndarray, path: Path) -> None:
     lines = ax.get_legend_handles_labels()
     more = right.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def audit_section(history, out_dir: Path) -> list[str]:
@@ -214,6 +201,41 @@ def audit_section(history, out_dir: Path) -> list[str]:
         "![privacy audit over training](privacy_audit.png)", ""]
 
 
+def repetition_table(history, repeats: np.ndarray) -> list[str]:
+    """Markdown lines: planted rows by times seen per epoch, memorized at the end and at some
+    probe (separate columns), and the median step of first memorization of those ever memorized."""
+    final, ever = history.memorized[-1], history.memorized.any(axis=0)
+    first = history.first_memorized_step()
+    lines = ["| seen x/epoch | rows | memorized at the end | memorized at some probe | "
+             "first memorized (median step) |", "|---|---|---|---|---|"]
+    for r in sorted(set(repeats[repeats > 0].tolist()), reverse=True):
+        mask = repeats == r
+        hit = first[mask][first[mask] >= 0]
+        lines.append(f"| {r} | {int(mask.sum())} | {int(final[mask].sum())} | "
+                     f"{int(ever[mask].sum())} | {int(np.median(hit)) if len(hit) else '-'} |")
+    return lines if len(lines) > 2 else []
+
+
+def tag_table(history) -> list[str]:
+    """Markdown lines: per tag (and per group), rows, memorized at the end, memorized at some
+    probe, and the median step of first memorization, each in its own column."""
+    final, ever = history.memorized[-1], history.memorized.any(axis=0)
+    first = history.first_memorized_step()
+    lines = ["| rows | count | memorized at the end | memorized at some probe | "
+             "first memorized (median step) |", "|---|---|---|---|---|"]
+    tags = tag_set(history.tags)
+    groups = [(label, p) for label, p in GROUPS] + \
+        [(f"&nbsp;&nbsp;{_tag_name(t)} (`{t}`)", t) for t in tags if t.startswith("pii:")]
+    for label, pattern in groups:
+        mask = history.tag_mask(pattern)
+        if mask.any():
+            hit = first[mask][first[mask] >= 0]
+            med = f"{int(np.median(hit))}" if len(hit) else "-"
+            lines.append(f"| {label} | {mask.sum()} | {final[mask].sum()} | {ever[mask].sum()} "
+                         f"| {med} |")
+    return lines
+
+
 def write_report(history, watchlist, repeats: dict[str, int], out_dir: Path,
                  total_steps: int, stopped_early: bool = False, stop_reason: str = "",
                  unmitigated=None, flagged: tuple[str, ...] = ()) -> Path:
@@ -236,15 +258,11 @@ def write_report(history, watchlist, repeats: dict[str, int], out_dir: Path,
         f"{len(history)} probes over {int(history.steps[-1])} training steps"
         + (f" (stopped early by the abort policy{': ' + stop_reason if stop_reason else ''})."
            if stopped_early else "."), "",
-        "| rows | count | memorized at the end | first memorized (median step) |",
-        "|---|---|---|---|",
+        *tag_table(history),
     ]
-    for label, pattern in GROUPS:
-        mask = history.tag_mask(pattern)
-        if mask.any():
-            hit = first[mask][first[mask] >= 0]
-            med = f"{int(np.median(hit))}" if len(hit) else "-"
-            lines.append(f"| {label} | {mask.sum()} | {final[mask].sum()} | {med} |")
+    if len(repetition_table(history, reps)):
+        lines += ["", "Planted PII and canaries by times seen per epoch:", "",
+                  *repetition_table(history, reps)]
     if unmitigated is not None:
         lines += _masking_section(history, unmitigated, flagged)
     lines += ["", *[x for sentence in outcome_sentences(history, reps) for x in (sentence, "")],

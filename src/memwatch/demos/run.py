@@ -160,7 +160,7 @@ def _train(cfg: DemoConfig):
 
     import memwatch as mw
     from memwatch.callbacks import MemWatchCallback
-    from memwatch.demos.lightning import LitCausalLM, stream_loader
+    from memwatch.demos.lightning import LitCausalLM, StepProgressBar, stream_loader
     from memwatch.demos.model import tiny_model
 
     out = Path(cfg.out_dir)
@@ -187,10 +187,11 @@ def _train(cfg: DemoConfig):
                             mask_risk=0.5 if cfg.mask else None)
     # with_nll: the per-row NLL trends give the forecast its trajectory estimate
     monitor = mw.MemWatch(wl, total_steps=cfg.steps, max_overhead=cfg.max_overhead,
-                          abort=policy, sinks=sinks, with_nll=True)
+                          abort=policy, sinks=sinks,
+                          probe=mw.ProbeSpec(mode="extractable", with_nll=True))
     callback = MemWatchCallback(monitor)
     trainer = L.Trainer(max_steps=cfg.steps, accelerator=cfg.device, devices=1, logger=False,
-                        enable_checkpointing=False, callbacks=[callback],
+                        enable_checkpointing=False, callbacks=[callback, StepProgressBar()],
                         enable_model_summary=False, log_every_n_steps=50)
     # masking: dict batches, whose labels the callback masks before each training step
     trainer.fit(LitCausalLM(model, lr=cfg.lr),

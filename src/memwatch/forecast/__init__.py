@@ -39,6 +39,7 @@ from memwatch.forecast.risk import (
     tag_columns,
 )
 from memwatch.forecast.trajectory import end_probabilities
+from memwatch.watchlist.tags import tag_set
 
 __all__ = ["PYTHIA_PRIOR", "PYTHIA_PRIORS", "Estimate", "Forecast", "TagForecast", "forecast"]
 
@@ -508,7 +509,7 @@ def forecast(
         past.append((past_keep, _row_probabilities(b_rank, memorized, nll, past_keep,
                                                    clock_all, at), at, memorized[target]))
     groups = {"*": np.ones(history.num_rows, bool)}
-    for tag in sorted({t for row in history.tags for t in row}):
+    for tag in tag_set(history.tags):
         groups[tag] = np.array([tag in row for row in history.tags], bool)
     tags = {}
     for tag, mask in groups.items():

@@ -13,9 +13,8 @@ which is how the forecast resamples watchlist rows rather than points).
 
 `fit_recall_curve` is the same fit with predictions clipped to [0, 1], for
 recall or precision as a function of a compute ratio. `fit_saturating` fits a
-logistic curve in log x under a ceiling (a count that levels off). `precision_recall`
-compares memorized sets. `compare_sizes` fits a suite's recall against the compute
-fraction and sets it beside Biderman et al.'s figures for Pythia (`PYTHIA_SIZE_PREDICTORS`).
+logistic curve in log x under a ceiling (a count that levels off). `memwatch analyze`
+fits recall against compute with `fit_recall_curve` and draws its bootstrap `band`.
 """
 
 from __future__ import annotations
@@ -231,77 +230,3 @@ def fit_saturating(x, y, upper: float, grid: int = 24) -> SaturatingFit:
     err = ((k / (1 + np.exp(-(icpt + slope * c))) - y) ** 2).sum(1)
     g = int(np.argmin(err))
     return SaturatingFit(float(k[g, 0]), float(icpt[g, 0]), float(slope[g, 0]), float(upper))
-
-
-def precision_recall(pred_mask, target_mask) -> tuple[np.ndarray, np.ndarray]:
-    """(precision, recall) float64 [...] of boolean sets ``pred_mask`` vs ``target_mask`` [..., n].
-
-    Broadcasts over leading axes. Empty sets have defined values, never NaN: a
-    prediction of no rows has precision 1 (it makes no false claim), and an empty
-    target has recall 1 (nothing was missed).
-    """
-    p = np.asarray(pred_mask, bool)
-    t = np.asarray(target_mask, bool)
-    both = (p & t).sum(-1).astype(np.float64)
-    npred, ntarget = p.sum(-1), t.sum(-1)
-    precision = np.where(npred > 0, both / np.maximum(npred, 1), 1.0)
-    recall = np.where(ntarget > 0, both / np.maximum(ntarget, 1), 1.0)
-    return precision, recall
-
-
-# Smaller, fully trained Pythia models predicting the final Pythia-12B's memorized set:
-# Biderman et al. 2023 ("Emergent and Predictable Memorization in Large Language Models",
-# arXiv 2304.11158, Fig. 2). Rows: (compute fraction, precision, recall). Every size saw
-# the same data in the same order, so the compute fraction (params x tokens of the
-# predictor over the target's) is the parameter fraction, from the nominal sizes
-# (70M ... 6.9B over 12B).
-PYTHIA_SIZE_PREDICTORS: tuple[tuple[float, float, float], ...] = (
-    (70e6 / 12e9, 0.956, 0.197), (160e6 / 12e9, 0.948, 0.289), (410e6 / 12e9, 0.940, 0.401),
-    (1.0e9 / 12e9, 0.931, 0.512), (1.4e9 / 12e9, 0.926, 0.554), (2.8e9 / 12e9, 0.909, 0.658),
-    (6.9e9 / 12e9, 0.884, 0.795),
-)
-# The same figure, models trained on the deduplicated Pile against deduplicated 12B.
-PYTHIA_SIZE_PREDICTORS_DEDUPED: tuple[tuple[float, float, float], ...] = (
-    (70e6 / 12e9, 0.952, 0.218), (160e6 / 12e9, 0.943, 0.304), (410e6 / 12e9, 0.939, 0.422),
-    (1.0e9 / 12e9, 0.927, 0.531), (1.4e9 / 12e9, 0.924, 0.535), (2.8e9 / 12e9, 0.912, 0.675),
-    (6.9e9 / 12e9, 0.891, 0.807),
-)
-
-
-@dataclass(frozen=True)
-class SizeComparison:
-    """One predictor model of a suite beside the paper's figure at the same compute fraction.
-
-    compute_fraction: params x tokens of the predictor over the target's.
-    recall: the predictor's measured recall of the target's memorized set.
-    fitted_recall: the suite's recall-vs-fraction fit at this fraction.
-    pythia_recall: the fit of the paper's figures (Pythia vs. 12B) at this fraction.
-    """
-
-    compute_fraction: float
-    recall: float
-    fitted_recall: float
-    pythia_recall: float
-
-
-def compare_sizes(compute_fraction, recall, table=PYTHIA_SIZE_PREDICTORS,
-                  kinds: Sequence[str] = KINDS
-                  ) -> tuple[ScalingFit, ScalingFit, tuple[SizeComparison, ...]]:
-    """(the suite's fit, the paper's fit, one `SizeComparison` per predictor) of recall
-    against the compute fraction: read ``fit.predict(f)`` for the recall a proxy trained
-    on a fraction f of the final run's compute is expected to reach.
-
-    `compute_fraction`, `recall`: one value per smaller model of the suite (fractions in
-    (0, 1]); `table`: the paper's (compute fraction, precision, recall) rows to compare with.
-    """
-    x = np.asarray(compute_fraction, np.float64).ravel()
-    y = np.asarray(recall, np.float64).ravel()
-    if x.shape != y.shape or not ((x > 0) & (x <= 1)).all() or not ((y >= 0) & (y <= 1)).all():
-        raise ValueError("compute_fraction must be in (0, 1] and recall in [0, 1], one recall "
-                         f"per fraction; got {x.size} fractions and {y.size} recalls")
-    ref = np.asarray(table, np.float64)
-    paper = fit_recall_curve(ref[:, 0], ref[:, 2], kinds=kinds)
-    own = fit_recall_curve(x, y, kinds=kinds)
-    rows = tuple(SizeComparison(float(f), float(r), float(own.predict(f)), float(paper.predict(f)))
-                 for f, r in zip(x, y, strict=True))
-    return own, paper, rows

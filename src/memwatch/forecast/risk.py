@@ -33,7 +33,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MAX_TAGS = 32
-RIDGE = 1.0
+# The one ridge of memwatch's logistic fits (risk ranking and trajectory calibration), on
+# standardised features. Both ends fail a test: at 1.0 the trajectory calibration, whose
+# labels are nearly separable in log NLL, flattens until a row far past the threshold gets
+# p ~ 0.6 instead of ~1; at 1e-3 the risk ranking's collinear features (prefix, memorized,
+# NLL and their trends, duplicates) trade weight freely and the duplicate count's signal is
+# lost. 0.1 keeps both: a tenth of one observation's worth of shrinkage.
+RIDGE = 0.1
 LOOKBACK = 0.7
 MAX_SOURCES = 4
 SPAN = 1.25
@@ -118,6 +124,11 @@ def _features(mp, nll, n_tok: float, clock, i: int, dups, tag_cols) -> np.ndarra
     return np.column_stack([*cols, tag_cols]) if tag_cols.shape[1] else np.column_stack(cols)
 
 
+def sigmoid(z) -> np.ndarray:
+    """The logistic function, clipped at |z| = 30 so that exp never overflows."""
+    return 1 / (1 + np.exp(-np.clip(z, -30, 30)))
+
+
 def logistic_fit(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE, iters: int = 20) -> np.ndarray:
     """float64 [1 + F]: intercept and weights of an L2-penalised logistic regression (Newton)."""
     xb = np.column_stack([np.ones(len(x)), x])
@@ -125,7 +136,7 @@ def logistic_fit(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE, iters: int 
     pen = np.full(xb.shape[1], ridge)
     pen[0] = 0.0
     for _ in range(iters):
-        p = 1 / (1 + np.exp(-np.clip(xb @ beta, -30, 30)))
+        p = sigmoid(xb @ beta)
         grad = xb.T @ (p - y) + pen * beta
         hess = (xb * (p * (1 - p))[:, None]).T @ xb + np.diag(pen + 1e-9)
         step = np.linalg.solve(hess, grad)
@@ -158,22 +169,6 @@ def checked_clock(compute, steps: np.ndarray, total_steps: int) -> tuple[np.ndar
         raise ValueError("compute must be cumulative: non-decreasing in the step, and > 0 "
                          f"at total_steps; got {values!r} for steps {at!r}")
     return values[:-1], float(values[-1])
-
-
-def rank_at_risk(history, total_steps: int, duplicates=None, compute=None) -> RiskRanking:
-    """The `RiskRanking` of every row of `history` at its latest probe, for training ending at
-    `total_steps`.
-
-    `duplicates` (int [n], optional) is each row's duplicate count in the training
-    data. `compute` (optional, vectorised step -> cumulative compute, e.g. the summed
-    learning rate) sets the clock the horizon is measured in; None measures it in steps.
-    With no probe at all every score is 0 and ``fitted`` is False.
-    """
-    dups = checked_duplicates(duplicates, history.num_rows)
-    clock, total = history.steps.astype(np.float64), float(total_steps)
-    if compute is not None:
-        clock, total = checked_clock(compute, history.steps, int(total_steps))
-    return risk_at(history, len(history) - 1, clock, total, dups)
 
 
 def risk_at(history, last: int, clock: np.ndarray, total: float, dups=None,
@@ -211,7 +206,7 @@ def risk_at(history, last: int, clock: np.ndarray, total: float, dups=None,
             sd = np.where(sd > 1e-12, sd, 1.0)
             beta = logistic_fit((x - mu) / sd, y)
             z = np.column_stack([np.ones(n), (now - mu) / sd]) @ beta
-            score = 1 / (1 + np.exp(-np.clip(z, -30, 30)))
+            score = sigmoid(z)
             return RiskRanking(score, mem_last.copy(), True, feature_names, beta)
     heuristic = now[:, 0] + 0.5 * now[:, 2]
     nll = now[:, 3]

@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from memwatch.forecast.risk import logistic_fit
+from memwatch.forecast.risk import logistic_fit, sigmoid
 
 WINDOW = 0.5
 NLL_FLOOR = 1e-3
-RIDGE = 1e-3
 MAX_CALIBRATION = 20_000
 
 
@@ -61,6 +60,6 @@ def end_probabilities(mem: np.ndarray, nll: np.ndarray, clock: np.ndarray,
     if not 0 < labels.sum() < len(labels):
         return None
     mu, sd = float(x.mean()), float(x.std()) or 1.0
-    b0, b1 = logistic_fit(((x - mu) / sd)[:, None], labels, ridge=RIDGE)
+    b0, b1 = logistic_fit(((x - mu) / sd)[:, None], labels)
     z = b0 + b1 * (at_end - mu) / sd
-    return 1 / (1 + np.exp(-np.clip(z, -30, 30)))
+    return sigmoid(z)

@@ -26,6 +26,33 @@ from memwatch.posthoc.results import (
     step_of,
 )
 from memwatch.probe import CONT_LEN
+from memwatch.watchlist.tags import tag_set
+
+FIT_BOOTSTRAP = 200  # bootstrap refits of each recall-vs-compute fit, for its band
+
+
+
+@dataclass(frozen=True)
+class TagCount:
+    """Rows of one tag in one run of a watchlist (memwatch results), and how many memorized."""
+
+    run: str
+    tag: str
+    rows: int
+    memorized: int
+
+
+def tag_counts(runs: Sequence[Run]) -> tuple[TagCount, ...]:
+    """Per run with tagged rows (memwatch results of a watchlist) and per tag: rows, memorized."""
+    out = []
+    for run in runs:
+        if run.tags is None:
+            continue
+        for tag in tag_set(run.tags):
+            rows = np.array([tag in row for row in run.tags], bool)
+            out.append(TagCount(run.label, tag, int(rows.sum()),
+                                int(run.memorized[rows].sum())))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -98,6 +125,14 @@ class Predictor:
             return np.full(compute.shape, np.nan)
         return self.fit.predict(compute / target_compute)
 
+    def band(self, compute, target_compute: float, level: float = 0.9):
+        """(low, high): the central `level` interval of the bootstrap fits' recall at
+        `compute` (`ScalingFit.band`; NaN without a fit)."""
+        compute = np.asarray(compute, np.float64)
+        if self.fit is None:
+            return np.full(compute.shape, np.nan), np.full(compute.shape, np.nan)
+        return self.fit.band(compute / target_compute, level)
+
 
 @dataclass(frozen=True)
 class EquiCompute:
@@ -125,6 +160,7 @@ class Analysis:
     checkpoints: Predictor | None = None
     equi_compute: tuple[EquiCompute, ...] = ()
     agreement: tuple[Agreement, ...] = ()
+    tag_counts: tuple[TagCount, ...] = ()
 
     def matrix(self, attr: str) -> tuple[list[str], list[str], np.ndarray]:
         """(rows, revisions, float [rows, revisions]) of a PairStats field, NaN if absent.
@@ -140,16 +176,24 @@ class Analysis:
         return rows, revisions, out
 
 
-def set_precision_recall(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
-    """(precision, recall) of boolean masks `pred` against `target` [n]; NaN where undefined.
+def set_precision_recall(pred, target):
+    """(precision, recall) of boolean masks `pred` against `target` [..., n]; NaN where
+    undefined. The one set precision/recall of memwatch.
 
-    A predictor that claims nothing has no precision (0/0), and recall of an empty
-    target is undefined too: neither is reported as a perfect 1.
+    Broadcasts over leading axes (floats for 1-D masks, float64 arrays otherwise). A
+    predictor that claims nothing has no precision (0/0), and recall of an empty target
+    is undefined too: neither is reported as a perfect 1.
     """
-    both = float(np.count_nonzero(pred & target))
-    npred, ntarget = np.count_nonzero(pred), np.count_nonzero(target)
-    return (both / npred if npred else float("nan"),
-            both / ntarget if ntarget else float("nan"))
+    pred, target = np.asarray(pred, bool), np.asarray(target, bool)
+    both = np.count_nonzero(pred & target, axis=-1).astype(np.float64)
+    npred = np.count_nonzero(pred, axis=-1)
+    ntarget = np.count_nonzero(target, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(npred > 0, both / npred, np.nan)
+        recall = np.where(ntarget > 0, both / ntarget, np.nan)
+    if precision.ndim == 0:
+        return float(precision), float(recall)
+    return precision, recall
 
 
 def _universe(a: Run, b: Run) -> np.ndarray:
@@ -240,7 +284,9 @@ def _predictor(name: str, pairs: Sequence[PairStats], target_compute: float) -> 
         return None
     compute = np.array([p.compute for p in pairs])
     recall = np.array([p.recall for p in pairs])
-    fit = fit_recall_curve(compute / target_compute, recall) if len(pairs) >= 2 else None
+    # bootstrap samples (resampled points) give the plot its band around the fitted curve
+    fit = fit_recall_curve(compute / target_compute, recall, n_boot=FIT_BOOTSTRAP) \
+        if len(pairs) >= 2 else None
     return Predictor(name, tuple(p.key for p in pairs), compute, recall,
                      np.array([p.precision for p in pairs]), fit)
 
@@ -292,7 +338,7 @@ def analyze(runs: Sequence[Run], target: str, tokens_per_step: int = PYTHIA_TOKE
         equi = tuple(_equi(small_pred, ckpt_pred, i, target_compute)
                      for i in range(len(small_pred.keys)))
     return Analysis(tgt.label, target_compute, tokens_per_step, pairs, histograms,
-                    small_pred, ckpt_pred, equi, agreements(runs))
+                    small_pred, ckpt_pred, equi, agreements(runs), tag_counts(runs))
 
 
 def _equi(small: Predictor, ckpts: Predictor, i: int, target_compute: float) -> EquiCompute:
@@ -328,5 +374,6 @@ def to_json(analysis: Analysis) -> str:
         "equi_compute": [{k: clean(v) for k, v in vars(e).items()}
                          for e in analysis.equi_compute],
         "agreement": [{k: clean(v) for k, v in vars(a).items()} for a in analysis.agreement],
+        "tag_counts": [vars(t) for t in analysis.tag_counts],
     }
     return json.dumps(data, indent=2, allow_nan=False, default=clean)

@@ -28,8 +28,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,7 @@ import torch
 from memwatch.distributed import barrier, rank_world
 from memwatch.posthoc.results import FORMAT_VERSION, read_meta, results_table, step_of
 from memwatch.posthoc.rows import PythiaRows, WatchlistRows
-from memwatch.probe import CONT_LEN, MODES, PROMPT_LEN
+from memwatch.probe import BatchSize, ProbeSpec, _probe
 from memwatch.prompt_groups import probe_rows
 from memwatch.watchlist import Watchlist
 
@@ -68,26 +70,50 @@ class Checkpoint:
         return f"{self.name}@{self.revision}"
 
 
-@dataclass(frozen=True)
+_SPEC_FIELDS = ("prompt_len", "cont_len", "mode", "batch_size", "with_nll")
+
+
+@dataclass(frozen=True, init=False)
 class EvalConfig:
-    """How to probe: lengths and mode as in `probe`, model dtype, batch rows, NLL, cache."""
+    """How to probe a checkpoint suite: the `ProbeSpec` (default: exact, with the NLL), the
+    model's dtype, the transformers cache and the device (None: this rank's CUDA device if
+    any, else CPU). ``spec.batch_size`` also sets the rows per resumable file (None: the
+    probe sizes its batches, files of `AUTO_WRITE_ROWS` rows).
 
-    prompt_len: int = PROMPT_LEN
-    cont_len: int = CONT_LEN
-    mode: str = "exact"
-    dtype: str = "fp32"
-    batch_size: int | None = None  # None: the probe picks (OOM-safe); batches of 1024 rows
-    with_nll: bool = True
-    cache_dir: str | None = None
-    device: str | None = None  # None: this rank's CUDA device if any, else CPU
+    The probe's settings given loose (``EvalConfig(mode="extractable")``) still work, with a
+    DeprecationWarning: pass ``spec=ProbeSpec(mode="extractable")``.
+    """
 
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}; got {self.mode!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 or None (auto); got {self.batch_size}")
+    spec: ProbeSpec
+    dtype: str
+    cache_dir: str | None
+    device: str | None
+
+    def __init__(self, spec: ProbeSpec | None = None, dtype: str = "fp32",
+                 cache_dir: str | None = None, device: str | None = None, **loose):
+        unknown = sorted(set(loose) - set(_SPEC_FIELDS))
+        if unknown:
+            raise TypeError(f"EvalConfig got unknown settings {unknown}; it takes spec, dtype, "
+                            "cache_dir and device")
+        spec = ProbeSpec(with_nll=True) if spec is None else spec
+        if not isinstance(spec, ProbeSpec):
+            raise TypeError(f"spec must be a ProbeSpec; got {type(spec).__name__}")
+        if loose:
+            warnings.warn(f"EvalConfig({', '.join(sorted(loose))}=...) is deprecated: pass "
+                          "spec=ProbeSpec(...)", DeprecationWarning, stacklevel=2)
+            spec = replace(spec, **loose)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
+        for name, value in (("spec", spec), ("dtype", dtype), ("cache_dir", cache_dir),
+                            ("device", device)):
+            object.__setattr__(self, name, value)
+
+    def as_meta(self) -> dict:
+        """The settings as the flat dict a results file's metadata holds (format unchanged)."""
+        s = self.spec
+        return {"prompt_len": s.prompt_len, "cont_len": s.cont_len, "mode": s.mode,
+                "dtype": self.dtype, "batch_size": s.batch_size, "with_nll": s.with_nll,
+                "cache_dir": self.cache_dir, "device": self.device}
 
 
 def _revision_order(revision: str):
@@ -167,7 +193,7 @@ def check_inputs(checkpoints: Sequence[Checkpoint], rows: RowSource,
 
     if not checkpoints:
         raise ValueError("no checkpoints to evaluate")
-    top, where = rows.check(config.prompt_len + config.cont_len)
+    top, where = rows.check(config.spec.total_len)
     for ckpt in checkpoints:
         path, kwargs = _load_args(ckpt, config)
         try:
@@ -211,9 +237,10 @@ def _unloadable(ckpt: Checkpoint, config: EvalConfig, err: Exception) -> str:
 def fingerprint(rows: RowSource, config: EvalConfig) -> str:
     """sha256 of what decides the scores: the rows (see the row source), lengths, mode, dtype."""
     h = hashlib.sha256()
-    h.update(json.dumps([config.prompt_len, config.cont_len, config.mode, config.dtype,
-                         config.with_nll]).encode())
-    rows.update_fingerprint(h, config.prompt_len + config.cont_len)
+    spec = config.spec
+    h.update(json.dumps([spec.prompt_len, spec.cont_len, spec.mode, config.dtype,
+                         spec.with_nll]).encode())
+    rows.update_fingerprint(h, spec.total_len)
     return h.hexdigest()
 
 
@@ -280,17 +307,6 @@ def _batch_files(rank_dir: Path) -> list[tuple[int, int, Path]]:
     return sorted(out)
 
 
-def _remove_tree(path: Path) -> None:
-    if not path.exists():
-        return
-    for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
-        if p.is_dir():
-            p.rmdir()
-        else:
-            p.unlink()
-    path.rmdir()
-
-
 # --------------------------------------------------------------------------------------------
 # Scoring one checkpoint.
 # --------------------------------------------------------------------------------------------
@@ -316,19 +332,19 @@ def _score_slice(model, rows: RowSource, start, end, rank_dir, meta, config, bar
         _check_same_run(path, meta)
         done = hi
     bar.update(done - start)
-    step = config.batch_size or AUTO_WRITE_ROWS
+    spec = config.spec
+    step = spec.batch_size or AUTO_WRITE_ROWS
     vocab = vocab_size(model)
+    sizer = BatchSize(spec.batch_size)  # a size that ran out of memory is not tried again
     while done < end:
         hi = min(done + step, end)
-        index, ids, tags, tokens = rows.batch(done, hi, config.prompt_len + config.cont_len)
+        index, ids, tags, tokens = rows.batch(done, hi, spec.total_len)
         if vocab is not None and int(tokens.max()) >= vocab:
             row = int((tokens >= vocab).any(1).nonzero()[0, 0])
             raise ValueError(f"watchlist sequence {ids[row]!r} has a token id >= {vocab}, the "
                              f"vocabulary of {meta['name']}@{meta['revision']}")
         lens = rows.prompt_lens(done, hi) if hasattr(rows, "prompt_lens") else None
-        res = probe_rows(model, tokens, lens, config.prompt_len, config.cont_len,
-                         mode=config.mode, with_nll=config.with_nll,
-                         batch_size=config.batch_size)
+        res = probe_rows(model, tokens, lens, spec, _probe, sizer)
         nll = res.nll if res.nll is not None else torch.full((hi - done,), float("nan"))
         table = results_table(index, ids, tags, res.scores.numpy(), res.match_prefix.numpy(),
                               nll.float().numpy(), meta)
@@ -381,7 +397,7 @@ def evaluate(
         paths.append(final)
         meta = {"format": FORMAT_VERSION, "model": ckpt.model, "name": ckpt.name,
                 "revision": ckpt.revision, "step": step_of(ckpt.revision), "rows": n,
-                "fingerprint": digest, **asdict(config)}
+                "fingerprint": digest, **config.as_meta()}
         if final.exists():
             _check_same_run(final, meta)
             continue
@@ -401,13 +417,13 @@ def evaluate(
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             _merge([p for _, _, p in _batch_files(rank_dir)], meta, rank_file)
-            _remove_tree(rank_dir)
+            shutil.rmtree(rank_dir, ignore_errors=True)
         barrier()
         if rank == 0:
             shards = [parts / f"rank{r:05d}-of-{world_size:05d}.parquet" for r in range(world_size)]
             shards = [p for p in shards if p.exists()]
             meta["params"] = read_meta(shards[0]).get("params")
             _merge(shards, meta, final)
-            _remove_tree(parts)
+            shutil.rmtree(parts, ignore_errors=True)
         barrier()
     return paths

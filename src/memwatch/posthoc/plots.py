@@ -1,7 +1,7 @@
 """PNG plots of an `Analysis`: heatmaps, score histograms, memorized fraction, recall vs compute.
 
-matplotlib is imported inside the functions (the ``plot`` extra) and figures are
-drawn on the Agg canvas directly, never through pyplot, so no display is needed.
+Drawn the one way memwatch draws (`memwatch.figures`): a Figure on its own Agg canvas,
+never pyplot, so no display is needed and the user's backend is left alone.
 """
 
 from __future__ import annotations
@@ -10,24 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from memwatch.figures import new_figure as _figure
+from memwatch.figures import save_png as _save
 from memwatch.posthoc.analysis import Analysis, Predictor
-
-
-def _figure(width: float = 6.4, height: float = 4.8):
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise ImportError("plots need matplotlib: pip install 'memwatch[plot]'") from err
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
 
 
 def heatmap(analysis: Analysis, attr: str, path: Path, title: str) -> Path:
@@ -105,6 +90,10 @@ def _curve(ax, pred: Predictor, target_compute: float, color: str, marker: str) 
         xs = np.geomspace(lo, hi, 100)
         ax.plot(xs, pred.predict(xs, target_compute), color=color,
                 label=f"{pred.name}: {pred.fit.kind} fit (R²={pred.fit.r2:.2f})")
+        if len(pred.fit.samples):
+            low, high = pred.band(xs, target_compute)
+            ax.fill_between(xs, low, high, color=color, alpha=0.15, linewidth=0,
+                            label=f"{pred.name}: 90 % bootstrap band")
 
 
 def recall_vs_compute(analysis: Analysis, path: Path) -> Path:

@@ -89,6 +89,16 @@ def render_markdown(analysis: Analysis, plots: dict[str, Path], base: Path) -> s
     ]
     if analysis.equi_compute:
         parts.append(_equi_table(analysis))
+    if analysis.tag_counts:
+        parts += [
+            "## Memorized rows per tag",
+            "Runs of a watchlist (`memwatch eval --watchlist`): per tag, the rows scored and "
+            "how many are memorized (score = 1) at that checkpoint; a row with several tags "
+            "counts under each.",
+            _table(["run", "tag", "rows", "memorized", "fraction"],
+                   [[t.run, t.tag, str(t.rows), str(t.memorized),
+                     _num(t.memorized / t.rows if t.rows else float("nan"), ".4f")]
+                    for t in analysis.tag_counts])]
     if analysis.agreement:
         parts += [
             "## Agreement between sources",

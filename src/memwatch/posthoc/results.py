@@ -38,7 +38,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +85,7 @@ class Run:
     float32 [n], or None when the source lists memorized sequences only (then every
     listed row is memorized and `complete` is False). source: one of `SOURCES`;
     variant: ``"new"`` for the ``.new`` memorized-evals splits, else ``""``.
+    tags: each row's watchlist tags (memwatch results of a watchlist), else None.
     """
 
     model: str
@@ -97,6 +98,7 @@ class Run:
     source: str
     files: tuple[str, ...]
     variant: str = ""
+    tags: tuple[tuple[str, ...], ...] | None = field(default=None, repr=False)
 
     @property
     def key(self) -> str:
@@ -116,7 +118,7 @@ class Run:
 
 
 def _make_run(model, revision, params, index, memorized, scores, source, files,
-              variant="") -> Run:
+              variant="", tags=None) -> Run:
     index = np.asarray(index, np.int64)
     order = np.argsort(index, kind="stable")
     index = index[order]
@@ -127,7 +129,8 @@ def _make_run(model, revision, params, index, memorized, scores, source, files,
     return Run(model, revision, step_of(revision), params if params else pythia_params(model),
                index, np.asarray(memorized, bool)[order],
                None if scores is None else np.asarray(scores, np.float32)[order], source,
-               tuple(str(f) for f in files), variant)
+               tuple(str(f) for f in files), variant,
+               None if tags is None else tuple(tuple(tags[i] or ()) for i in order))
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,13 +182,14 @@ def read_memwatch(paths: Sequence[Path], meta: dict) -> Run:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.concat_tables([pq.read_table(p, columns=["index", "score", "match_prefix"])
-                              for p in paths])
+    with_tags = all("tags" in pq.read_schema(p).names for p in paths)
+    columns = ["index", "score", "match_prefix"] + (["tags"] if with_tags else [])
+    table = pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
     prefix = table["match_prefix"].to_numpy()
     return _make_run(meta.get("name") or Path(meta["model"]).name, meta["revision"],
                      meta.get("params"), table["index"].to_numpy(),
                      prefix >= int(meta["cont_len"]), table["score"].to_numpy(), "memwatch",
-                     paths)
+                     paths, tags=table["tags"].to_pylist() if with_tags else None)
 
 
 # --------------------------------------------------------------------------------------------

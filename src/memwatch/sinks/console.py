@@ -12,6 +12,7 @@ A stop or would-stop line names the rule and the rows that triggered it.
 
 from __future__ import annotations
 
+import textwrap
 from typing import TextIO
 
 import numpy as np
@@ -25,12 +26,17 @@ from memwatch.sinks.summary import summarize
 class ConsoleSink(Sink):
     """One-line summaries on the console; at most `max_rows` rows named per line.
 
-    `show_previews=False` prints ids and tags only.
+    `show_previews=False` prints ids and tags only. A line longer than `width` columns
+    (120) is wrapped, its continuation lines indented by two spaces.
     """
 
-    def __init__(self, file: TextIO | None = None, max_rows: int = 3, show_previews: bool = True):
+    def __init__(self, file: TextIO | None = None, max_rows: int = 3, show_previews: bool = True,
+                 width: int = 120):
         if max_rows < 0:
             raise ValueError(f"max_rows={max_rows} must be >= 0")
+        if not isinstance(width, int) or width < 40:
+            raise ValueError(f"width={width!r}: give the console's columns, an int >= 40")
+        self.width = width
         self.file = file
         self.max_rows = int(max_rows)
         self.show_previews = bool(show_previews)
@@ -40,7 +46,8 @@ class ConsoleSink(Sink):
 
     def on_probe(self, record: ProbeRecord) -> None:
         m = record.metrics
-        parts = [f"memwatch step {record.step} [{record.mode}]"]
+        of = f" of {record.total_steps}" if record.total_steps else ""
+        parts = [f"memwatch step {record.step}{of} [{record.mode}]"]
         if "memorized_count" in m:
             frac = f" ({100 * m['memorized_fraction']:.1f}%)" if "memorized_fraction" in m else ""
             parts.append(f"{int(m['memorized_count'])} memorized{frac}{self._swing(record)}")
@@ -120,4 +127,5 @@ class ConsoleSink(Sink):
         return f"{r.id}{tags}@{r.step}{preview}"
 
     def _print(self, line: str) -> None:
-        tqdm.write(line, file=self.file)
+        lines = textwrap.wrap(line, self.width, subsequent_indent="  ", break_on_hyphens=False)
+        tqdm.write("\n".join(lines) or line, file=self.file)

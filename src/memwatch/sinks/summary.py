@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from memwatch.figures import new_figure
+from memwatch.watchlist.tags import tag_label
+
 TEXT_MODES = ("redacted", "none", "raw")
 
 
@@ -96,31 +99,20 @@ def heatmap_figure(history, max_rows: int = 64):
     """A matplotlib Figure: score (match_prefix / N) of the top `max_rows` rows at every
     probe, rows ordered by when they were first memorized and labelled ``id [tags]``
     (never text); one column per probe, labelled with its training step. Needs matplotlib."""
-    from matplotlib.figure import Figure
-
     rows = ranked_rows(history)[:max_rows]
     values = (history.match_prefix[:, rows].T.astype(np.float32) / history.cont_len
               if len(history) else np.zeros((len(rows), 0), np.float32))
-    fig = Figure(figsize=(8, 1.5 + 0.12 * len(rows)), layout="constrained")
+    fig = new_figure(8, 1.5 + 0.12 * len(rows))
     ax = fig.add_subplot()
     image = ax.imshow(values, aspect="auto", interpolation="nearest", cmap="viridis",
                       vmin=0.0, vmax=1.0)
     steps = history.steps
     ticks = np.unique(np.linspace(0, max(len(steps) - 1, 0), min(len(steps), 8)).astype(int))
     ax.set_xticks(ticks, [str(int(steps[t])) for t in ticks] if len(steps) else [])
-    labels = [f"{history.ids[i]} [{','.join(history.tags[i]) or 'untagged'}]" for i in rows]
+    labels = [f"{history.ids[i]} [{tag_label(history.tags[i])}]" for i in rows]
     ax.set_yticks(range(len(rows)), labels, fontsize=6 if len(rows) <= 40 else 5)
     ax.set_xlabel("probe (training step)")
     ax.set_ylabel(f"watchlist rows (top {len(rows)} of {history.num_rows})")
     ax.set_title("memorization over time (tokens reproduced before the first miss / N)")
     fig.colorbar(image, ax=ax, label="match_prefix / N")
     return fig
-
-
-def figure_png(fig) -> bytes:
-    """The figure rendered as PNG bytes."""
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()

@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from memwatch.events import Alert, ProbeRecord, RowReport
+from memwatch.figures import png_bytes
 from memwatch.sinks.base import Sink
 from memwatch.sinks.local import LocalSink
-from memwatch.sinks.summary import check_text_mode, figure_png, heatmap_figure, summarize
+from memwatch.sinks.summary import check_text_mode, heatmap_figure, summarize
 
 LEVELS = ("INFO", "WARN", "ERROR")
 ROW_COLUMNS = ["id", "tags", "step", "score", "match_prefix", "preview"]
@@ -97,7 +98,6 @@ class WandbSink(Sink):
         self._local: LocalSink | None = None
         self._partial_step: int | None = None
         self._new_rows = None
-        self._alerted: set[str] = set()
 
     # ---- the Sink interface -------------------------------------------------------------------
     def on_start(self) -> None:
@@ -113,7 +113,7 @@ class WandbSink(Sink):
         run = self._start()
         self.local.on_alert(alert)
         level = self._alert_level(alert)
-        if run is None or level is None:
+        if run is None:
             return
         text = alert.text
         if alert.row_ids:
@@ -232,16 +232,13 @@ class WandbSink(Sink):
                            int(r.match_prefix), "" if self.log_text == "none" else r.preview)
         return table
 
-    def _alert_level(self, alert: Alert) -> str | None:
-        """The W&B level for `alert`, or None if it is not sent (every row already alerted on)."""
+    def _alert_level(self, alert: Alert) -> str:
+        """The W&B level for `alert`. Every alert is sent: the policy already sends each one
+        once per run (`memwatch.policy`), so the sink filters nothing."""
         if alert.kind == "abort":
             return "ERROR"
         if alert.kind != "memorized":
             return alert.level if alert.level in LEVELS else "WARN"
-        fresh = set(alert.row_ids) - self._alerted
-        if alert.row_ids and not fresh:
-            return None
-        self._alerted |= fresh
         return self.alert_level
 
     def _log_end(self, run, history, watchlist) -> None:
@@ -254,7 +251,7 @@ class WandbSink(Sink):
         step = int(history.steps[-1]) if len(history) else 0
         data = {"memwatch/step": step, "memwatch/summary": table}
         try:
-            png = figure_png(heatmap_figure(history, self.heatmap_rows))
+            png = png_bytes(heatmap_figure(history, self.heatmap_rows))
         except ImportError as err:
             self._fail("draw the heatmap (install matplotlib)", err)
         else:

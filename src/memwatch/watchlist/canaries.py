@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from memwatch.probe import CONT_LEN, PROMPT_LEN
+from memwatch.watchlist.tags import CANARY_IN, CANARY_OUT
 from memwatch.watchlist.text import encode
 
 DEFAULT_TEMPLATE = "My secret is {secret}"
@@ -78,6 +79,29 @@ def make_canaries(n: int, template: str = DEFAULT_TEMPLATE, tokenizer=None, seed
     if "{secret}" not in template:
         raise ValueError(f"canary template {template!r} has no '{{secret}}' field")
     return [_text_canary(template, tokenizer, rng, prompt_len, cont_len) for _ in range(n)]
+
+
+def canary_rows(n: int, template: str = DEFAULT_TEMPLATE, tokenizer=None, seed: int = 0,
+                prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
+                vocab_size: int | None = None, audit: bool = False, design: str = "random",
+                token_pool=None) -> tuple:
+    """`Watchlist` constructor arguments (tokens, ids, tags, previews, spans, texts) of `n`
+    canaries from `make_canaries` (see `Watchlist.canaries`): ids ``canary#<k>``, tag
+    ``canary`` (with ``canary:in`` / ``canary:out`` under `audit`), previews that hide
+    the secret, and (text canaries) the synthetic text and the secret's character span."""
+    made = make_canaries(n, template, tokenizer, seed, prompt_len, cont_len, vocab_size,
+                         design, token_pool)
+    head = template.partition("{secret}")[0].strip()
+    ids = [f"canary#{k}" for k in range(n)]
+    has_text = tokenizer is not None and design == "random"
+    previews = [f"canary {head} ***".replace("  ", " ") if has_text
+                else "canary (random tokens)" for _ in made]
+    texts = [c.text for c in made] if has_text else None
+    spans = [(k, *c.secret_span) for k, c in enumerate(made)] if has_text else None
+    tags = [("canary",)] * n
+    if audit:
+        tags = [("canary", CANARY_IN if inside else CANARY_OUT) for inside in membership(n, seed)]
+    return torch.stack([c.tokens for c in made]), ids, tags, previews, spans, texts
 
 
 def membership(n: int, seed: int = 0) -> np.ndarray:

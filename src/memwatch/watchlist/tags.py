@@ -26,6 +26,16 @@ def tag_mask(tags: Sequence[Sequence[str]], pattern: str) -> np.ndarray:
     return np.array([any(fnmatchcase(t, pattern) for t in row) for row in tags], dtype=bool)
 
 
+def tag_label(row_tags: Sequence[str]) -> str:
+    """How logs and alerts name one row's tags: joined by commas, or ``untagged``."""
+    return ",".join(row_tags) or "untagged"
+
+
+def tag_set(tags: Sequence[Sequence[str]]) -> list[str]:
+    """Every tag some row carries, sorted (the keys per-tag metrics and forecasts use)."""
+    return sorted({t for row in tags for t in row})
+
+
 def matching_keys(keys: Iterable[str], pattern: str) -> list[str]:
     """The keys of per-tag results (tags, plus ``"*"`` for all rows) that `pattern` names.
 
@@ -44,7 +54,7 @@ def check_patterns(patterns: Iterable[str], tags: Sequence[Sequence[str]], where
     `where` names the setting in the message (e.g. ``"AbortPolicy.actions"``). The message
     lists the tags that exist, and says so when the pattern matches one ignoring case.
     """
-    present = sorted({t for row in tags for t in row})
+    present = tag_set(tags)
     for pattern in patterns:
         if tag_mask(tags, pattern).any():
             continue
