@@ -51,6 +51,14 @@ import torch
 
 import memwatch as mw
 from memwatch.demos.model import tiny_model
+from memwatch.forecast import Exposures
+from memwatch.forecast.stats import (
+    calibration_error,
+    interval_score,
+    precision_recall,
+    recall_at_precision,
+    width_ratio,
+)
 from memwatch.history import History
 
 # Graded repetition counts. The rarely seen rows (1-4 copies, twice as many of them)
@@ -68,12 +76,21 @@ WARMUP, DECAY = 0.05, 0.15
 STOPS = (0.16, 0.25, 0.3, 0.5, 0.75)
 COUNT_STOPS = (0.25, 0.5, 0.75)
 MIN_NOW = 5
-CLOCKS = ("steps", "cumulative LR", "first-token NLL", "first_seen")
+MIN_K = 0.2  # min-k %: the mean of the lowest 20 % token log-probabilities (Shi et al. 2024)
+# What the forecast is told (the first is the headline): "planted": every row's copies
+# (steps known from planting), the learning rate, the duplicate counts; "seen so far":
+# the copies up to the stop only (what `MemWatch.seen` records), with the duplicate
+# counts; "no exposures": duplicate counts and learning rate only (the forecast before
+# exposures); "first-token NLL": planted, probes without the continuation's NLL;
+# "cumulative LR": planted, with the summed learning rate as the clock.
+VARIANTS = ("planted", "seen so far", "no exposures", "first-token NLL", "cumulative LR")
+HEADLINE = VARIANTS[0]
 
 
 def planted_stream(rows_per_repeat: int, total_steps: int, batch_size: int, seed: int):
     """(batches int64 [T, B, L], rows [n, L], repeats [n], placement [n] str,
-    first_seen [n], last_seen [n]: the steps (1-based) of each row's first and last copy)."""
+    first_seen [n], last_seen [n]: the steps (1-based) of each row's first and last copy,
+    exposure_row, exposure_step: one entry per copy, the row and the step it is trained at)."""
     g = np.random.default_rng(seed)
     per = [2 * rows_per_repeat if r <= RARE else rows_per_repeat for r in REPEATS]
     repeats = np.repeat(REPEATS, per)
@@ -101,7 +118,7 @@ def planted_stream(rows_per_repeat: int, total_steps: int, batch_size: int, seed
     np.minimum.at(first_seen, owner[used], step_of)
     np.maximum.at(last_seen, owner[used], step_of)
     return (stream.view(total_steps, batch_size, seq_len), rows, repeats, placement,
-            first_seen, last_seen)
+            first_seen, last_seen, owner[used], step_of)
 
 
 def row_tags(repeats, placement) -> list[tuple[str, str]]:
@@ -122,12 +139,20 @@ def lr_factor(schedule: str, step, total_steps: int):
     return np.clip(np.minimum(s / WARMUP, (1 - s) / DECAY), 0.0, 1.0)
 
 
+def token_logprobs(model, rows: torch.Tensor, prompt_len: int = 32) -> torch.Tensor:
+    """float64 [n, N]: the teacher-forced log-probability of every continuation token (for
+    log p_z and min-k %, the signals the probe's extraction measures add)."""
+    with torch.no_grad():
+        logits = model(input_ids=rows).logits[:, prompt_len - 1:-1].double()
+    return torch.log_softmax(logits, -1).gather(-1, rows[:, prompt_len:, None])[..., 0]
+
+
 def train(schedule: str, total_steps: int, rows_per_repeat: int, probes: int, seed: int,
           hidden: int) -> dict:
-    """dict of arrays: probe steps, match_prefix/scores/nll/nll_first [P, n], and per row
-    repeats, placement, first_seen, last_seen."""
-    batches, rows, repeats, placement, first_seen, last_seen = planted_stream(
-        rows_per_repeat, total_steps, 16, seed)
+    """dict of arrays: probe steps, match_prefix/scores/nll/nll_first/logp_z/min_k [P, n],
+    per row repeats, placement, first_seen, last_seen, and per copy exposure_row/_step."""
+    batches, rows, repeats, placement, first_seen, last_seen, exp_row, exp_step = \
+        planted_stream(rows_per_repeat, total_steps, 16, seed)
     model = tiny_model(seed=seed, hidden_size=hidden, num_layers=2)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -144,13 +169,21 @@ def train(schedule: str, total_steps: int, rows_per_repeat: int, probes: int, se
         sched.step()
         if step % every == 0 or step == total_steps:
             res = mw.probe(model, rows, mode="extractable", with_nll=True)
-            results.append((step, res))
+            model.eval()
+            lp = token_logprobs(model, rows)
+            k = max(1, int(MIN_K * lp.shape[1]))
+            extra = (lp.sum(1).numpy(), lp.sort(1).values[:, :k].mean(1).numpy())
+            results.append((step, res, extra))
     return {
-        "steps": np.array([s for s, _ in results], np.int64),
-        "match_prefix": np.stack([r.match_prefix.numpy() for _, r in results]),
-        "scores": np.stack([r.scores.numpy() for _, r in results]),
-        "nll": np.stack([r.nll.numpy() for _, r in results]),
-        "nll_first": np.stack([r.nll_first.numpy() for _, r in results]),
+        "steps": np.array([s for s, _, _ in results], np.int64),
+        "match_prefix": np.stack([r.match_prefix.numpy() for _, r, _ in results]),
+        "scores": np.stack([r.scores.numpy() for _, r, _ in results]),
+        "nll": np.stack([r.nll.numpy() for _, r, _ in results]),
+        "nll_first": np.stack([r.nll_first.numpy() for _, r, _ in results]),
+        "logp_z": np.stack([e[0] for _, _, e in results]),
+        "min_k": np.stack([e[1] for _, _, e in results]),
+        "exposure_row": exp_row,
+        "exposure_step": exp_step,
         "repeats": repeats,
         "placement": placement,
         "first_seen": first_seen,
@@ -160,7 +193,7 @@ def train(schedule: str, total_steps: int, rows_per_repeat: int, probes: int, se
 
 def load_or_train(args, schedule: str, seed: int) -> dict:
     """The run's arrays, from `--cache` (npz, no pickle) when that run was saved before."""
-    key = (f"v5_{schedule}_s{args.steps}_r{args.rows_per_repeat}_p{args.probes}"
+    key = (f"v6_{schedule}_s{args.steps}_r{args.rows_per_repeat}_p{args.probes}"
            f"_h{args.hidden}_seed{seed}")
     path = None if args.cache is None else Path(args.cache) / f"backtest_{key}.npz"
     if path is not None and path.exists():
@@ -179,14 +212,16 @@ def load_or_train(args, schedule: str, seed: int) -> dict:
 def history_until(run: dict, tags, last_step: int, with_nll: bool = True) -> History:
     """The `History` of the probes at or before `last_step` (without their continuation
     NLL if not `with_nll`, as a monitor probing without it would have: the first token's
-    NLL only)."""
+    NLL only). The probe's extraction measures (log p_z, min-k %) ride along, for a
+    `History` that keeps them."""
     n = run["match_prefix"].shape[1]
     h = History([f"row{k}" for k in range(n)], tags, cont_len=32)
     for p, step in enumerate(run["steps"]):
         if step <= last_step:
             res = SimpleNamespace(match_prefix=run["match_prefix"][p], scores=run["scores"][p],
                                   nll=run["nll"][p] if with_nll else None,
-                                  nll_first=run["nll_first"][p])
+                                  nll_first=run["nll_first"][p], log_pz=run["logp_z"][p],
+                                  min_k_logprob=run["min_k"][p])
             h.update(int(step), res, "extractable")
     return h
 
@@ -198,73 +233,53 @@ def cumulative_lr(schedule: str, total_steps: int):
     return lambda steps: table[np.clip(np.asarray(steps, np.int64), 0, total_steps)]
 
 
-def precision_recall(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """(precision, recall) of the boolean set `pred` against `truth` (1.0 for empty sets)."""
-    hit = int((pred & truth).sum())
-    return hit / max(int(pred.sum()), 1) if pred.any() else 1.0, hit / max(int(truth.sum()), 1)
-
-
-def recall_at_precision(p: np.ndarray, truth: np.ndarray, precision: float
-                        ) -> tuple[float, float]:
-    """(precision, recall) of the ranking by `p` cut at the largest k whose top k reach
-    `precision` (read off the precision-recall curve; (1, 0) if no k does)."""
-    order = np.argsort(-p, kind="stable")
-    hits = np.cumsum(truth[order])
-    prec = hits / np.arange(1, len(p) + 1)
-    ok = np.flatnonzero(prec >= precision - 1e-12)
-    if len(ok) == 0:
-        return 1.0, 0.0
-    k = ok[-1]
-    return float(prec[k]), float(hits[k] / max(int(truth.sum()), 1))
-
-
-def calibration_error(p: np.ndarray, truth: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error: Σ_b (n_b / n) |mean(truth_b) - mean(p_b)| over `bins`
-    equal-width bins of p."""
-    which = np.minimum((p * bins).astype(int), bins - 1)
-    err = 0.0
-    for b in range(bins):
-        sel = which == b
-        if sel.any():
-            err += sel.mean() * abs(truth[sel].mean() - p[sel].mean())
-    return float(err)
-
-
-def count_forecast(run: dict, schedule: str, total_steps: int, frac: float, clock: str
-                   ) -> dict:
-    """{final, low, high, err, covered} of the final-count forecast at `frac` of training.
-
-    clock: "steps", "cumulative LR", "first-token NLL" (steps, probes without the
-    continuation's NLL, as a monitor with the default probes has them), or "first_seen"
-    (steps, the forecast told when each row is first trained on)."""
-    final = int((run["match_prefix"][-1] == 32).sum())
+def inputs_for(run: dict, schedule: str, total_steps: int, stop: int, variant: str,
+               **settings) -> mw.ForecastInputs:
+    """What the forecast is told at `stop` in each VARIANTS entry (see the module doc)."""
     tags = row_tags(run["repeats"], run["placement"])
-    compute = cumulative_lr(schedule, total_steps) if clock == "cumulative LR" else None
-    h = history_until(run, tags, int(frac * total_steps), clock != "first-token NLL")
-    first_seen = run["first_seen"] if clock == "first_seen" else None
-    t = mw.forecast(h, total_steps, duplicates=run["repeats"], compute=compute,
-                    with_risk=False, first_seen=first_seen,
-                    learning_rate=lambda s: lr_factor(schedule, s, total_steps)).tags["*"]
-    return {"decay_ahead": t.decay_ahead, "final": t.expected_final_memorized,
-            "low": t.expected_final_low,
-            "high": t.expected_final_high, "truth": final, "now": t.memorized_now,
-            "err": (t.expected_final_memorized - final) / max(final, 1),
-            "covered": t.expected_final_low <= final <= t.expected_final_high,
-            "estimates": t.estimates}
+    h = history_until(run, tags, stop, variant != "first-token NLL")
+    n = h.num_rows
+    given = {"duplicates": run["repeats"],
+             "learning_rate": lambda s: lr_factor(schedule, s, total_steps)}
+    if variant == "no exposures":
+        return mw.ForecastInputs(h, total_steps, **given, **settings)
+    if variant == "seen so far":
+        sel = run["exposure_step"] <= stop
+        exp = Exposures(run["exposure_row"][sel], run["exposure_step"][sel], n, complete=False)
+    else:
+        exp = Exposures(run["exposure_row"], run["exposure_step"], n, complete=True)
+    compute = cumulative_lr(schedule, total_steps) if variant == "cumulative LR" else None
+    return mw.ForecastInputs(h, total_steps, exposures=exp, compute=compute, **given, **settings)
 
 
-def row_metrics(run: dict, total_steps: int, frac: float) -> dict:
+def count_forecast(run: dict, schedule: str, total_steps: int, frac: float, variant: str
+                   ) -> dict:
+    """{final, low, high, err, covered, ratio, score, ...} of the final-count forecast at
+    `frac` of training, told what `variant` says."""
+    final = int((run["match_prefix"][-1] == 32).sum())
+    inputs = inputs_for(run, schedule, total_steps, int(frac * total_steps), variant,
+                        with_risk=False)
+    t = mw.forecast(inputs).tags["*"]
+    f = t.final
+    return {"decay_ahead": f.decay_ahead, "final": f.expected, "low": f.low, "high": f.high,
+            "truth": final, "now": t.memorized_now, "err": (f.expected - final) / max(final, 1),
+            "covered": f.low <= final <= f.high, "ratio": width_ratio(f.low, f.high),
+            "score": interval_score(f.low, f.high, final, inputs.level) / max(final, 1),
+            "estimates": t.estimates, "signals": t.signals}
+
+
+def row_metrics(run: dict, schedule: str, total_steps: int, frac: float) -> dict:
     """Per-row predictions at `frac` of training against the final memorized set, the
     paper's way: over the rows seen by then, precision and recall of "memorized now" and
-    of the forecast's end probabilities, ranked and cut at the same precision (when at
-    least MIN_NOW rows are memorized now), at precision 0.9, and at p >= 0.5; the expected
-    calibration error of the probabilities over all rows."""
+    of the forecast's end probabilities (told HEADLINE), ranked and cut at the same
+    precision (when at least MIN_NOW rows are memorized now), at precision 0.9, and at
+    p >= 0.5; the expected calibration error of the probabilities over all rows."""
     stop = int(frac * total_steps)
     final = run["match_prefix"][-1] == 32
     seen = run["first_seen"] <= stop
-    h = history_until(run, row_tags(run["repeats"], run["placement"]), stop)
-    p = mw.forecast(h, total_steps, duplicates=run["repeats"], n_boot=0).end_probability
-    now = h.memorized[-1]
+    inputs = inputs_for(run, schedule, total_steps, stop, HEADLINE, n_boot=0)
+    p = mw.forecast(inputs).end_probability
+    now = inputs.history.memorized[-1]
     now_p, now_r = precision_recall(now[seen], final[seen])
     rank_p, rank_r = recall_at_precision(p[seen], final[seen], now_p)
     if now.sum() < MIN_NOW:  # too few rows to measure "memorized now"'s precision by
@@ -294,7 +309,7 @@ def pr(pair) -> str:
     return "n/a" if np.isnan(pair[0]) else f"{pair[0]:.2f}/{pair[1]:.2f}"
 
 
-def report(run: dict, schedule: str, seed: int, total_steps: int) -> list[dict]:
+def report(run: dict, schedule: str, seed: int, total_steps: int, variants) -> list[dict]:
     """Print one seed's comparison at each stop; return the rows for the summary."""
     final = run["match_prefix"][-1] == 32
     print(f"== {schedule} seed {seed}: rows {len(final)}, final memorized {int(final.sum())};"
@@ -303,20 +318,21 @@ def report(run: dict, schedule: str, seed: int, total_steps: int) -> list[dict]:
     for frac in STOPS:
         line = f"stop {frac:.0%}:"
         if frac in COUNT_STOPS:
-            for clock in CLOCKS:
-                c = count_forecast(run, schedule, total_steps, frac, clock)
-                out.append({"kind": "count", "schedule": schedule, "clock": clock,
+            for variant in variants:
+                c = count_forecast(run, schedule, total_steps, frac, variant)
+                out.append({"kind": "count", "schedule": schedule, "variant": variant,
                             "stop": frac, **c})
-                if clock == "steps":
+                if variant == variants[0]:
                     line += (f" final {c['final']:.0f} [{c['low']:.0f}, {c['high']:.0f}] vs"
                              f" {c['truth']} ({c['err']:+.0%}, covered {c['covered']}"
                              + (", decay ahead" if c["decay_ahead"] else "") + ");"
                              " estimates " + ", ".join(f"{e.method} {e.final_memorized:.0f}"
                                                        f" ({e.weight:.2f})"
-                                                       for e in c["estimates"]) + ";")
+                                                       for e in c["estimates"])
+                             + f"; signals {', '.join(c['signals']) or 'none'};")
                 else:
-                    line += f" {clock} {c['err']:+.0%};"
-        r = row_metrics(run, total_steps, frac)
+                    line += f" {variant} {c['err']:+.0%};"
+        r = row_metrics(run, schedule, total_steps, frac)
         out.append({"kind": "rows", "schedule": schedule, "stop": frac, **r})
         line += (f" rows seen {r['seen']} ({r['final_seen']} memorized at the end):"
                  f" memorized-now P/R {r['now'][0]:.2f}/{r['now'][1]:.2f},"
@@ -324,25 +340,29 @@ def report(run: dict, schedule: str, seed: int, total_steps: int) -> list[dict]:
                  f" at P>=0.9 {r['P>=0.9'][0]:.2f}/{r['P>=0.9'][1]:.2f},"
                  f" p>=0.5 {r['p>=0.5'][0]:.2f}/{r['p>=0.5'][1]:.2f}, ECE {r['ece']:.3f},"
                  f" sum of p {r['sum_p']:.0f}")
-        print(line)
+        print(line, flush=True)
     return out
 
 
-def print_summary(rows: list[dict], seeds) -> None:
-    """Per schedule and stop over all seeds: how often the final count was within ±25 %
-    and inside its interval, and the per-row precision / recall and calibration."""
+def print_summary(rows: list[dict], seeds, variants) -> None:
+    """Per schedule, variant and stop over all seeds: how often the final count was within
+    ±25 % and inside its interval, the interval's median upper / lower ratio and mean
+    interval score (over the truth), and the per-row precision / recall and calibration."""
     print(f"summary over seeds {list(seeds)}:")
     for schedule in dict.fromkeys(r["schedule"] for r in rows):
-        for clock in CLOCKS:
+        for variant in variants:
             for frac in COUNT_STOPS:
                 sel = [r for r in rows if r["kind"] == "count" and r["schedule"] == schedule
-                       and r["clock"] == clock and r["stop"] == frac]
+                       and r["variant"] == variant and r["stop"] == frac]
                 errs = np.array([r["err"] for r in sel])
                 within = int((np.abs(errs) <= 0.25).sum())
                 covered = sum(r["covered"] for r in sel)
-                print(f"  {schedule}, clock {clock}, stop {frac:.0%}: final count within"
-                      f" ±25 % on {within}/{len(sel)} seeds, truth inside the interval on"
-                      f" {covered}/{len(sel)}; errors " + " ".join(f"{e:+.0%}" for e in errs))
+                ratio = float(np.median([r["ratio"] for r in sel]))
+                score = float(np.mean([r["score"] for r in sel]))
+                print(f"  {schedule}, {variant}, stop {frac:.0%}: final count within ±25 % on"
+                      f" {within}/{len(sel)} seeds, truth inside the interval on"
+                      f" {covered}/{len(sel)}, median upper/lower {ratio:.1f}, interval score"
+                      f" / truth {score:.2f}; errors " + " ".join(f"{e:+.0%}" for e in errs))
         for frac in STOPS:
             sel = [r for r in rows if r["kind"] == "rows" and r["schedule"] == schedule
                    and r["stop"] == frac]
@@ -358,6 +378,15 @@ def print_summary(rows: list[dict], seeds) -> None:
                   f" at P>=0.9 {mean('P>=0.9', 0):.2f}/{mean('P>=0.9', 1):.2f};"
                   f" p>=0.5 {mean('p>=0.5', 0):.2f}/{mean('p>=0.5', 1):.2f};"
                   f" ECE {mean('ece'):.3f} (max {max(r['ece'] for r in sel):.3f})")
+    for frac in COUNT_STOPS:
+        sel = [r for r in rows if r["kind"] == "count" and r["variant"] == variants[0]
+               and r["stop"] == frac]
+        within = sum(abs(r["err"]) <= 0.25 for r in sel)
+        covered = sum(r["covered"] for r in sel)
+        ratio = float(np.median([r["ratio"] for r in sel]))
+        print(f"  all schedules, {variants[0]}, stop {frac:.0%}: within ±25 % on {within}/"
+              f"{len(sel)} (seed, schedule) pairs, covered {covered}/{len(sel)}, median"
+              f" upper/lower {ratio:.1f}")
 
 
 def main() -> None:
@@ -369,14 +398,21 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[200, 201, 202])
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=SCHEDULES)
     ap.add_argument("--cache", default=None, help="folder to save / reuse the trained runs")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                    help="what the forecast is told (the first is reported in full)")
+    ap.add_argument("--train-only", action="store_true",
+                    help="train (and cache) the runs, forecast nothing")
     args = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     rows = []
     for seed in args.seeds:
         for schedule in args.schedules:
             run = load_or_train(args, schedule, seed)
-            rows += report(run, schedule, seed, args.steps)
-    print_summary(rows, args.seeds)
+            if not args.train_only:
+                rows += report(run, schedule, seed, args.steps, args.variants)
+    if args.train_only:
+        return
+    print_summary(rows, args.seeds, args.variants)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from memwatch.cli import main
+from memwatch.measures import extraction_rates
 from memwatch.posthoc.analysis import analyze, compute_of
 from memwatch.posthoc.results import find_run, load_results, pythia_params
 
 TOKENS_PER_STEP = 16 * 64  # the suite trains on 16 rows of 64 tokens per step
-PLOTS = ["correlation.png", "memorized_fraction.png", "precision.png", "recall.png",
-         "recall_vs_compute.png", "score_histograms.png"]
+PLOTS = ["correlation.png", "extraction_curves.png", "memorized_fraction.png", "precision.png",
+         "pz_histograms.png", "recall.png", "recall_vs_compute.png", "score_histograms.png"]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def results(suite, tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     ckpts = [c for m in ("small", "large") for c in resolve_checkpoints(str(suite.root / m))]
     evaluate(ckpts, Watchlist.from_pythia(suite.prefix, "0:128:2"), out,
-             config=EvalConfig(ProbeSpec(mode="extractable")), progress=False)
+             config=EvalConfig(ProbeSpec(mode="extractable", with_nll=True)), progress=False)
     return out
 
 
@@ -107,6 +108,17 @@ def test_report_renders_every_plot(results, tmp_path):
     assert f"| large@step48 | sample | 64 | {memorized} | {memorized / 64:.4f} |" in report
     assert {"run": "large@step48", "tag": "sample", "rows": 64,
             "memorized": memorized} in numbers["tag_counts"]
+    # (n,p) curves across checkpoints, from the runs' log p_z (Hayes et al. 2024)
+    curves = numbers["extraction"]
+    assert sorted(curves["rates"]["large"]) == ["step12", "step24", "step48"]
+    runs = {r.key: r for r in load_results([results])}
+    lp = runs["large@step48"].log_pz
+    assert np.isfinite(lp).all()
+    expected = extraction_rates(lp, curves["n"], curves["p"])
+    np.testing.assert_allclose(curves["rates"]["large"]["step48"], expected)
+    direct = np.mean(1 - (1 - np.exp(lp.astype(np.float64))) ** 16 >= 0.5)  # small n: plain
+    assert expected[curves["n"].index(16), curves["p"].index(0.5)] == pytest.approx(direct)
+    assert "mean p_z" in report and "## Probability of extraction" in report
 
 
 def _eleuther_layouts(root, universe, memorized):

@@ -437,3 +437,16 @@ def test_the_end_summary_names_what_a_failing_sink_lost(tmp_path):
     assert len(end) == 1
     assert f"LocalSink: {blocker / 'log'} lacks 2 probe events, 1 end event, no " \
            "history.parquet" in end[0]
+
+
+def test_a_wandb_sink_that_fails_says_what_w_and_b_did_not_get(tmp_path):
+    from memwatch.sinks import WandbSink
+
+    sink = WandbSink(project="p", local_dir=tmp_path / "local")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sink._fail("log a probe", ConnectionError("W&B is down"))
+        sink._fail("log a probe", ConnectionError("W&B is down"))
+    assert sink.lost() == (f"W&B could not log a probe (2x); every record is in the local "
+                           f"copy {tmp_path / 'local' / 'records.jsonl'}")
+    sink.close()

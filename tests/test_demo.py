@@ -76,7 +76,7 @@ def test_demo_runs_and_writes_its_report(tmp_path, monkeypatch, abort):
     assert ("stopped early by the abort policy" in text) == abort
     assert "Memorized at step" in text or "Nothing on the watchlist was memorized" in text
     for png in ("memorization_over_time.png", "forecast_vs_actual.png",
-                "memorization_heatmap.png"):
+                "memorization_heatmap.png", "extraction_curve.png"):
         data = (report.parent / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
         assert f"]({png})" in text

@@ -6,6 +6,7 @@ import ast
 import os
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -79,6 +80,18 @@ def test_eval_writes_reference_scores_for_every_checkpoint(suite, evaluated):
             np.testing.assert_array_equal(np.array(cols["match_prefix"]) == 32, ref.numpy() == 1)
             assert meta["params"] == sum(p.numel() for p in model.parameters())
             memorized += int((ref == 1).sum())
+            # the extraction measures, against a plain forward + log_softmax
+            rows = suite.stream[ROWS]
+            with torch.no_grad():
+                logits = model(rows).logits[:, 31:63].float()
+            lp = torch.log_softmax(logits, -1).gather(-1, rows[:, 32:64, None])[..., 0].double()
+            close = dict(rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(cols["log_pz"], lp.sum(1).numpy(), **close)
+            np.testing.assert_allclose(cols["min_k_logprob"],
+                                       lp.sort(1).values[:, :6].mean(1).numpy(), **close)
+            np.testing.assert_allclose(np.array(cols["nll"]) / np.array(cols["zlib_ratio"]),
+                                       [len(zlib.compress(np.asarray(r, "<u4").tobytes()))
+                                        for r in rows[:, 32:64].tolist()], rtol=1e-4)
     assert memorized > 0, "the suite memorized nothing: the comparison above proves little"
 
 

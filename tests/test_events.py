@@ -49,6 +49,25 @@ def test_probe_metrics_of_the_latest_probe():
     assert math.isnan(untrained["overhead"])
 
 
+def test_probe_metrics_report_the_probability_of_extraction_per_tag():
+    h = _history()
+    p = torch.tensor([4, 4, 2, 0], dtype=torch.int16)
+    log_pz = torch.tensor([-1e-3, -0.6, -20.0, -60.0])  # p_z ~ 1, 0.55, 2e-9, 9e-27
+    h.update(30, ProbeResult(p.float() / 4, p == 4, p, log_pz=log_pz), "extractable")
+    m = probe_metrics(h, ["canary"])
+    pz = [math.exp(x) for x in (-1e-3, -0.6, -20.0, -60.0)]
+    assert m["mean_pz"] == pytest.approx(sum(pz) / 4, rel=1e-5)
+    assert m["mean_pz/canary"] == pytest.approx((pz[1] + pz[2]) / 2, rel=1e-5)
+    # one draw extracts the rows with p_z >= p; 100 draws make the p_z = 0.55 row
+    # 0.9-extractable, 10^4 draws still not the 2e-9 one (1 - (1 - 2e-9)^1e4 = 2e-5)
+    assert m["extractable_n1_p50"] == 0.5 and m["extractable_n1_p90"] == 0.25
+    assert m["extractable_n100_p90"] == 0.5 and m["extractable_n10000_p90"] == 0.5
+    assert m["extractable_n1_p90/canary"] == 0.0 and m["extractable_n100_p90/canary"] == 0.5
+    assert m["memorized_fraction/canary"] == 0.5  # the greedy rate, beside them
+    assert not any(k.startswith(("mean_pz", "extractable_")) for k in probe_metrics(_history(),
+                                                                                    ["canary"]))
+
+
 def test_row_reports_name_rows_by_id_tags_and_preview():
     h = _history()
     reports = row_reports(h, newly_memorized(h), lambda i: f"<row {i}>")

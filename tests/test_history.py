@@ -8,8 +8,9 @@ from probe_results import probe_result
 from memwatch.history import History
 
 
-def _result(prefix, counts, nll=None, N=4, nll_first=None):
-    return probe_result(prefix, np.asarray(counts) / N, nll, nll_first, cont_len=N)
+def _result(prefix, counts, nll=None, N=4, nll_first=None, log_pz=None):
+    return probe_result(prefix, np.asarray(counts) / N, nll, nll_first, cont_len=N,
+                        log_pz=log_pz)
 
 
 def _history(probes=20):
@@ -17,7 +18,8 @@ def _history(probes=20):
     for k in range(probes):  # row a memorized from probe 5, b from probe 12, c never
         a, b = (4 if k >= 5 else 1), (4 if k >= 12 else 0)
         h.update(10 * (k + 1), _result([a, b, 2], [a, b, 3], [0.5, 1.0, 2.0],
-                                       nll_first=[0.25, 3.0, 1.5]), "exact")
+                                       nll_first=[0.25, 3.0, 1.5],
+                                       log_pz=[-1e-7 * k, -2.5, -90.0]), "exact")
     return h
 
 
@@ -30,12 +32,15 @@ def test_derived_views_and_growth():
     assert h.first_memorized_step().tolist() == [60, 130, -1]
     assert h.tag_mask("pii:*").tolist() == [True, False, False]
     np.testing.assert_allclose(h.nll[-1], [0.5, 1.0, 2.0])
+    # log p_z kept in float32: a memorized row's -1.9e-6 is not rounded to 0
+    assert h.log_pz.dtype == np.float32
+    np.testing.assert_allclose(h.log_pz[-1], [-1.9e-6, -2.5, -90.0], rtol=1e-6)
 
 
 def test_missing_nll_is_nan_and_steps_must_increase():
     h = History(["a"], [()], cont_len=4)
     h.update(5, _result([1], [1]), "extractable")
-    assert np.isnan(h.nll).all()
+    assert np.isnan(h.nll).all() and np.isnan(h.log_pz).all()
     with pytest.raises(ValueError, match="already has a probe at step 5"):
         h.update(5, _result([1], [1]), "extractable")
     with pytest.raises(ValueError, match="2 rows, history has 1"):
@@ -49,7 +54,7 @@ def test_state_dict_round_trip_loads_without_pickle():
     buf.seek(0)
     back = History(h.ids, h.tags, cont_len=h.cont_len)
     back.load_state_dict(torch.load(buf, weights_only=True))
-    for name in ("steps", "match_prefix", "scores", "memorized", "nll", "nll_first"):
+    for name in ("steps", "match_prefix", "scores", "memorized", "nll", "nll_first", "log_pz"):
         np.testing.assert_array_equal(getattr(back, name), getattr(h, name))
     assert back.modes == h.modes and back.tags == h.tags
     back.update(1000, _result([4, 4, 4], [4, 4, 4]), "exact")  # keeps growing after a load
@@ -67,10 +72,11 @@ def test_the_nll_signal_is_the_continuations_when_measured_else_the_first_tokens
 
 def test_a_state_saved_before_nll_first_loads_with_it_unmeasured():
     state = _history(4).state_dict()
-    del state["nll_first"]
+    del state["nll_first"], state["log_pz"]
     back = History(state["ids"], state["tags"], cont_len=state["cont_len"])
     back.load_state_dict(state)
     assert back.nll_first.shape == (4, 3) and np.isnan(back.nll_first).all()
+    assert back.log_pz.shape == (4, 3) and np.isnan(back.log_pz).all()
     np.testing.assert_array_equal(back.nll, _history(4).nll)
 
 
@@ -85,6 +91,7 @@ def test_head_is_what_was_known_then():
     assert len(early) == 6 and early.steps[-1] == 60
     assert early.first_memorized_step().tolist() == [60, -1, -1]
     np.testing.assert_array_equal(early.nll_first, h.nll_first[:6])
+    np.testing.assert_array_equal(early.log_pz, h.log_pz[:6])
     early.update(61, _result([0, 0, 0], [0, 0, 0]), "extractable")
     assert len(h) == 20  # the original is untouched
 

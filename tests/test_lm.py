@@ -82,7 +82,11 @@ def test_teacher_forced_path_is_one_pass_and_equal(name):
     rows[:4, M:] = mw.probe(model, rows[:4], mode="exact").greedy  # 4 memorized rows
     with TokenCounter(model) as count:
         res = mw.probe(model, rows, mode="extractable", with_nll=True)  # auto: teacher-forced
-    assert count.tokens == ROWS * (M + N - 1)  # the NLL's pass also finds the first misses
+    # the NLL's pass also finds the first misses and gives every measure (log p_z, min-k %,
+    # zlib ratio, per-token log-probs): no extra forward
+    assert count.tokens == ROWS * (M + N - 1) and count.calls == 1
+    assert res.log_pz is not None and res.min_k_logprob is not None
+    assert res.zlib_ratio is not None and res.token_logprobs.shape == (ROWS, N)
     assert res.memorized.tolist() == [True] * 4 + [False] * (ROWS - 4)
     spec = mw.probe(model, rows, mode="exact", strategy="speculative", with_nll=True)
     with TokenCounter(model) as count:

@@ -174,7 +174,7 @@ def test_actions_per_tag_alert_mask_abort_each_once():
 
     policy = AbortPolicy(actions={"pii:*": "mask", "canary": "alert", "sample": "abort"})
     v = policy_run(policy, {"c0": 8}, {"c0": 8, "p0": 8}, {"p0": 8, "p1": 8}, {"p1": 8, "s1": 8})
-    assert [x.mask for x in v] == [(), (2,), (3,), ()]
+    assert [x.flagged for x in v] == [(), (2,), (3,), ()]
     assert [[(a.kind, a.row_ids) for a in x.alerts] for x in v] == [
         [("memorized", ("c0",))], [("mask", ("p0",))], [("mask", ("p1",))],
         [("memorized", ("s1",)), ("abort", ())]]
@@ -185,7 +185,7 @@ def test_actions_per_tag_alert_mask_abort_each_once():
     # the strongest action wins where patterns overlap; `tags` patterns abort unless renamed
     both = AbortPolicy(tags=("canary",), actions={"*": "mask"})
     w = policy_run(both, {"c1": 8, "s0": 8})[0]
-    assert w.mask == (4,) and w.abort
+    assert w.flagged == (4,) and w.abort
 
 
 def test_mask_at_risk_flags_rows_before_they_are_memorized():
@@ -204,10 +204,10 @@ def test_mask_at_risk_flags_rows_before_they_are_memorized():
     h = History(P_IDS, P_TAGS, cont_len=8)
     risk = fc(add_probe(add_probe(h, probes[0]), probes[1])).risk
     assert risk.score[2] >= 0.6 > risk.score[3]  # p0 rises fast, p1 does not
-    assert [x.mask for x in v] == [(), (2,)]  # c0 is at risk too, but its action is not mask
+    assert [x.flagged for x in v] == [(), (2,)]  # c0 is at risk too, but its action is not mask
     assert "at risk (p=" in v[1].alerts[0].text
     assert policy_run(AbortPolicy(tags=(), actions={"pii:*": "mask"}), *probes,
-                      forecasts=fc)[1].mask == ()
+                      forecasts=fc)[1].flagged == ()
 
 
 def test_bad_actions_fail_with_the_fix():

@@ -10,7 +10,7 @@ import torch
 from planted import CORPUS, STREAM, TAGS, M, N
 
 from memwatch.demos.model import tiny_model
-from memwatch.forecast import forecast
+from memwatch.forecast import ForecastInputs, forecast
 from memwatch.monitor import MemWatch
 from memwatch.policy import AbortPolicy
 from memwatch.probe import ProbeSpec, probe, reference_probe
@@ -181,8 +181,8 @@ def test_record_metrics_and_redacted_previews(recorder):
     assert m["mean_score"] == pytest.approx(float(res.scores.mean()))
     assert m["mean_match_prefix"] == pytest.approx(float(res.match_prefix.float().mean()))
     assert m["probe_seconds"] > 0 and m["overhead"] > 0
-    assert m["forecast/expected_final_memorized"] == pytest.approx(
-        forecast(mon.history, 24, n_boot=0, with_risk=False).tags["*"].expected_final_memorized)
+    direct = forecast(ForecastInputs(mon.history, 24, n_boot=0, with_risk=False))
+    assert m["forecast/expected_final_memorized"] == pytest.approx(direct.tags["*"].final.expected)
     reports = [r for x in records for r in x.new_rows]
     assert reports and all(r.preview == previews[int(r.id[4:])] for r in reports)
 
@@ -331,12 +331,13 @@ def test_forecast_runs_on_the_compute_clock_given():
         _, decisions = loop(model, opt, 24, mon)
     assert mons[0].history.memorized[-1].sum() > 0
     last = decisions[-1].record.metrics["forecast/expected_final_memorized"]
-    direct = forecast(mons[1].history, 40, n_boot=0, with_risk=False, compute=lr_clock)
-    assert last == pytest.approx(direct.tags["*"].expected_final_memorized)
-    on_steps = forecast(mons[1].history, 40, n_boot=0, with_risk=False)
-    assert on_steps.tags["*"].expected_final_memorized != pytest.approx(last)
+    direct = forecast(ForecastInputs(mons[1].history, 40, n_boot=0, with_risk=False,
+                                     compute=lr_clock))
+    assert last == pytest.approx(direct.tags["*"].final.expected)
+    on_steps = forecast(ForecastInputs(mons[1].history, 40, n_boot=0, with_risk=False))
+    assert on_steps.tags["*"].final.expected != pytest.approx(last)
     with pytest.raises(ValueError, match="cumulative"):
-        forecast(mons[1].history, 40, compute=lambda s: -np.asarray(s, np.float64))
+        ForecastInputs(mons[1].history, 40, compute=lambda s: -np.asarray(s, np.float64))
 
 
 def test_forecast_is_told_first_seen_steps_and_the_learning_rate():
@@ -350,15 +351,43 @@ def test_forecast_is_told_first_seen_steps_and_the_learning_rate():
     model, opt = fresh()
     _, decisions = loop(model, opt, 24, mon)
     last = decisions[-1].record.metrics["forecast/expected_final_memorized"]
-    direct = forecast(mon.history, 40, n_boot=0, with_risk=False, first_seen=first,
-                      learning_rate=lr)
-    assert last == pytest.approx(direct.tags["*"].expected_final_memorized)
-    assert direct.tags["*"].decay_ahead
+    direct = forecast(ForecastInputs(mon.history, 40, n_boot=0, with_risk=False,
+                                     first_seen=first, learning_rate=lr))
+    assert last == pytest.approx(direct.tags["*"].final.expected)
+    assert direct.tags["*"].final.decay_ahead
     with pytest.raises(ValueError, match=f"first_seen gives each watchlist row's first "
                                          f"training step: {n} values; got shape \\(2,\\)"):
         monitor(first_seen=[1, 2])
     with pytest.raises(TypeError, match="learning_rate must be vectorised"):
         monitor(learning_rate=lambda step: 1.0)
+
+
+def test_seen_records_exposures_that_ride_in_the_state_and_reach_the_forecast():
+    mon = monitor(every_n_steps=3, total_steps=40)
+    for step in range(1, 13):
+        mon.seen([step % 4, 0], step)  # row 0 twice a step, rows 1-3 in turn
+    exposures = mon.exposure_log.exposures()
+    assert not exposures.complete
+    assert exposures.counts(12)[:4].tolist() == [15, 3, 3, 3]
+    assert exposures.first_seen()[:4].tolist() == [1.0, 1.0, 2.0, 3.0]
+    resumed = monitor(every_n_steps=3, total_steps=40)
+    resumed.load_state_dict(torch.load(_saved(mon.state_dict()), weights_only=True))
+    again = resumed.exposure_log.exposures()
+    assert (again.rows == exposures.rows).all() and (again.steps == exposures.steps).all()
+    model, opt = fresh()
+    _, decisions = loop(model, opt, 12, mon)
+    assert "exposures" in mon._forecast().signals
+    with pytest.raises(ValueError, match=r"watchlist indices in \[0, "):
+        mon.seen([len(watchlist())], 13)
+
+
+def _saved(state):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return buf
 
 
 # ---- never hurt the run ---------------------------------------------------------------------

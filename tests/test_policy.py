@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from memwatch.forecast import FinalCount
 from memwatch.history import History
 from memwatch.policy import AbortPolicy, evaluate
 from memwatch.probe import ProbeResult
@@ -82,6 +83,11 @@ class _Tag:
     expected_final_memorized: float
     expected_final_low: float
     expected_final_high: float
+
+    @property
+    def final(self) -> FinalCount:
+        return FinalCount(self.expected_final_memorized, self.expected_final_low,
+                          self.expected_final_high)
 
 
 @dataclass(frozen=True)

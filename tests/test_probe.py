@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 
 import memwatch as mw
 from memwatch.lm import SlowPathWarning
+from memwatch.probe import ProbeSpec
 
 
 @pytest.mark.parametrize("M,N", [(32, 32), (16, 24), (8, 5), (1, 1)])
@@ -210,6 +211,38 @@ def test_lockstep_calls_the_model_equally_often_whatever_the_rows(trained, mode)
         hook.remove()
     assert counts[0] == counts[1] == counts[2]
     assert results[0].memorized.all() and not results[1].memorized.any()
+
+
+@pytest.mark.parametrize("mode", ["exact", "extractable"])
+def test_several_prompt_lengths_score_the_same_continuation(trained, mode):
+    res = mw.probe(trained.model, trained.rows, prompt_len=(16, 8, 32), mode=mode,
+                   with_nll=True, batch_size=16)
+    assert res.prompt_lens == (8, 16, 32) and res.scores_by_prompt_len.shape == (64, 3)
+    assert torch.equal(res.scores_by_prompt_len[:, 2], res.scores)
+    # every field is the longest prompt's: the same as a probe with that prompt alone
+    alone = mw.probe(trained.model, trained.rows, 32, mode=mode, with_nll=True)
+    assert torch.equal(res.scores, alone.scores) and torch.equal(res.log_pz, alone.log_pz)
+    assert alone.prompt_lens == (32,) and torch.equal(alone.scores_by_prompt_len[:, 0],
+                                                      alone.scores)
+    for j, m in enumerate((8, 16)):  # the m tokens right before the continuation
+        ref = mw.reference_probe(trained.model, trained.rows[:, 32 - m:], m, 32)
+        if mode == "exact":
+            assert torch.equal(res.scores_by_prompt_len[:, j], ref)
+        assert torch.equal(res.scores_by_prompt_len[:, j] == 1, ref == 1)
+    # a longer prompt reproduces more of the planted rows
+    memorized = (res.scores_by_prompt_len == 1).sum(0)
+    assert memorized[0] <= memorized[2] and memorized[0] < len(trained.rows)
+
+
+def test_probe_spec_takes_a_tuple_of_prompt_lengths():
+    spec = ProbeSpec(prompt_len=(64, 32, 64))
+    assert spec.prompt_len == (32, 64) and spec.prompt_lens == (32, 64)
+    assert spec.context_len == 64 and spec.total_len == 96
+    assert ProbeSpec().prompt_len == 32 and ProbeSpec().prompt_lens == (32,)
+    assert ProbeSpec(prompt_len=(25,)).prompt_len == 25
+    for bad in ((), (0, 32), (32, 2.5), True, "32"):
+        with pytest.raises(ValueError, match="prompt_len"):
+            ProbeSpec(prompt_len=bad)
 
 
 def test_a_spec_is_the_loose_settings_as_one_value(trained):

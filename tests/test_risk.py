@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from probe_results import probe_result
 
-from memwatch.forecast.risk import checked_clock, checked_duplicates, risk_at
+from memwatch.forecast.inputs import checked_clock, checked_duplicates
+from memwatch.forecast.risk import risk_at
 from memwatch.history import History
 
 N = 32

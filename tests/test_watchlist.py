@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -348,7 +349,11 @@ def test_watchlist_json_records_the_tokenizer_and_width(tmp_path, tiny_tokenizer
 
     texts = ["alpha beta gamma delta river stone light paper " * 12]
     wl = Watchlist.from_texts(texts, tiny_tokenizer, prompt_len=8, cont_len=8)
-    assert wl.tokenizer == describe(tiny_tokenizer) and wl.tokenizer["size"] == len(tiny_tokenizer)
+    assert wl.tokenizer == describe(tiny_tokenizer)
+    assert wl.tokenizer["size"] == tiny_tokenizer.vocab_size
+    extended = copy.deepcopy(tiny_tokenizer)  # a pad token added later: the same ids
+    extended.add_special_tokens({"pad_token": "<pad>"})
+    assert describe(extended)["fingerprint"] == wl.tokenizer["fingerprint"]
     wl.save(tmp_path / "wl")
     meta = json.loads((tmp_path / "wl" / "watchlist.json").read_text())
     assert meta["width"] == 16 and meta["tokenizer"]["fingerprint"] == wl.tokenizer["fingerprint"]

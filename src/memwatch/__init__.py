@@ -7,7 +7,7 @@ lightning, wandb, presidio) are imported when first used.
 from importlib import import_module
 
 from memwatch.audit import Audit, audit
-from memwatch.forecast import Forecast, forecast
+from memwatch.forecast import Forecast, ForecastInputs, forecast
 from memwatch.probe import ProbeResult, ProbeSpec, probe, reference_probe
 
 __version__ = "0.1.0"
@@ -19,6 +19,8 @@ _LAZY = {
     "Watchlist": "memwatch.watchlist",
     "insert_canaries": "memwatch.watchlist.planting",
     "exposure": "memwatch.watchlist.canaries",
+    "extraction_rates": "memwatch.measures",
+    "draws_needed": "memwatch.measures",
     "History": "memwatch.history",
     "Alert": "memwatch.events",
     "Decision": "memwatch.events",
@@ -33,9 +35,8 @@ _LAZY = {
     "WandbSink": "memwatch.sinks",
 }
 
-__all__ = ["ProbeResult", "ProbeSpec", "probe", "reference_probe", "Forecast", "forecast",
-           "Audit", "audit",
-           "__version__", *_LAZY]
+__all__ = ["ProbeResult", "ProbeSpec", "probe", "reference_probe", "Forecast", "ForecastInputs",
+           "forecast", "Audit", "audit", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -15,6 +15,7 @@ everything here is the single-process identity.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 
@@ -137,16 +138,11 @@ def probe_sharded(model, tokens: torch.Tensor, spec: ProbeSpec,
     if world == 1:
         return res
     n = len(tokens)
-    prefix = _gather(res.match_prefix, n, world)
-    return ProbeResult(
-        scores=_gather(res.scores, n, world),
-        memorized=prefix == spec.cont_len,
-        match_prefix=prefix,
-        nll=None if res.nll is None else _gather(res.nll, n, world),
-        greedy=None if res.greedy is None else _gather(res.greedy, n, world),
-        mode=res.mode,
-        nll_first=_gather(res.nll_first, n, world),
-    )
+    values = {}  # every per-row tensor field gathered (the measures too); the rest as is
+    for f in dataclasses.fields(ProbeResult):
+        value = getattr(res, f.name)
+        values[f.name] = _gather(value, n, world) if isinstance(value, torch.Tensor) else value
+    return ProbeResult(**values)
 
 
 def broadcast_floats(values: list[float]) -> list[float]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from memwatch.audit import audit_metrics
+from memwatch.measures import extraction_summary
 from memwatch.watchlist.tags import ALL_ROWS
 
 
@@ -33,7 +34,7 @@ class Alert:
     """Something a person should look at; `text` never holds raw watchlist text."""
 
     # "memorized" | "leaked" | "fraction" | "forecast" | "epsilon" | "mask" | "abort" |
-    # "probe_failed"
+    # "probe_failed" | "resume_mismatch"
     kind: str
     level: str  # "INFO" | "WARN" | "ERROR" (wandb.AlertLevel names)
     title: str
@@ -50,8 +51,10 @@ class ProbeRecord:
     ``memorized_fraction``, ``memorized_fraction/pii:EMAIL_ADDRESS``,
     ``leaked_count/pii:EMAIL_ADDRESS`` (rows whose PII came out verbatim),
     ``mean_score``, ``mean_match_prefix``, ``probe_seconds``, ``overhead``,
-    ``forecast/expected_final_memorized``, ``audit/epsilon_lb``; sinks prefix them
-    (``memwatch/``).
+    ``forecast/expected_final_memorized``, ``audit/epsilon_lb``, and with ``with_nll``
+    the probability of extraction ``mean_pz`` and (n, p) rates such as
+    ``extractable_n100_p90`` (all rows and ``/<tag>``; `memwatch.measures`); sinks prefix
+    them (``memwatch/``).
     """
 
     step: int
@@ -114,11 +117,18 @@ def probe_metrics(history, tags: Sequence[str], forecast=None, *,
         if has_span[rows].any():  # a tag of PII rows (one per entity): leaked beside memorized
             metrics[f"leaked_count/{tag}"] = float(leaked[rows].sum())
             metrics[f"leaked_fraction/{tag}"] = float(leaked[rows].mean())
+    log_pz = history.log_pz[-1]
+    summary = extraction_summary(log_pz)  # empty unless the probe measured log p_z
+    metrics.update(summary)
+    for tag in tags if summary else ():
+        for name, value in extraction_summary(log_pz[history.tag_mask(tag)]).items():
+            metrics[f"{name}/{tag}"] = value
     metrics.update(audit_metrics(history))  # audit/*: only with audit canaries and log p_z
     overall = None if forecast is None else forecast.tags.get(ALL_ROWS)
     if overall is not None:
-        for name in ("expected_final_memorized", "recall_now", "precision_now"):
-            metrics[f"forecast/{name}"] = float(getattr(overall, name))
+        metrics["forecast/expected_final_memorized"] = float(overall.final.expected)
+        metrics["forecast/recall_now"] = float(overall.recall.value)
+        metrics["forecast/precision_now"] = float(overall.precision.value)
     return metrics
 
 

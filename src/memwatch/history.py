@@ -1,7 +1,8 @@
 """Per-probe, per-row results of a run: the monitor's memory.
 
-Compact by construction: a probe of n rows costs 6n bytes (match_prefix and
-match_count as uint8, the two NLLs as float16), so 100k rows x 200 probes is 120 MB.
+Compact by construction: a probe of n rows costs 10n bytes (match_prefix and
+match_count as uint8, the two NLLs as float16, log p_z as float32: float16 cannot tell
+a memorized row's log p_z of -1e-6 from 0), so 100k rows x 200 probes is 200 MB.
 `memorized` and `scores` are derived, never stored beside what they derive from.
 """
 
@@ -16,6 +17,7 @@ from memwatch.probe import CONT_LEN, MODES
 from memwatch.watchlist.tags import tag_mask
 
 _NO_NLL = np.float16(np.nan)
+_NO_LOG_PZ = np.float32(np.nan)
 
 
 class History:
@@ -46,6 +48,7 @@ class History:
         self._count = np.zeros((0, n), dtype=np.uint8)
         self._nll = np.zeros((0, n), dtype=np.float16)
         self._nll_first = np.zeros((0, n), dtype=np.float16)
+        self._log_pz = np.zeros((0, n), dtype=np.float32)
 
     def __len__(self) -> int:
         return self._len
@@ -68,6 +71,7 @@ class History:
         self._count = grow(self._count, 0, n)
         self._nll = grow(self._nll, _NO_NLL, n)
         self._nll_first = grow(self._nll_first, _NO_NLL, n)
+        self._log_pz = grow(self._log_pz, _NO_LOG_PZ, n)
 
     def update(self, step: int, result, mode: str) -> None:
         """Append one probe's `ProbeResult` taken at training `step` (steps strictly increase)."""
@@ -91,6 +95,8 @@ class History:
         self._nll[i] = _NO_NLL if result.nll is None else _np(result.nll).astype(np.float16)
         first = getattr(result, "nll_first", None)
         self._nll_first[i] = _NO_NLL if first is None else _np(first).astype(np.float16)
+        log_pz = getattr(result, "log_pz", None)
+        self._log_pz[i] = _NO_LOG_PZ if log_pz is None else _np(log_pz).astype(np.float32)
         self._len += 1
 
     # ---- derived views (read-only) ---------------------------------------------------------
@@ -135,6 +141,12 @@ class History:
         """float32 [P, n]: NLL of the first continuation token; NaN where not measured."""
         return self._nll_first[: self._len].astype(np.float32)
 
+    @property
+    def log_pz(self) -> np.ndarray:
+        """float32 [P, n]: log p_z, the continuation's log-probability (Hayes et al. 2024;
+        `memwatch.measures`); NaN where the probe did not measure it (``with_nll=False``)."""
+        return self._log_pz[: self._len]
+
     def nll_signal(self) -> np.ndarray:
         """float32 [P, n]: the NLL the forecast follows. The continuation's mean NLL when
         the latest probe measured it (``with_nll=True``), else the first token's NLL,
@@ -172,6 +184,7 @@ class History:
         h._count = self._count[:k].copy()
         h._nll = self._nll[:k].copy()
         h._nll_first = self._nll_first[:k].copy()
+        h._log_pz = self._log_pz[:k].copy()
         h._len = len(h._steps)
         return h
 
@@ -188,6 +201,7 @@ class History:
             "match_count": torch.from_numpy(self._count[: self._len].copy()),
             "nll": torch.from_numpy(self._nll[: self._len].copy()),
             "nll_first": torch.from_numpy(self._nll_first[: self._len].copy()),
+            "log_pz": torch.from_numpy(self.log_pz.copy()),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -210,6 +224,10 @@ class History:
             self._nll_first = state["nll_first"].numpy().astype(np.float16).copy()
         else:  # saved before memwatch measured it
             self._nll_first = np.full(self._nll.shape, _NO_NLL, dtype=np.float16)
+        if "log_pz" in state:
+            self._log_pz = state["log_pz"].numpy().astype(np.float32).copy()
+        else:  # saved before memwatch measured it
+            self._log_pz = np.full(self._nll.shape, _NO_LOG_PZ, dtype=np.float32)
         self._len = len(self._steps)
 
 

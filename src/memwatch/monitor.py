@@ -43,13 +43,15 @@ from memwatch.events import (
     probe_metrics,
     row_reports,
 )
-from memwatch.forecast import forecast
+from memwatch.forecast import ForecastInputs, forecast
+from memwatch.forecast.signals import ExposureLog
 from memwatch.history import History
 from memwatch.lm import device_of, eos_ids, vocab_size
 from memwatch.masking import FlaggedWindows, MaskSpec
 from memwatch.policy import AbortPolicy, Verdict, evaluate
 from memwatch.probe import BatchSize, ProbeSpec
 from memwatch.prompt_groups import probe_rows
+from memwatch.resume import compare_resumed, resume_sample
 from memwatch.schedule import Schedule
 from memwatch.sinks.fanout import Fanout
 from memwatch.watchlist import Watchlist
@@ -140,9 +142,10 @@ class MemWatch:
         if not isinstance(watchlist, Watchlist):
             raise TypeError(f"MemWatch needs a Watchlist; got a {type(watchlist).__name__}: wrap "
                             "token rows with memwatch.Watchlist.from_tokens(rows)")
+        clock_name = "compute" if "compute" in retired else "clock"  # as the caller named it
         clock = _retired_clock(clock, retired)
         spec = _probe_spec(probe, retired)
-        _check_clock(clock, "clock")
+        _check_clock(clock, clock_name)
         _check_clock(learning_rate, "learning_rate")
         if first_seen is not None:
             first_seen = np.asarray(first_seen, dtype=np.float64)
@@ -155,7 +158,7 @@ class MemWatch:
         if on_probe_failure not in PROBE_FAILURE:
             raise ValueError(f"on_probe_failure must be one of {PROBE_FAILURE}; got "
                              f"{on_probe_failure!r}")
-        watchlist.validate(spec.prompt_len, spec.cont_len)
+        watchlist.validate(spec.context_len, spec.cont_len)
         abort.check(watchlist.tags)  # a key naming no row would never act
         _check_audit(watchlist, abort, spec)
         self.watchlist = watchlist
@@ -179,6 +182,7 @@ class MemWatch:
         self._windows: FlaggedWindows | None = None
         self.history = History(watchlist.ids, watchlist.tags, cont_len=spec.cont_len,
                                span_tokens=watchlist.span_tokens)
+        self.exposure_log = ExposureLog(len(watchlist))
         self._tags = tag_set(watchlist.tags)
         self._sent: frozenset[str] = frozenset()
         self._streak = 0
@@ -189,6 +193,7 @@ class MemWatch:
         self._failing: tuple[str, int] = ("", 0)  # the last failure's reason, times in a row
         self._warned: set[str] = set()  # one-off warnings already given
         self._sync_ranks = True  # compare state across ranks at the next step
+        self._resumed = False  # re-probe a sample at the next step (memwatch.resume)
         self._finished = self._closed = False
 
     # ---- configuration the adapters complete ------------------------------------------------
@@ -224,7 +229,7 @@ class MemWatch:
                 "cannot check the watchlist's token ids: give the model a config.vocab_size "
                 "or a get_output_embeddings() (transformers models have both)")
         if vocab != self._checked_vocab:
-            self.watchlist.validate(self.spec.prompt_len, self.spec.cont_len, vocab)
+            self.watchlist.validate(self.spec.context_len, self.spec.cont_len, vocab)
             outside = [i for i in eos_ids(inner) if not 0 <= i < vocab]
             if outside:
                 raise ValueError(
@@ -252,6 +257,7 @@ class MemWatch:
         if self._sync_ranks:
             self._sync_ranks = False
             self._check_ranks_agree(step)
+        resume_alerts = self._check_resume(model, step) if self._resumed else ()
         if self._last_step is not None and step < self._last_step:
             self._warn_once("backwards", (
                 f"memwatch got step {step} after step {self._last_step} without a "
@@ -263,10 +269,10 @@ class MemWatch:
         done = len(self.history) and step <= self.history.steps[-1]  # resumed before a probe
         if done or not self.schedule.due(step):
             self._last_time = time.perf_counter()
-            return Decision(step)
+            return Decision(step, alerts=resume_alerts)
         decision = self._probe(model, step, self.schedule.mode(step, self.spec.mode))
         self._last_time = time.perf_counter()
-        return decision
+        return replace(decision, alerts=(*resume_alerts, *decision.alerts))
 
     def finish(self, model: torch.nn.Module, step: int | None = None) -> Decision:
         """Run the final exact probe at `step` (default: the last step seen) and end the sinks.
@@ -322,7 +328,7 @@ class MemWatch:
                            self.watchlist.redacted_preview)
         self._sent, self._streak = verdict.sent, verdict.streak
         if self.policy.masks:  # every rank masks with rank 0's flagged rows
-            self._flag(distributed.broadcast_ints(sorted({*self._flagged, *verdict.mask})))
+            self._flag(distributed.broadcast_ints(sorted({*self._flagged, *verdict.flagged})))
         metrics = probe_metrics(
             self.history, self._tags, predicted, probe_seconds=probe_seconds,
             monitor_seconds=self.schedule.monitor_seconds + time.perf_counter() - t0,
@@ -371,6 +377,36 @@ class MemWatch:
         self.schedule.observe_other(seconds)
         self.schedule.back_off(step)
         return Decision(step, alerts=alerts)
+
+    def _check_resume(self, model: torch.nn.Module, step: int) -> tuple[Alert, ...]:
+        """After load_state_dict: re-probe a sample of the rows the saved model reproduced and
+        alert (``resume_mismatch``) when the model lost more than training since explains."""
+        self._resumed = False
+        rows = resume_sample(self.history.match_prefix[-1])
+        if not len(rows):
+            return ()
+        t0 = time.perf_counter()
+        try:
+            result = distributed.probe_sharded(
+                unwrap(model), self.watchlist.tokens[torch.from_numpy(rows)],
+                replace(self.spec, mode="extractable", with_nll=False), self._batch_size)
+        except distributed.ProbeFailed:  # the scheduled probes report failures
+            return ()
+        finally:
+            self.schedule.observe_other(time.perf_counter() - t0)
+        found = compare_resumed(self.history.match_prefix[:, rows], self.history.steps,
+                                result.match_prefix.numpy(), step)
+        if found is None or not found.mismatch:
+            return ()
+        why = ("the model after resume does not reproduce the model that was saved: weights "
+               "not restored? ")
+        warnings.warn(f"memwatch: {why}{found.describe()}. Check that the checkpoint loads "
+                      "every weight (a head re-initialised on load, a model built but never "
+                      "loaded)", RuntimeWarning, stacklevel=3)
+        alert = Alert("resume_mismatch", "ERROR", "memwatch: resumed model does not match the "
+                      "saved one", why + found.describe(), step)
+        self._emit("on_alert", alert)
+        return (alert,)
 
     def _check_ranks_agree(self, step: int) -> None:
         """Raise on every rank if the ranks' monitor states differ (a resume on some ranks)."""
@@ -421,13 +457,21 @@ class MemWatch:
             return
         self._flagged = rows
         self._flagged_ids = tuple(self.watchlist.ids[i] for i in rows)
-        start = self.spec.prompt_len
+        start = self.spec.context_len
         cont = self.watchlist.tokens[list(rows), start:start + self.spec.cont_len]
         self._windows = FlaggedWindows(cont, self.mask_spec) if rows else None
 
     def _decision(self, step, new, verdict: Verdict, abort: bool, record) -> Decision:
         ids = tuple(self.history.ids[i] for i in np.flatnonzero(new))
         return Decision(step, True, ids, verdict.alerts, abort, verdict.reason, record)
+
+    def seen(self, rows, step: int) -> None:
+        """Note that training trained on watchlist `rows` (indices; one entry per copy) at
+        `step`: the forecast then knows each row's exposures so far, first and last seen
+        step and, with ``learning_rate``, the rate of every copy (`memwatch.forecast.
+        signals`). Adapters call it where they know which rows a batch held (planting,
+        Pythia's step -> index map); it rides in `state_dict`."""
+        self.exposure_log.record(rows, step)
 
     def _forecast(self):
         """The point forecast of the final memorized counts, when the run length is known.
@@ -439,9 +483,11 @@ class MemWatch:
         if self.total_steps is None:
             return None
         try:
-            return forecast(self.history, self.total_steps, n_boot=0,
-                            with_risk=self.policy.mask_risk is not None, compute=self.clock,
-                            first_seen=self.first_seen, learning_rate=self.learning_rate)
+            return forecast(ForecastInputs(
+                self.history, self.total_steps, n_boot=0,
+                with_risk=self.policy.mask_risk is not None, compute=self.clock,
+                first_seen=self.first_seen, exposures=self.exposure_log.exposures(),
+                learning_rate=self.learning_rate))
         except (ValueError, np.linalg.LinAlgError):  # too few probes to fit yet
             return None
 
@@ -460,6 +506,7 @@ class MemWatch:
             "alerts_sent": sorted(self._sent),
             "streak": self._streak,
             "flagged": list(self.flagged),
+            "exposures": self.exposure_log.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -484,6 +531,8 @@ class MemWatch:
                 "build the MemWatch with the saved lengths (match counts at other lengths mean "
                 "nothing)")
         self.history.load_state_dict(hist)
+        if "exposures" in state:  # states saved before `seen` existed have none
+            self.exposure_log.load_state_dict(state["exposures"])
         self.schedule.load_state_dict(state["schedule"])
         self._sent = frozenset(state["alerts_sent"])
         self._streak = int(state["streak"])
@@ -496,6 +545,7 @@ class MemWatch:
         self._last_time = self._last_step = None
         self._finished = self._closed = False
         self._sync_ranks = True
+        self._resumed = len(self.history) > 0
         self._emit("on_resume", int(self.history.steps[-1]) if len(self.history) else 0)
 
 

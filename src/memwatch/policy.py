@@ -162,11 +162,11 @@ class AbortPolicy:
 
     def row_actions(self, tag_mask: Callable[[str], np.ndarray], n: int) -> np.ndarray:
         """int8 [n]: each row's action, an index into `ROW_ACTIONS` (-1: none)."""
-        level = np.full(n, -1, dtype=np.int8)
+        strength = np.full(n, -1, dtype=np.int8)
         for pattern, act in {**{p: "abort" for p in self.tags}, **self.actions}.items():
             rows = tag_mask(pattern)
-            level[rows] = np.maximum(level[rows], ROW_ACTIONS.index(act))
-        return level
+            strength[rows] = np.maximum(strength[rows], ROW_ACTIONS.index(act))
+        return strength
 
     def leaking(self, history) -> np.ndarray:
         """bool [n]: rows of a `leak` pattern whose PII leaked at the latest probe."""
@@ -185,7 +185,7 @@ class Verdict:
     reason: str = ""
     sent: frozenset[str] = frozenset()  # keys of every alert sent so far, these included
     streak: int = 0  # consecutive probes, up to this one, at which a trigger held
-    mask: tuple[int, ...] = ()  # rows newly flagged for masking at this probe (indices)
+    flagged: tuple[int, ...] = ()  # rows newly flagged for masking at this probe (indices)
 
 
 def evaluate(
@@ -216,13 +216,13 @@ def evaluate(
             keys.add(key)
             alerts.append(alert)
 
-    level = policy.row_actions(history.tag_mask, history.num_rows)
-    alerting = np.isin(level, [ROW_ACTIONS.index("alert"), ROW_ACTIONS.index("abort")])
+    strength = policy.row_actions(history.tag_mask, history.num_rows)
+    alerting = np.isin(strength, [ROW_ACTIONS.index("alert"), ROW_ACTIONS.index("abort")])
     for i in np.flatnonzero(alerting & leaked):
         send(f"leak:{history.ids[i]}", _leak_alert(history, int(i), step, preview))
     for i in np.flatnonzero(alerting & memorized):
         send(f"row:{history.ids[i]}", _row_alert(history, int(i), step, preview))
-    hits = np.flatnonzero((level == ROW_ACTIONS.index("abort")) & (memorized | leaked))
+    hits = np.flatnonzero((strength == ROW_ACTIONS.index("abort")) & (memorized | leaked))
     if len(hits):
         watched = [p for p in policy.tags if policy.actions.get(p, "abort") == "abort"]
         watched += [p for p, act in policy.actions.items() if act == "abort" and p not in watched]
@@ -231,10 +231,10 @@ def evaluate(
         what = "memorized" if not leaked[hits].any() else "memorized or leaked"
         triggers.append(f"rule tags={watched}: {len(hits)} watched row(s) "
                         f"{what}: {named}{more}")
-    mask = _newly_flagged(policy, history, level, keys, forecast, leaked)
-    if mask:
-        keys.update(f"mask:{history.ids[i]}" for i in mask)
-        alerts.append(_mask_alert(history, mask, step, forecast, preview))
+    flagged = _newly_flagged(policy, history, strength, keys, forecast, leaked)
+    if flagged:
+        keys.update(f"mask:{history.ids[i]}" for i in flagged)
+        alerts.append(_mask_alert(history, flagged, step, forecast, preview))
 
     for pattern, limit in policy.max_fraction.items():
         rows = history.tag_mask(pattern)
@@ -255,9 +255,9 @@ def evaluate(
                 continue
             # a pattern's forecast is the sum over the tags it names (an upper bound where a
             # row carries two of them): the same rows a `tags` or `actions` pattern names
-            expected = sum(float(t.expected_final_memorized) for t in matched)
-            low = sum(float(t.expected_final_low) for t in matched)
-            high = sum(float(t.expected_final_high) for t in matched)
+            expected = sum(float(t.final.expected) for t in matched)
+            low = sum(float(t.final.low) for t in matched)
+            high = sum(float(t.final.high) for t in matched)
             if expected > budget:
                 text = (f"rule forecast_budget[{key!r}]: forecast for {key!r}: {expected:.0f} "
                         f"rows memorized by the end (range {low:.0f}-{high:.0f}) > "
@@ -283,17 +283,17 @@ def evaluate(
         title = "memwatch stops the run" if stop else "memwatch would stop the run"
         send("abort", Alert("abort", "ERROR" if stop else "WARN", title, reason, step))
     return Verdict(tuple(alerts), fire and policy.action == "stop", reason, frozenset(keys),
-                   streak, mask)
+                   streak, flagged)
 
 
-def _newly_flagged(policy: AbortPolicy, history, level: np.ndarray, sent, forecast,
+def _newly_flagged(policy: AbortPolicy, history, strength: np.ndarray, sent, forecast,
                    leaked: np.ndarray) -> tuple[int, ...]:
     """Rows whose action is "mask", memorized or leaked now (or at risk), not flagged before."""
     due = history.memorized[-1] | leaked
     risk = None if forecast is None else getattr(forecast, "risk", None)
     if policy.mask_risk is not None and risk is not None:
         due |= np.asarray(risk.score) >= policy.mask_risk
-    due &= level == ROW_ACTIONS.index("mask")
+    due &= strength == ROW_ACTIONS.index("mask")
     return tuple(int(i) for i in np.flatnonzero(due) if f"mask:{history.ids[i]}" not in sent)
 
 

@@ -16,12 +16,14 @@ lengths), which reproduces the full Pythia score.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from memwatch.lm import device_of, eos_ids, logits_of, runner, vocab_size
+from memwatch.measures import MIN_K, check_min_k, log_pz, min_k_logprob, zlib_ratio
 
 MODES = ("exact", "extractable")
 STRATEGIES = ("auto", "speculative", "teacher_forced")
@@ -29,31 +31,66 @@ PROMPT_LEN = 32  # M: Pythia's prompt (Biderman et al. 2023)
 CONT_LEN = 32  # N: the greedy continuation compared with the truth
 
 
+def prompt_lengths(prompt_len: int | Sequence[int]) -> tuple[int, ...]:
+    """The prompt lengths `prompt_len` names, ascending: 32 -> (32,), (64, 32) -> (32, 64).
+
+    Several lengths probe the same continuation (it starts after the longest prompt),
+    each prompt being the tokens right before it (Carlini et al., ICLR 2023,
+    "Quantifying memorization across neural language models": extraction grows
+    log-linearly with the prompt's length).
+    """
+    values = tuple(prompt_len) if isinstance(prompt_len, (tuple, list)) else (prompt_len,)
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"prompt_len must be an integer >= 1 or a non-empty tuple of them; "
+                             f"got {prompt_len!r}")
+    if not values:
+        raise ValueError("prompt_len must be an integer >= 1 or a non-empty tuple of them; got ()")
+    return tuple(sorted(set(values)))
+
+
 @dataclass(frozen=True)
 class ProbeSpec:
     """What to probe, as one value: `probe(spec=...)`, `MemWatch(probe=...)`, `EvalConfig`
-    and the CLI all take it whole (the fields are `probe`'s settings of the same names)."""
+    and the CLI all take it whole (the fields are `probe`'s settings of the same names).
 
-    prompt_len: int = PROMPT_LEN
+    ``prompt_len`` is one length or a tuple of them (`prompt_lengths`): the continuation
+    starts after the longest (`context_len`), and the result holds one score per length.
+    """
+
+    prompt_len: int | tuple[int, ...] = PROMPT_LEN
     cont_len: int = CONT_LEN
     mode: str = "exact"
     with_nll: bool = False
     batch_size: int | None = None
     suppress_eos: bool = True
+    min_k: float = MIN_K
 
     def __post_init__(self) -> None:
-        for name in ("prompt_len", "cont_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        lengths = prompt_lengths(self.prompt_len)
+        object.__setattr__(self, "prompt_len", lengths[0] if len(lengths) == 1 else lengths)
+        value = self.cont_len
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"cont_len must be an integer >= 1; got {value!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {self.mode!r}")
         BatchSize(self.batch_size)  # validates it
+        check_min_k(self.min_k)
+
+    @property
+    def prompt_lens(self) -> tuple[int, ...]:
+        """Every prompt length, ascending (``(32,)`` by default)."""
+        return prompt_lengths(self.prompt_len)
+
+    @property
+    def context_len(self) -> int:
+        """The longest prompt: where the continuation starts in every row."""
+        return self.prompt_lens[-1]
 
     @property
     def total_len(self) -> int:
-        """Tokens a row needs: prompt_len + cont_len."""
-        return self.prompt_len + self.cont_len
+        """Tokens a row needs: the longest prompt + cont_len."""
+        return self.context_len + self.cont_len
 
 
 @dataclass(frozen=True)
@@ -69,6 +106,21 @@ class ProbeResult:
     greedy: int64 [n, N] the greedy tokens (exact mode), or None.
     nll_first: float32 [n] NLL of the first continuation token given the prompt (both
         modes: the prompt's forward computes it anyway), or None.
+
+    With ``with_nll=True`` the same teacher-forced pass also gives (else None; each is
+    defined in `memwatch.measures`, with its paper):
+    log_pz: float32 [n] log p_z, the continuation's log-probability (sum of the true
+        tokens' log-probs; Hayes et al. 2024); feeds `memwatch.measures.extraction_rates`.
+    min_k_logprob: float32 [n] mean of the k % lowest token log-probs (Shi et al. 2024;
+        k = ``min_k``, 20 % by default).
+    zlib_ratio: float32 [n] mean NLL over the zlib-compressed bytes of the continuation's
+        token ids (Carlini et al. 2021).
+    token_logprobs: float32 [n, N] log p(z_t | x, z_<t) of every true continuation token.
+
+    prompt_lens: the prompt lengths probed, ascending; every field above is at the
+        longest, where the continuation starts.
+    scores_by_prompt_len: float32 [n, len(prompt_lens)] the score (as ``scores``) with
+        each prompt length, the prompt being the tokens right before the continuation.
     """
 
     scores: torch.Tensor
@@ -78,6 +130,12 @@ class ProbeResult:
     greedy: torch.Tensor | None = None
     mode: str = "exact"
     nll_first: torch.Tensor | None = None
+    log_pz: torch.Tensor | None = None
+    min_k_logprob: torch.Tensor | None = None
+    zlib_ratio: torch.Tensor | None = None
+    token_logprobs: torch.Tensor | None = None
+    prompt_lens: tuple[int, ...] = (PROMPT_LEN,)
+    scores_by_prompt_len: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -279,8 +337,9 @@ def _teacher_forced_batch(lm, tokens, M, N, exact, eos, with_nll, vocab, lockste
     Greedy decoding equals the truth up to the first miss, so the argmax of the
     teacher-forced logits at continuation position i is the greedy token there for
     every row not yet diverged: the first position where it differs from the truth is
-    `match_prefix`, exactly. The same logits give the continuation's NLL. In exact mode
-    the diverged rows then decode on the cache of their true prefix (`_decode_in_place`).
+    `match_prefix`, exactly. The same logits give the continuation's per-token NLL
+    [B, N] (with_nll), from which every measure of `memwatch.measures` follows. In exact
+    mode the diverged rows then decode on the cache of their true prefix (`_decode_in_place`).
     """
     cont = tokens[:, M:M + N]
     state, feats = lm.features(tokens[:, :M + N - 1], keep=N)
@@ -295,7 +354,7 @@ def _teacher_forced_batch(lm, tokens, M, N, exact, eos, with_nll, vocab, lockste
     greedy = cont.clone() if exact else None
     if exact:
         _decode_in_place(lm, state, match_prefix, pred, greedy, M, N, eos, lockstep)
-    return match_prefix, greedy, nll[:, 0], nll.mean(dim=1) if with_nll else None
+    return match_prefix, greedy, nll[:, 0], nll if with_nll else None
 
 
 def _decode_in_place(lm, state, match_prefix, pred, greedy, M, N, eos, lockstep=False):
@@ -405,16 +464,15 @@ def _decode_diverged(lm, pending, greedy, M, N, eos, spare=None):
 
 
 def _nll_batch(lm, tokens, M, N):
-    """Mean teacher-forced NLL of the continuation: one forward over the first M+N-1 tokens."""
+    """Teacher-forced NLL [B, N] of the continuation: one forward over the first M+N-1 tokens."""
     _, logits = lm.prefill(tokens[:, :M + N - 1], keep=N)
-    return F.cross_entropy(logits.float().transpose(1, 2), tokens[:, M:M + N],
-                           reduction="none").mean(dim=1)
+    return F.cross_entropy(logits.float().transpose(1, 2), tokens[:, M:M + N], reduction="none")
 
 
 def probe(
     model,
     tokens,
-    prompt_len: int = PROMPT_LEN,
+    prompt_len: int | Sequence[int] = PROMPT_LEN,
     cont_len: int = CONT_LEN,
     mode: str = "exact",
     with_nll: bool = False,
@@ -422,6 +480,7 @@ def probe(
     suppress_eos: bool = True,
     lockstep: bool = False,
     strategy: str = "auto",
+    min_k: float = MIN_K,
     *,
     spec: ProbeSpec | None = None,
 ) -> ProbeResult:
@@ -433,20 +492,25 @@ def probe(
     than one prefill of the prompts when few rows are memorized. ``suppress_eos``
     bans every EOS id from the greedy argmax, as Pythia's ``min_length`` did.
     The model is left exactly as found (train/eval flags, grad mode, RNG state).
-    ``spec``: a `ProbeSpec` instead of the six loose settings (then leave those at
+    ``spec``: a `ProbeSpec` instead of the seven loose settings (then leave those at
     their defaults). ``batch_size`` (default: `_auto_batch_size`) is halved after an
     out-of-memory error and the batch redone. ``lockstep=True`` makes the number of
     model calls per batch independent of the data (spare forwards fill in), as FSDP /
     ZeRO-3 need when ranks probe different rows; results are unchanged. ``strategy``:
     ``"auto"`` picks ``"speculative"`` or ``"teacher_forced"`` by `choose_strategy`'s
-    cost model (device, ``with_nll``); both give the same results.
+    cost model (device, ``with_nll``); both give the same results. ``with_nll=True`` adds
+    the continuation's NLL and the measures of `memwatch.measures` (log p_z, min-k % with
+    k = ``min_k``, the zlib ratio, per-token log-probs) from the same teacher-forced pass.
+    ``prompt_len`` may be a tuple of lengths (`prompt_lengths`): rows then need the
+    longest + N tokens, every field is measured with the longest prompt, and each shorter
+    one costs one more probe of its own for ``scores_by_prompt_len``.
     """
-    loose = ProbeSpec(prompt_len, cont_len, mode, with_nll, batch_size, suppress_eos)
+    loose = ProbeSpec(prompt_len, cont_len, mode, with_nll, batch_size, suppress_eos, min_k)
     if spec is None:
         spec = loose
     elif loose != ProbeSpec():
         raise TypeError("probe takes either spec= or the loose settings (prompt_len, cont_len, "
-                        "mode, with_nll, batch_size, suppress_eos), not both")
+                        "mode, with_nll, batch_size, suppress_eos, min_k), not both")
     return _probe(model, tokens, spec, BatchSize(spec.batch_size), lockstep, strategy)
 
 
@@ -455,9 +519,10 @@ def _probe(model, tokens, spec: ProbeSpec, sizer: BatchSize, lockstep: bool = Fa
     """`probe` with its batch size kept in `sizer` (see `_batched` for `ranks`)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}; got {strategy!r}")
+    lengths = spec.prompt_lens
     vocab = vocab_size(model)
     tokens = _check(tokens, spec, vocab)
-    M, N, exact, with_nll = spec.prompt_len, spec.cont_len, spec.mode == "exact", spec.with_nll
+    M, N, exact, with_nll = spec.context_len, spec.cont_len, spec.mode == "exact", spec.with_nll
     dev = device_of(model)
     if strategy == "auto":
         strategy = choose_strategy(dev, with_nll, lockstep)
@@ -478,15 +543,26 @@ def _probe(model, tokens, spec: ProbeSpec, sizer: BatchSize, lockstep: bool = Fa
         parts = _batched(run, model, tokens, sizer, ranks)
     match_prefix = torch.cat([p[0] for p in parts])
     greedy = torch.cat([p[1] for p in parts]) if exact else None
-    nll = torch.cat([p[2] for p in parts]).float() if with_nll else None
+    nll_tokens = torch.cat([p[2] for p in parts]).float() if with_nll else None
     nll_first = torch.cat([p[3] for p in parts])
     if exact:
         scores = (greedy == tokens[:, M:M + N]).float().mean(dim=1)
     else:
         scores = match_prefix.float() / N
+    measures = {}
+    if with_nll:
+        logprobs = -nll_tokens
+        nll = nll_tokens.mean(dim=1)
+        measures = dict(nll=nll, log_pz=log_pz(logprobs), min_k_logprob=min_k_logprob(
+            logprobs, spec.min_k), zlib_ratio=zlib_ratio(nll, tokens[:, M:M + N]),
+            token_logprobs=logprobs)
+    # Shorter prompts: the same continuation after the last m prompt tokens, one probe each.
+    by_len = [_probe(model, tokens[:, M - m:], replace(spec, prompt_len=m, with_nll=False),
+                     sizer, lockstep, strategy, ranks).scores for m in lengths[:-1]]
     return ProbeResult(scores=scores, memorized=match_prefix == N,
-                       match_prefix=match_prefix.to(torch.int16), nll=nll, greedy=greedy,
-                       mode=spec.mode, nll_first=nll_first)
+                       match_prefix=match_prefix.to(torch.int16), greedy=greedy,
+                       mode=spec.mode, nll_first=nll_first, prompt_lens=lengths,
+                       scores_by_prompt_len=torch.stack([*by_len, scores], dim=1), **measures)
 
 
 def _generation_config(model, M: int, N: int):

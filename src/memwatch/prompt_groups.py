@@ -47,16 +47,21 @@ def probe_rows(model, tokens: torch.Tensor, prompt_lens: Sequence[int | None] | 
 
     Rows are grouped by `prompt_groups`; each group's tokens ``[prompt_len - p,
     prompt_len + cont_len)`` go to ``probe_fn(model, tokens, spec_p, *args)`` where
-    ``spec_p`` is `spec` with ``prompt_len=p`` (default: `probe`; the monitor passes
+    ``spec_p`` is `spec` with ``prompt_len=p`` (a `spec` of several prompt lengths is
+    refused when there is more than one group; default `probe_fn`: `probe`; the monitor passes
     `memwatch.distributed.probe_sharded`, and every rank runs the same groups in the
     same order) and the results are put back in row order. With one group this is a
     single ``probe_fn`` call on `tokens` itself.
     """
     run = probe_fn or (lambda m, t, s: probe(m, t, spec=s))
-    M, N = spec.prompt_len, spec.cont_len
+    M, N = spec.context_len, spec.cont_len
     groups = prompt_groups(prompt_lens, len(tokens), M)
     if len(groups) == 1 and groups[0][0] == M:
         return run(model, tokens, spec, *args)
+    if len(spec.prompt_lens) > 1:
+        raise ValueError(f"the watchlist has rows with prompts of their own shorter than "
+                         f"{M} tokens (PII in short records), which are probed with their own "
+                         f"prompt length; probe it with one prompt_len, not {spec.prompt_len}")
     parts = [(rows, run(model, tokens[torch.from_numpy(rows), M - p:M + N],
                         replace(spec, prompt_len=p), *args))
              for p, rows in groups]

@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node 2 ddp_train.py plain OUT       # raw torch.distributed loop
     torchrun --nproc_per_node 2 ddp_train.py faults OUT      # probe failures, a bad resume
+    torchrun --nproc_per_node 2 ddp_train.py mask OUT        # rank 0's flagged rows, a resume
     python ddp_train.py lightning OUT DEVICES                 # Lightning, strategy="ddp"
 
 Each rank writes ``OUT/rank<r>.pt`` (tensors and plain types): the monitor's
@@ -147,6 +148,60 @@ def faults(out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+def mask(out: str) -> None:
+    """Masking under a process group. Rank 1's own policy is made to flag nothing, so what it
+    masks can only come from rank 0's broadcast. Steps 1-12 train with masked labels; then
+    the run resumes from step 8's checkpoint (weights, optimizer, monitor) to step 16."""
+    import copy
+    import dataclasses
+    import io
+
+    import memwatch.monitor as monitor_module
+
+    torch.distributed.init_process_group("gloo")
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if rank == 1:
+        own = monitor_module.evaluate
+        monitor_module.evaluate = lambda *a, **k: dataclasses.replace(own(*a, **k), mask=())
+    model = tiny_model(seed=0, hidden_size=64, num_layers=2)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.AdamW(ddp.parameters(), lr=3e-3, weight_decay=0.0)
+    policy = AbortPolicy(tags=(), actions={"*": "mask"})
+    rows = CORPUS.rows[:ROWS]
+    log, alerts, checkpoint = [], [], None
+
+    def train(mon, steps):
+        nonlocal checkpoint
+        for step in steps:
+            idx = torch.arange((step - 1) * BATCH, step * BATCH) % len(STREAM)
+            batch = STREAM[idx[rank::world]]
+            labels = mon.mask(batch)  # what this rank trains on
+            loss = ddp(input_ids=batch, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            d = mon.step(ddp, step)
+            alerts.extend(a.kind for a in d.alerts)
+            masked = (mon.mask(rows) == -100).sum(dim=1)  # per watchlist row, tokens masked
+            log.append([step, list(mon.flagged), masked.tolist(),
+                        int((labels == -100).sum())])
+            if step == 8:
+                buf = io.BytesIO()
+                torch.save(mon.state_dict(), buf)
+                checkpoint = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()),
+                              buf.getvalue())
+
+    train(monitor(every_n_steps=2, abort=policy), range(1, 13))
+    model.load_state_dict(checkpoint[0])
+    opt.load_state_dict(checkpoint[1])
+    resumed = monitor(every_n_steps=2, abort=policy)
+    resumed.load_state_dict(torch.load(io.BytesIO(checkpoint[2]), weights_only=True))
+    train(resumed, range(9, 17))
+    resumed.finish(ddp, 16)
+    torch.save({"log": log, "alerts": alerts}, os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
 def lightning(out: str, devices: int) -> None:
     """Lightning with strategy="ddp" on `devices` CPU processes, probing every 2 steps."""
     import lightning as L
@@ -189,5 +244,7 @@ if __name__ == "__main__":
         plain(sys.argv[2])
     elif sys.argv[1] == "faults":
         faults(sys.argv[2])
+    elif sys.argv[1] == "mask":
+        mask(sys.argv[2])
     else:
         lightning(sys.argv[2], int(sys.argv[3]))

@@ -84,6 +84,26 @@ def test_probe_failures_and_a_one_rank_resume_under_torchrun(tmp_path):
         assert "load_state_dict was called on some ranks only" in r["resume_error"]
 
 
+def test_every_rank_masks_rank_0s_flagged_rows_at_every_step_and_across_a_resume(tmp_path):
+    """Rank 1's own policy flags nothing (patched in ddp_train.py): all it masks comes from
+    rank 0, at every step, before and after a resume from step 8; nothing hangs."""
+    pytest.importorskip("transformers")
+    ranks = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                 "--master_port", "29535", str(SCRIPT), "mask", str(tmp_path)], tmp_path)
+    assert len(ranks) == 2
+    log0, log1 = ranks[0]["log"], ranks[1]["log"]
+    assert [e[0] for e in log0] == list(range(1, 13)) + list(range(9, 17))
+    for (step, flagged0, masked0, _), (_, flagged1, masked1, _) in zip(log0, log1, strict=True):
+        assert flagged1 == flagged0, step  # the same rows flagged on both ranks
+        assert masked1 == masked0, step  # and masked the same way
+        assert [m == N for m in masked0] == [f"row-{i}" in flagged0 for i in range(ROWS)], step
+    first, resumed = log0[:12], log0[12:]
+    assert first[0][1] == [] and first[-1][1]  # rows get flagged as training goes on
+    assert resumed[0][1] == first[7][1]  # the resume starts from step 8's flags
+    assert sum(e[3] for e in log0) > 0 and sum(e[3] for e in log1) > 0  # both trained masked
+    assert "resume_mismatch" not in ranks[0]["alerts"]  # a faithful resume is not flagged
+
+
 def test_lightning_ddp_strategy(tmp_path):
     pytest.importorskip("lightning")
     ranks = run([sys.executable, str(SCRIPT), "lightning", str(tmp_path), "2"], tmp_path)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
-from memwatch.commands.args import device, fraction, positive_int
+from memwatch.commands.args import device, existing_file, fraction, positive_int
 from memwatch.probe import CONT_LEN, PROMPT_LEN, _Preserved, probe, reference_probe
 
 HELP = "Time probe(exact|extractable) against reference_probe (generate) and print ratios."
@@ -28,6 +28,9 @@ SHAPES = {
 def add_arguments(p) -> None:
     p.add_argument("--shape", choices=sorted(SHAPES), default="pythia-70m",
                    help="model shape, randomly initialised (default: pythia-70m)")
+    p.add_argument("--gguf-file", type=existing_file, metavar="FILE",
+                   help="time this GGUF model (real weights, dequantized on load; needs the "
+                        "`gguf` package) instead of a --shape")
     p.add_argument("--rows", type=positive_int, default=256, help="watchlist rows (default 256)")
     p.add_argument("--memorized", type=fraction, nargs="+", default=[0.0, 0.1],
                    help="shares of rows memorized, one line each (default 0 0.1)")
@@ -39,25 +42,43 @@ def add_arguments(p) -> None:
                    help="also time the tiny model trained on a planted stream")
 
 
+def load_gguf(path: str, dtype: torch.dtype = torch.float32):
+    """The causal LM in a GGUF file, dequantized to `dtype` (transformers' ``gguf_file=``)."""
+    import os
+
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path), dtype=dtype)
+
+
 def run(args) -> int:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-
-    layers, hidden, heads, vocab = SHAPES[args.shape]
-    torch.manual_seed(0)
-    cfg = GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=4 * hidden,
-                        max_position_embeddings=2048, rotary_pct=0.25, bos_token_id=0,
-                        eos_token_id=0)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    model = GPTNeoXForCausalLM(cfg).eval().to(args.device, dtype)
+    torch.manual_seed(0)
+    if args.gguf_file:
+        import os
+
+        from memwatch.lm import vocab_size
+
+        model = load_gguf(args.gguf_file, dtype).eval().to(args.device)
+        name, vocab = os.path.basename(args.gguf_file), vocab_size(model)
+    else:
+        from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+        layers, hidden, heads, vocab = SHAPES[args.shape]
+        cfg = GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                            num_attention_heads=heads, intermediate_size=4 * hidden,
+                            max_position_embeddings=2048, rotary_pct=0.25, bos_token_id=0,
+                            eos_token_id=0)
+        model = GPTNeoXForCausalLM(cfg).eval().to(args.device, dtype)
+        name = args.shape
     rows = torch.randint(1, vocab, (args.rows, 64))
     print(path_line(model, rows[:32]), flush=True)
     for share in args.memorized:
         planted = plant_memorized(model, rows, share)
         secs = compare(model, planted, batch_size=args.batch_size, repeat=args.repeat,
                        progress=f"{share:.0%} memorized")
-        print(format_line(f"{args.shape} {args.dtype} {args.device} {args.rows} rows, "
+        print(format_line(f"{name} {args.dtype} {args.device} {args.rows} rows, "
                           f"{share:.0%} memorized", secs), flush=True)
     if args.trained:
         from memwatch.demos.model import planted_corpus, tiny_model, train
@@ -115,11 +136,20 @@ def plant_memorized(model, rows: torch.Tensor, share: float, prompt_len: int = P
     return out
 
 
+def _with_measures(model, rows: torch.Tensor, **kw) -> None:
+    """Extractable probe with every measure, then the reports' (n,p) grid from its log p_z."""
+    from memwatch.measures import CURVE_DRAWS, CURVE_PROBS, extraction_rates
+
+    res = probe(model, rows, mode="extractable", with_nll=True, **kw)
+    extraction_rates(res.log_pz, CURVE_DRAWS, CURVE_PROBS)
+
+
 def compare(model, rows: torch.Tensor, prompt_len: int = PROMPT_LEN, cont_len: int = CONT_LEN,
             batch_size: int | None = None, repeat: int = 2,
             progress: str | None = None) -> dict[str, float]:
     """Best-of-`repeat` seconds for reference_probe, probe(exact), probe(extractable), the
-    latter with_nll=True, and one forward pass over M+N tokens; rounds interleave the
+    latter with_nll=True, the latter with every measure and its (n,p) grid (`memwatch.measures`,
+    all from the same pass), and one forward pass over M+N tokens; rounds interleave the
     methods so load drifts hit all alike. `progress` labels a progress bar on stderr."""
     M, N = prompt_len, cont_len
     kw = dict(prompt_len=M, cont_len=N, batch_size=batch_size)
@@ -128,6 +158,7 @@ def compare(model, rows: torch.Tensor, prompt_len: int = PROMPT_LEN, cont_len: i
         "exact": lambda: probe(model, rows, mode="exact", **kw),
         "extractable": lambda: probe(model, rows, mode="extractable", **kw),
         "extractable+nll": lambda: probe(model, rows, mode="extractable", with_nll=True, **kw),
+        "extractable+measures": lambda: _with_measures(model, rows, **kw),
         "forward": lambda: _plain_forward(model, rows[:, :M + N]),
     }
     best = dict.fromkeys(methods, float("inf"))
@@ -148,4 +179,5 @@ def format_line(label: str, seconds: dict[str, float]) -> str:
     return (f"{label}: reference {ref:.2f}s | exact {ref / seconds['exact']:.2f}x | "
             f"extractable {ref / seconds['extractable']:.2f}x | "
             f"extractable+nll {ref / seconds['extractable+nll']:.2f}x | "
+            f"extractable+measures {ref / seconds['extractable+measures']:.2f}x | "
             f"forward(M+N) {ref / seconds['forward']:.2f}x  (ratios = reference / method)")

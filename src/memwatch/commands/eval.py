@@ -36,10 +36,13 @@ def _indices(text: str):
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", action="append", required=True, metavar="PATH_OR_ID",
+    p.add_argument("--model", action="append", metavar="PATH_OR_ID",
                    help="hub id (EleutherAI/pythia-70m-deduped) or local suite folder "
                         "<suite>/<model> holding one <revision>/ folder per checkpoint; repeat "
                         "for several models")
+    p.add_argument("--gguf-file", metavar="FILE",
+                   help="a GGUF model (llama.cpp's format; dequantized on load, needs the "
+                        "`gguf` package): its path, or its name inside every --model")
     p.add_argument("--revision", nargs="+", metavar="REV",
                    help="revisions of every model (hub: branches like step143000; local: "
                         "subfolders). Default: hub 'main', local every subfolder")
@@ -57,7 +60,11 @@ def add_arguments(p) -> None:
                    help="rows per probe batch, also the unit a crash can lose (default auto)")
     p.add_argument("--prompt-len", type=positive_int, default=PROMPT_LEN)
     p.add_argument("--cont-len", type=positive_int, default=CONT_LEN)
-    p.add_argument("--no-nll", action="store_true", help="skip the NLL column (written as NaN)")
+    p.add_argument("--no-nll", action="store_true",
+                   help="skip the NLL and the extraction measures (columns written as NaN)")
+    p.add_argument("--min-k", type=float, default=0.2, metavar="K",
+                   help="min-k %% log-prob averages the K lowest fraction of token log-probs "
+                        "(default 0.2, Shi et al. 2024)")
     p.add_argument("--cache-dir", help="transformers cache for hub checkpoints")
     p.add_argument("--device", help="default: this rank's GPU if any, else cpu")
     p.add_argument("--no-progress", action="store_true")
@@ -90,15 +97,30 @@ def _init_distributed() -> bool:
     return True
 
 
+def _models(args) -> tuple[list[str], str | None]:
+    """(--model values, --gguf-file name within them): a GGUF path alone stands for its folder."""
+    if args.gguf_file and not args.model:
+        if not os.path.isfile(args.gguf_file):
+            raise ValueError(f"--gguf-file {args.gguf_file!r}: no such file (without --model "
+                             "it must be the path of a .gguf file)")
+        return [os.path.dirname(os.path.abspath(args.gguf_file))], \
+            os.path.basename(args.gguf_file)
+    if not args.model:
+        raise ValueError("--model is required (or --gguf-file with the path of a .gguf file)")
+    return args.model, args.gguf_file
+
+
 def run(args) -> int:
     from memwatch.posthoc.evaluate import EvalConfig, evaluate, resolve_checkpoints
 
     started = False
     try:
         spec = ProbeSpec(args.prompt_len, args.cont_len, args.mode, not args.no_nll,
-                         args.batch_size)
+                         args.batch_size, min_k=args.min_k)
         config = EvalConfig(spec, args.dtype, args.cache_dir, args.device)
-        checkpoints = [c for m in args.model for c in resolve_checkpoints(m, args.revision)]
+        models, gguf_file = _models(args)
+        checkpoints = [c for m in models for c in resolve_checkpoints(m, args.revision,
+                                                                     gguf_file)]
         rows = _rows(args)
         started = _init_distributed()
         paths = evaluate(checkpoints, rows, args.out, config=config,

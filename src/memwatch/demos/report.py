@@ -49,6 +49,37 @@ def _plot_over_time(history, repeats: np.ndarray, path: Path) -> None:
     save_png(fig, path)
 
 
+def _plot_extraction(history, path: Path, p: float = 0.9) -> bool:
+    """(n,p)-extraction rate vs n at the last probe, per group (Hayes et al. 2024); False
+    when that probe did not measure log p_z."""
+    from memwatch.measures import CURVE_DRAWS, extraction_rates
+
+    log_pz = history.log_pz[-1]
+    if np.isnan(log_pz).all():
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, pattern in GROUPS:
+        mask = history.tag_mask(pattern)
+        if mask.any():
+            rates = extraction_rates(log_pz[mask], CURVE_DRAWS, [p])[:, 0]
+            ax.plot(CURVE_DRAWS, rates, marker=".", label=f"{label} ({mask.sum()})")
+    ax.plot(CURVE_DRAWS, [history.memorized[-1].mean()] * len(CURVE_DRAWS), "k:",
+            label="greedy (all rows)")
+    ax.set_xscale("log", base=2)
+    ax.set(title=f"(n,p)-extractable at step {int(history.steps[-1])}, p = {p:g}",
+           xlabel="n, samples drawn", ylabel="fraction of rows", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _plot_heatmap(history, path: Path) -> None:
     from memwatch.sinks.summary import heatmap_figure
 
@@ -93,13 +124,13 @@ def outcome_sentences(history, repeats: np.ndarray) -> list[str]:
 
 
 def _forecasts(history, total_steps: int):
-    from memwatch.forecast import forecast
+    from memwatch.forecast import ForecastInputs, forecast
 
     rows = []
     for k in range(2, len(history) + 1):
-        fc = forecast(history.head(k), total_steps).tags["*"]
-        rows.append((int(history.steps[k - 1]), fc.expected_final_memorized,
-                     fc.expected_final_low, fc.expected_final_high, fc.recall_now))
+        fc = forecast(ForecastInputs(history.head(k), total_steps)).tags["*"]
+        rows.append((int(history.steps[k - 1]), fc.final.expected, fc.final.low,
+                     fc.final.high, fc.recall.value))
     return np.array(rows, dtype=float).reshape(-1, 5)
 
 
@@ -250,6 +281,7 @@ def write_report(history, watchlist, repeats: dict[str, int], out_dir: Path,
     _plot_heatmap(history, out_dir / "memorization_heatmap.png")
     fc = _forecasts(history, total_steps)
     _plot_forecast(history, fc, out_dir / "forecast_vs_actual.png")
+    extraction = _plot_extraction(history, out_dir / "extraction_curve.png")
 
     first = history.first_memorized_step()
     final = history.memorized[-1]
@@ -276,6 +308,13 @@ def write_report(history, watchlist, repeats: dict[str, int], out_dir: Path,
             f"memorized count was {est:.0f} (interval {lo:.0f}-{hi:.0f}) with recall of "
             f"'memorized now' {recall:.2f}; the actual final count is {int(final.sum())}.", "",
             "![forecast vs actual](forecast_vs_actual.png)", ""]
+    if extraction:
+        lines += [
+            "Greedy decoding is one way to extract a row; sampling is another. A row is "
+            "(n,p)-extractable when n samples reproduce its continuation with probability at "
+            "least p, 1 − (1 − p_z)^n ≥ p, p_z being the probability the model gives the "
+            "continuation (Hayes et al. 2024). At the last probe:", "",
+            "![(n,p)-extraction curve](extraction_curve.png)", ""]
     lines += audit_section(history, out_dir)
     lines += ["## Memorized PII and canaries", "",
               "| id | tags | seen x/epoch | first memorized at step | preview (redacted) |",

@@ -11,6 +11,7 @@ privacy audit (`memwatch.audit`) beside the memorization counts.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -170,7 +171,8 @@ def _train(cfg: DemoConfig):
           f"{torch.get_num_threads()} torch thread(s))")
     data = build_data(cfg)
     wl = data.watchlist
-    print(f"  training stream: {len(data.stream)} rows x {cfg.seq_len} tokens; watchlist: {wl}")
+    print(textwrap.fill(f"  training stream: {len(data.stream)} rows x {cfg.seq_len} tokens; "
+                        f"watchlist: {wl}", 120, subsequent_indent="    "))  # 120 columns
 
     model = tiny_model(seed=cfg.seed, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
                        num_layers=cfg.num_layers, max_len=cfg.seq_len)

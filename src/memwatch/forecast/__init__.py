@@ -16,14 +16,22 @@ histories) is in docs/concepts.md, "How the forecast is made".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
 from dataclasses import dataclass, field
-from statistics import NormalDist
 
 import numpy as np
 
 from memwatch.forecast.curve import curve_estimate, saturating_estimate
+from memwatch.forecast.exposure import end_probabilities as exposure_probabilities
 from memwatch.forecast.fits import ScalingFit
+from memwatch.forecast.inputs import (
+    Exposures,
+    ForecastInputs,
+    checked_clock,
+    checked_duplicates,
+    checked_first_seen,
+    learning_rates,
+)
 from memwatch.forecast.ratio import (
     PYTHIA_PRIOR,
     PYTHIA_PRIORS,
@@ -31,25 +39,32 @@ from memwatch.forecast.ratio import (
     checked_prior,
     ratio_estimate,
 )
-from memwatch.forecast.risk import (
-    RiskRanking,
-    checked_clock,
-    checked_duplicates,
-    risk_at,
-    tag_columns,
-)
+from memwatch.forecast.risk import RiskRanking, risk_at, tag_columns
+from memwatch.forecast.signals import ExposureLog, RowSignals
+from memwatch.forecast.stats import lognormal_interval
 from memwatch.forecast.trajectory import end_probabilities
 from memwatch.watchlist.tags import tag_set
 
-__all__ = ["PYTHIA_PRIOR", "PYTHIA_PRIORS", "Estimate", "Forecast", "TagForecast", "forecast"]
+__all__ = ["PYTHIA_PRIOR", "PYTHIA_PRIORS", "Band", "Estimate", "ExposureLog", "Exposures",
+           "FinalCount", "Forecast", "ForecastInputs", "TagForecast", "forecast"]
 
 ERROR_FLOOR = 0.1
 MISSING_ERROR = 1.0
-BACKTEST_SD = 0.2
+BACKTEST_SD = 0.5
 BACKTESTS = 3
 MIN_CUT_ROWS = 5
-PRIOR_WEIGHT = {"trajectory": 4.0}
+# A cut must hold this share of the target's memorized count: a backtest from a cut that
+# had memorized almost nothing (early in a run) tests a regime the forecast is not in,
+# and would favour what was right when nothing was memorized.
+MIN_CUT_SHARE = 0.5
+# Prior weights and errors (log sd) of the methods, before the run's own backtest: the
+# per-row methods see rows on their way, the exposure model the copies still to come;
+# the count-only methods (ratio, curve, saturating) see neither.
+PRIOR_WEIGHT = {"exposure": 16.0, "trajectory": 4.0}
+PRIOR_ERROR = {"exposure": 0.3, "trajectory": 0.5}
 DECAY_AHEAD = 0.5
+DECAY_SD = MISSING_ERROR
+DECAY_SD_EXPOSURE = 0.3
 
 
 @dataclass(frozen=True)
@@ -70,34 +85,78 @@ class Estimate:
 
 
 @dataclass(frozen=True)
+class Band:
+    """A value with its central interval: value, low, high."""
+
+    value: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class FinalCount:
+    """The forecast final memorized count of a tag.
+
+    expected (low, high): the reliability-weighted combination of the estimates, with its
+        central `level` interval.
+    agreement: min / max of the estimates (1 when all are 0).
+    decay_ahead: the learning rate (``ForecastInputs.learning_rate``) is still above
+        DECAY_AHEAD = 0.5 of its peak so far at the latest probe and falls below that
+        before the end (a decay the probes have not seen begin): rows seen in a decay
+        become more extractable than the run so far shows, which no method here can
+        forecast from before it, so the interval's upper side carries an unknown error
+        (log sd DECAY_SD) on top of the others.
+    """
+
+    expected: float
+    low: float
+    high: float
+    agreement: float = 1.0
+    decay_ahead: bool = False
+
+
+# The flat names of memwatch <= 0.x, read through `TagForecast.__getattr__` for one release.
+_FLAT_NAMES = {
+    "expected_final_memorized": ("final", "expected"),
+    "expected_final_low": ("final", "low"),
+    "expected_final_high": ("final", "high"),
+    "agreement": ("final", "agreement"),
+    "decay_ahead": ("final", "decay_ahead"),
+    "recall_now": ("recall", "value"),
+    "recall_low": ("recall", "low"),
+    "recall_high": ("recall", "high"),
+    "precision_now": ("precision", "value"),
+    "precision_low": ("precision", "low"),
+    "precision_high": ("precision", "high"),
+}
+
+
+@dataclass(frozen=True)
 class TagForecast:
     """The forecast for one tag (or "*" for all rows); counts are rows of the watchlist.
 
     step / compute_fraction: the latest probe's step and c(step) / c(total_steps).
     num_rows / memorized_now: rows with the tag; of those, memorized at the latest probe.
-    recall_now (low, high): share of the final memorized set already memorized, over the
-        whole watchlist (rows still to come included).
-    decay_ahead: the learning rate (`forecast`'s ``learning_rate``) is still above
-        DECAY_AHEAD = 0.5 of its peak so far at the latest probe and falls below that
-        before the end (a decay the probes have not seen begin): rows seen in a
-        decay become more extractable than the run so far shows, which no method here
-        can forecast from before it, so the interval's upper side carries an unknown
-        error (log sd 1.0) on top of the others.
+    final: the final count (`FinalCount`: expected, low, high, agreement, decay_ahead).
+    recall: share of the final memorized set already memorized, over the whole watchlist
+        (rows still to come included), with its interval (`Band`).
+    precision: share of the memorized set still memorized at the end (`Band`). Both are
+        the weighted mean (the combination's weights) of the ratio method's view and the
+        per-row methods' view (recall = Σ_now p / Σ p, precision = mean p over the rows
+        memorized now, p = a row's end-of-training probability); the intervals come from
+        a Poisson bootstrap over rows.
     recall_seen: the same share over the rows already seen (the paper's recall: it
-        counts only rows the earlier checkpoint had seen); None unless `forecast` was
-        given ``first_seen``. rows_seen: the tag's rows seen by the latest probe (None
-        likewise).
-    precision_now (low, high): share of the memorized set still memorized at the end.
-        Both are the weighted mean (the combination's weights) of the ratio method's
-        view and the per-row methods' view (recall = Σ_now p / Σ p, precision = mean p
-        over the rows memorized now, p = a row's end-of-training probability); the
-        intervals come from a Poisson bootstrap over rows.
-    expected_final_memorized (low, high): the reliability-weighted combination of the
-        estimates, with its central `level` interval.
-    agreement: min / max of the estimates (1 when all are 0).
+        counts only rows the earlier checkpoint had seen); None unless the forecast knew
+        when rows are first seen (``first_seen`` or ``exposures``). rows_seen: the tag's
+        rows seen by the latest probe (None likewise).
     estimates: one `Estimate` per method the history supports, by method name.
+    signals: the per-row signals the forecast used beyond the probe's verdict and NLL
+        (`memwatch.forecast.signals.RowSignals.used`; e.g. "exposures", "lt_iqr").
     ratio: the ratio method's precision, recall, fits and prior weight.
     curve_fit: the count-vs-clock fit (None before two probes with a memorized row).
+
+    The flat names of earlier releases (``expected_final_memorized``, ``recall_now``,
+    ...) still read, with a DeprecationWarning, for one release.
     """
 
     tag: str
@@ -105,22 +164,23 @@ class TagForecast:
     compute_fraction: float
     num_rows: int
     memorized_now: int
-    recall_now: float
-    recall_low: float
-    recall_high: float
-    precision_now: float
-    precision_low: float
-    precision_high: float
-    expected_final_memorized: float
-    expected_final_low: float
-    expected_final_high: float
-    agreement: float
-    decay_ahead: bool = False
+    final: FinalCount
+    recall: Band
+    precision: Band
     recall_seen: float | None = None
     rows_seen: int | None = None
     estimates: tuple[Estimate, ...] = ()
+    signals: tuple[str, ...] = ()
     ratio: RatioEstimate | None = field(default=None, compare=False)
     curve_fit: ScalingFit | None = field(default=None, compare=False)
+
+    def __getattr__(self, name: str):
+        if name in _FLAT_NAMES:
+            group, part = _FLAT_NAMES[name]
+            warnings.warn(f"TagForecast.{name} is deprecated; read TagForecast.{group}.{part}",
+                          DeprecationWarning, stacklevel=2)
+            return getattr(getattr(self, group), part)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def final_memorized(self, method: str) -> float | None:
         """The final count `method` forecasts, or None where it could not run."""
@@ -131,6 +191,9 @@ class TagForecast:
 class Forecast:
     """`TagForecast` per tag ("*" = all rows), the per-row `RiskRanking` (or None), and
     each row's probability of being memorized at the end of training.
+
+    signals: the per-row signals used beyond the probe's verdict and NLL (as
+        `TagForecast.signals`).
 
     end_probability: float64 [n]: the per-row methods' probabilities (risk, trajectory)
         averaged with their weights in the "*" forecast; when neither could run, the
@@ -143,6 +206,7 @@ class Forecast:
     tags: dict[str, TagForecast]
     risk: RiskRanking | None = field(default=None, compare=False)
     end_probability: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False)
+    signals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,6 +218,8 @@ class _Settings:
     level: float
     n_boot: int
     decay_ahead: bool = False
+    signals: tuple[str, ...] = ()
+    rate_known: bool = False
 
 
 @dataclass(frozen=True)
@@ -172,12 +238,15 @@ class _Backtest:
     """What was known at an earlier probe, and the count at a later target probe.
 
     row_sums: {per-row method: its final count} forecast at the cut for the target.
+    latest: the count at the latest probe (>= the target's), what an early forecast of
+        the target may have been right about.
     """
 
     probes: _Probes
     row_sums: dict[str, float]
     target_clock: float
     actual: int
+    latest: int = 0
 
 
 @dataclass(frozen=True)
@@ -226,16 +295,21 @@ def _estimates(probes: _Probes, total_clock: float, prior: np.ndarray,
 def _backtest(found: dict[str, float], backtests: list[_Backtest], prior: np.ndarray
               ) -> tuple[dict[str, float], dict[str, float]]:
     """({method: RMS log error}, {method: misfit}) of each method forecasting the targets
-    from their cuts; the misfit scales each squared error by the noise expected of it."""
+    from their cuts; the misfit scales each squared error by the noise expected of it.
+
+    A forecast between the target's count and the latest count (when that is higher)
+    was right too early, not wrong: its error is 0 (the run got there, later).
+    """
     squares: dict[str, list[float]] = {m: [] for m in found}
     scaled: dict[str, list[float]] = {m: [] for m in found}
     for case in backtests:
         past = _estimates(case.probes, case.target_clock, prior, case.row_sums, 0,
                           np.random.default_rng(0)).counts
         noise = BACKTEST_SD ** 2 + 1.0 / (1.0 + case.actual)  # + the count's Poisson noise
+        low, high = np.log1p(case.actual), np.log1p(max(case.actual, case.latest))
         for m, errs in squares.items():
-            e = (abs(np.log1p(past[m]) - np.log1p(case.actual)) if m in past
-                 else MISSING_ERROR)
+            e = (float(np.log1p(past[m]) - np.clip(np.log1p(past[m]), low, high))
+                 if m in past else MISSING_ERROR)
             errs.append(e ** 2)
             scaled[m].append(e ** 2 / noise)
     errors = {m: float(np.sqrt(np.mean(v))) for m, v in squares.items()}
@@ -296,19 +370,21 @@ def _combination(found: _Found, weights: dict[str, float], errors: dict[str, flo
     logs = {m: np.log1p(v) for m, v in found.counts.items()}
     center = sum(weights[m] * logs[m] for m in found.counts)
     spread = sum(weights[m] * (logs[m] - center) ** 2 for m in found.counts)
-    # without a backtest every method's error is unknown: MISSING_ERROR
-    past_err = ERROR_FLOOR ** 2 + sum(weights[m] * errors.get(m, MISSING_ERROR) ** 2
+    # without a backtest a method's error is its prior one (unknown: MISSING_ERROR)
+    past_err = ERROR_FLOOR ** 2 + sum(weights[m] * errors.get(
+        m, PRIOR_ERROR.get(m, MISSING_ERROR)) ** 2
                                       for m in found.counts)
     boot = 0.0
     if settings.n_boot:
         finals = np.log1p(found.ratio.final_samples(now, n_rows))
         boot = float(np.var(finals)) * weights.get("ratio", 0.0) ** 2
-    z = NormalDist().inv_cdf(0.5 + settings.level / 2)
     sigma = float(np.sqrt(spread + past_err + boot))
-    up = np.sqrt(sigma ** 2 + MISSING_ERROR ** 2) if settings.decay_ahead else sigma
-    expected = float(np.clip(np.expm1(center), 0.0, n_rows))
-    return (expected, float(np.clip(np.expm1(center - z * sigma), 0.0, expected)),
-            float(np.clip(np.expm1(center + z * up), expected, n_rows)))
+    # the exposure model reads the learning rate of the copies still to come and of the
+    # training after them; the others extrapolate the run so far
+    decay_sd = DECAY_SD_EXPOSURE if "exposure" in found.counts and settings.rate_known \
+        else DECAY_SD
+    up = np.sqrt(sigma ** 2 + decay_sd ** 2) if settings.decay_ahead else sigma
+    return lognormal_interval(center, sigma, settings.level, float(up), n_rows)
 
 
 def _tag_forecast(tag: str, probes: _Probes, rows: dict[str, np.ndarray],
@@ -341,21 +417,22 @@ def _tag_forecast(tag: str, probes: _Probes, rows: dict[str, np.ndarray],
     agreement = 1.0 if big <= 0 else min(found.counts.values()) / big
     view = _combined_view(views, weights)
     q = (1 - settings.level) / 2
+
+    def band(value: float, samples: np.ndarray) -> Band:
+        if not n_boot:
+            return Band(value, value, value)
+        return Band(value, float(np.quantile(samples, q)), float(np.quantile(samples, 1 - q)))
+
     return TagForecast(
         tag=tag, step=t_now, compute_fraction=r_now, num_rows=n_rows, memorized_now=now,
-        recall_now=view.recall,
-        recall_low=float(np.quantile(view.recall_samples, q)) if n_boot else view.recall,
-        recall_high=float(np.quantile(view.recall_samples, 1 - q)) if n_boot else view.recall,
-        precision_now=view.precision,
-        precision_low=float(np.quantile(view.precision_samples, q)) if n_boot else view.precision,
-        precision_high=(float(np.quantile(view.precision_samples, 1 - q)) if n_boot
-                        else view.precision),
-        expected_final_memorized=expected, expected_final_low=lo, expected_final_high=hi,
-        agreement=float(agreement), decay_ahead=settings.decay_ahead, recall_seen=view.recall_seen,
+        final=FinalCount(expected, lo, hi, float(agreement), settings.decay_ahead),
+        recall=band(view.recall, view.recall_samples),
+        precision=band(view.precision, view.precision_samples),
+        recall_seen=view.recall_seen,
         rows_seen=None if seen_now is None else int(seen_now.sum()),
         estimates=tuple(Estimate(m, float(v), float(weights[m]), errors.get(m))
                         for m, v in sorted(found.counts.items())),
-        ratio=ratio, curve_fit=found.curve_fit,
+        signals=settings.signals, ratio=ratio, curve_fit=found.curve_fit,
     )
 
 
@@ -366,16 +443,17 @@ def _end_probability(star: TagForecast, rows: dict[str, np.ndarray], now: np.nda
     total = sum(weights.values())
     if total > 0:
         return sum(w / total * rows[m] for m, w in weights.items())
-    rest = star.expected_final_memorized - star.precision_now * now.sum()
+    rest = star.final.expected - star.precision.value * now.sum()
     share = np.clip(rest / max(len(now) - int(now.sum()), 1), 0.0, 1.0)
-    return np.where(now, star.precision_now, share)
+    return np.where(now, star.precision.value, share)
 
 
-def _row_probabilities(ranking, memorized, nll, keep, clock_all, total_clock
-                       ) -> dict[str, np.ndarray]:
-    """{method: float64 [n]} per-row end-of-training probabilities of the per-row methods
-    that could run on the probes `keep` of `memorized` / `nll` ([P, n]; risk: a fitted
-    ranking; trajectory: see `memwatch.forecast.trajectory`)."""
+def _row_probabilities(ranking, memorized, nll, keep, steps, clock_all, total_clock,
+                       signals, total_step) -> dict[str, np.ndarray]:
+    """{method: float64 [n]} per-row probabilities of being memorized at `total_step`
+    (clock `total_clock`) of the per-row methods that could run on the probes `keep` of
+    `memorized` / `nll` ([P, n]; risk: a fitted ranking; trajectory, exposure: see
+    `memwatch.forecast.trajectory` and `memwatch.forecast.exposure`)."""
     out = {}
     if ranking.fitted:
         out["risk"] = ranking.score
@@ -383,6 +461,10 @@ def _row_probabilities(ranking, memorized, nll, keep, clock_all, total_clock
         traj = end_probabilities(memorized[keep], nll[keep], clock_all[keep], total_clock)
         if traj is not None:
             out["trajectory"] = traj
+        dose = exposure_probabilities(memorized[keep], steps[keep], clock_all[keep],
+                                      total_clock, signals, total_step)
+        if dose is not None:
+            out["exposure"] = dose
     return out
 
 
@@ -396,7 +478,8 @@ def _backtest_pairs(clock: np.ndarray, total_clock: float, counts: np.ndarray
     horizon = np.log(min(1.0, clock[-1] / total_clock))
     pairs = []
     for target in range(len(clock) - 1, max(1, len(clock) - 1 - BACKTESTS), -1):
-        cand = np.flatnonzero((clock[:target] > 0) & (counts[:target] >= MIN_CUT_ROWS))
+        enough = max(MIN_CUT_ROWS, MIN_CUT_SHARE * counts[target])
+        cand = np.flatnonzero((clock[:target] > 0) & (counts[:target] >= enough))
         if len(cand) == 0 or clock[target] <= 0:
             continue
         gap = np.abs(np.log(clock[cand] / clock[target]) - horizon)
@@ -406,29 +489,16 @@ def _backtest_pairs(clock: np.ndarray, total_clock: float, counts: np.ndarray
     return pairs
 
 
-def _decay_ahead(learning_rate, steps: np.ndarray, total_steps: int) -> bool:
+def _decay_ahead(rates: np.ndarray | None, steps: np.ndarray, total_steps: int) -> bool:
     """Whether a decay lies ahead that has not begun: the rate at the latest probe is at
     least DECAY_AHEAD times the peak so far, and it falls below that before the end
-    (False without a rate or probe)."""
-    if learning_rate is None or len(steps) == 0:
+    (False without a rate or probe). `rates`: the learning rate at steps 0..total_steps."""
+    if rates is None or len(steps) == 0:
         return False
-    past = np.arange(int(steps[0]), int(steps[-1]) + 1)
-    ahead = np.arange(int(steps[-1]) + 1, total_steps + 1)
-    rates = np.asarray(learning_rate(np.concatenate([past, ahead])), np.float64)
-    if rates.shape != (len(past) + len(ahead),) or not np.isfinite(rates).all():
-        raise ValueError("learning_rate(steps) must return one finite value per step; got "
-                         f"shape {rates.shape} for {len(past) + len(ahead)} steps")
-    floor = DECAY_AHEAD * rates[:len(past)].max()
-    return bool(len(ahead)) and rates[len(past) - 1] >= floor and rates[len(past):].min() < floor
-
-
-def _checked_first_seen(first_seen, n: int) -> np.ndarray:
-    """float64 [n]: each row's first-seen step, checked (a number per row, not NaN)."""
-    steps = np.asarray(first_seen, np.float64).ravel()
-    if steps.shape != (n,) or np.isnan(steps).any():
-        raise ValueError(f"first_seen must give one step per row ({n} rows, inf for rows "
-                         f"never seen); got shape {steps.shape}")
-    return steps
+    first, last = int(steps[0]), int(steps[-1])
+    past, ahead = rates[first:last + 1], rates[last + 1:total_steps + 1]
+    floor = DECAY_AHEAD * past.max()
+    return bool(len(ahead)) and past[-1] >= floor and ahead.min() < floor
 
 
 def _probe_subset(steps: np.ndarray, max_probes: int) -> np.ndarray:
@@ -438,77 +508,84 @@ def _probe_subset(steps: np.ndarray, max_probes: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, len(steps) - 1, max_probes)).astype(np.int64))
 
 
-def forecast(
-    history,
-    total_steps: int,
-    prior: Sequence[Sequence[float]] | None = None,
-    *,
-    level: float = 0.9,
-    n_boot: int = 100,
-    max_probes: int = 32,
-    duplicates=None,
-    with_risk: bool = True,
-    compute=None,
-    first_seen=None,
-    learning_rate=None,
-    seed: int = 0,
-) -> Forecast:
-    """The `Forecast` of final memorization for all rows ("*") and every tag in `history`.
+def _inputs(args: tuple, kwargs: dict) -> ForecastInputs:
+    """The `ForecastInputs` of a call: ``forecast(inputs)``, or the deprecated
+    ``forecast(history, total_steps, prior=None, **settings)``."""
+    if len(args) == 1 and not kwargs and isinstance(args[0], ForecastInputs):
+        return args[0]
+    if args and isinstance(args[0], ForecastInputs):
+        raise TypeError("forecast(inputs) takes the ForecastInputs alone; set everything "
+                        "else on it (dataclasses.replace(inputs, level=0.8))")
+    if len(args) > 3:
+        raise TypeError(f"forecast() takes at most 3 positional arguments ({len(args)} given)")
+    warnings.warn("forecast(history, total_steps, ...) is deprecated; call "
+                  "forecast(ForecastInputs(history, total_steps, ...))",
+                  DeprecationWarning, stacklevel=3)
+    names = ("history", "total_steps", "prior")
+    for name, value in zip(names, args, strict=False):
+        if name in kwargs:
+            raise TypeError(f"forecast() got multiple values for argument {name!r}")
+        kwargs[name] = value
+    return ForecastInputs(**kwargs)
 
-    `total_steps`: the step training will end at (>= the latest probe's step).
-    `prior`: (compute fraction, precision, recall) rows; None uses `PYTHIA_PRIOR` (Pythia-12B's).
-    `level`: interval coverage; `n_boot`: bootstrap replicates over rows, for the ratio
-    method and the recall/precision intervals (0: sampling noise is left out: the
-    recall/precision intervals collapse to the point, and the final count's interval
-    still carries the backtest error and the methods' disagreement);
-    `max_probes`: probes used for the pairwise fits (evenly spread; bounds the cost);
-    `duplicates`: per-row duplicate counts for the risk model; `with_risk`: attach
-    ``Forecast.risk`` (the risk model is fitted either way: its sum is an estimate);
-    `compute`: vectorised step -> cumulative compute (e.g. the summed learning-rate
-    multiplier up to the step), the clock every ratio is measured in; None: steps.
-    `first_seen`: per row, the step at which training first sees it (inf or any step past
-    `total_steps`: never). With it, the ratio method's recall is the paper's (over rows
-    already seen) and `TagForecast.recall_seen` reports it beside ``recall_now`` (over
-    the whole watchlist); for a `Watchlist.from_pythia` list it is ``index // 1024``.
-    `learning_rate`: vectorised step -> learning rate (any unit), to see a decay ahead
-    that the probes have not seen (`TagForecast.decay_ahead`); it does not set the clock.
-    Deterministic for a given `seed`.
+
+def forecast(*args, **kwargs) -> Forecast:
+    """The `Forecast` of final memorization for all rows ("*") and every tag of the history.
+
+    ``forecast(ForecastInputs(history, total_steps, ...))``: see `ForecastInputs` for
+    everything a forecast can be told (row facts: duplicates, first_seen, exposures;
+    schedule: compute, learning_rate; settings: prior, level, n_boot, max_probes,
+    with_risk, seed). The call of earlier releases, ``forecast(history, total_steps,
+    prior=None, **settings)``, still works for one release, with a DeprecationWarning.
+    Deterministic for a given seed.
     """
+    return _forecast(_inputs(args, dict(kwargs)))
+
+
+def _forecast(inputs: ForecastInputs) -> Forecast:
+    """`forecast` of checked inputs."""
+    history, total_steps = inputs.history, int(inputs.total_steps)
+    n_rows = history.num_rows
     steps_all = np.asarray(history.steps, np.int64)
-    if int(total_steps) <= 0 or (len(steps_all) and total_steps < steps_all[-1]):
-        last = int(steps_all[-1]) if len(steps_all) else 0
-        raise ValueError(
-            f"total_steps={total_steps} must be positive and >= the latest probe step {last}"
-        )
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1); got {level}")
-    if n_boot < 0 or max_probes < 2:
-        raise ValueError(f"need n_boot >= 0 and max_probes >= 2; got {n_boot}, {max_probes}")
-    table = checked_prior(prior)
-    keep = _probe_subset(steps_all, max_probes)
+    table = checked_prior(inputs.prior)
+    keep = _probe_subset(steps_all, inputs.max_probes)
     memorized, nll = history.memorized, history.nll_signal()  # derived: derive them once
-    mem = memorized[keep] if len(keep) else np.zeros((0, history.num_rows), bool)
+    mem = memorized[keep] if len(keep) else np.zeros((0, n_rows), bool)
     clock_all = steps_all.astype(np.float64)
     total_clock = float(total_steps)
-    if compute is not None:
-        clock_all, total_clock = checked_clock(compute, steps_all, int(total_steps))
-    settings = _Settings(total_clock, table, level, n_boot,
-                         _decay_ahead(learning_rate, steps_all, int(total_steps)))
-    dups = checked_duplicates(duplicates, history.num_rows)
+    if inputs.compute is not None:
+        clock_all, total_clock = checked_clock(inputs.compute, steps_all, total_steps)
+    rates = learning_rates(inputs.learning_rate, total_steps)
+    dups = checked_duplicates(inputs.duplicates, n_rows)
+    exposures = inputs.exposures
+    first_seen = inputs.first_seen
+    if first_seen is None and exposures is not None:
+        first_seen = exposures.first_seen()
+        if not exposures.complete:  # rows not recorded yet are not known to be unseen
+            first_seen = np.where(np.isfinite(first_seen), first_seen, total_steps + 1.0)
+    signals = RowSignals(history, total_steps, exposures, rates, dups)
+    settings = _Settings(total_clock, table, inputs.level, inputs.n_boot,
+                         _decay_ahead(rates, steps_all, total_steps), signals.used,
+                         rates is not None)
     seen = None
     if first_seen is not None:
-        seen = _checked_first_seen(first_seen, history.num_rows)[None, :] <= steps_all[:, None]
+        seen = checked_first_seen(first_seen, n_rows)[None, :] <= steps_all[:, None]
     columns = tag_columns(history.tags)
-    ranking = risk_at(history, len(steps_all) - 1, clock_all, total_clock, dups, columns)
-    rows_now = _row_probabilities(ranking, memorized, nll, keep, clock_all, total_clock)
+    extra = (signals.names, signals.features) if signals.names else None
+    ranking = risk_at(history, len(steps_all) - 1, clock_all, total_clock, dups, columns,
+                      extra, total_steps)
+    rows_now = _row_probabilities(ranking, memorized, nll, keep, steps_all, clock_all,
+                                  total_clock, signals, total_steps)
     past = []  # (probes at the cut, per-row probabilities at the cut, target clock, target set)
     for cut, target in _backtest_pairs(clock_all, total_clock, memorized.sum(1)):
-        past_keep = _probe_subset(steps_all[: cut + 1], max_probes)
+        past_keep = _probe_subset(steps_all[: cut + 1], inputs.max_probes)
         at = float(clock_all[target])
-        b_rank = risk_at(history, cut, clock_all, at, dups, columns)
-        past.append((past_keep, _row_probabilities(b_rank, memorized, nll, past_keep,
-                                                   clock_all, at), at, memorized[target]))
-    groups = {"*": np.ones(history.num_rows, bool)}
+        b_rank = risk_at(history, cut, clock_all, at, dups, columns, extra,
+                         int(steps_all[target]))
+        b_rows = _row_probabilities(b_rank, memorized, nll, past_keep, steps_all, clock_all,
+                                    at, signals, int(steps_all[target]))
+        past.append((past_keep, b_rows, at, memorized[target], memorized[-1]))
+    groups = {"*": np.ones(n_rows, bool)}
     for tag in tag_set(history.tags):
         groups[tag] = np.array([tag in row for row in history.tags], bool)
     tags = {}
@@ -517,14 +594,15 @@ def forecast(
                                        clock_all[b_keep],
                                        None if seen is None else seen[b_keep][:, mask]),
                                {m: float(p[mask].sum()) for m, p in b_rows.items()},
-                               at, int(actual[mask].sum()))
-                     for b_keep, b_rows, at, actual in past]
+                               at, int(actual[mask].sum()), int(latest[mask].sum()))
+                     for b_keep, b_rows, at, actual, latest in past]
         probes = _Probes(mem[:, mask], steps_all[keep], clock_all[keep],
                          None if seen is None else seen[keep][:, mask])
         tags[tag] = _tag_forecast(tag, probes, {m: p[mask] for m, p in rows_now.items()},
-                                  backtests, settings, np.random.default_rng(seed))
-    risk = ranking if with_risk else None
+                                  backtests, settings, np.random.default_rng(inputs.seed))
+    risk = ranking if inputs.with_risk else None
     step = int(steps_all[-1]) if len(steps_all) else 0
-    now = memorized[-1] if len(steps_all) else np.zeros(history.num_rows, bool)
-    return Forecast(step=step, total_steps=int(total_steps), tags=tags, risk=risk,
-                    end_probability=_end_probability(tags["*"], rows_now, now))
+    now = memorized[-1] if len(steps_all) else np.zeros(n_rows, bool)
+    return Forecast(step=step, total_steps=total_steps, tags=tags, risk=risk,
+                    end_probability=_end_probability(tags["*"], rows_now, now),
+                    signals=signals.used)

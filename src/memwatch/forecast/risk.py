@@ -146,49 +146,38 @@ def logistic_fit(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE, iters: int 
     return beta
 
 
-def checked_duplicates(duplicates, n: int) -> np.ndarray | None:
-    """float64 [n] duplicate counts (or None), checked finite and >= 0."""
-    if duplicates is None:
-        return None
-    dups = np.asarray(duplicates, np.float64).ravel()
-    if dups.shape != (n,) or (dups < 0).any() or not np.isfinite(dups).all():
-        raise ValueError(f"duplicates must be {n} finite counts >= 0; got shape {dups.shape}")
-    return dups
-
-
-def checked_clock(compute, steps: np.ndarray, total_steps: int) -> tuple[np.ndarray, float]:
-    """(clock of every probe, clock at total_steps): compute(...) checked cumulative."""
-    at = np.append(steps, total_steps)
-    values = np.asarray(compute(at), np.float64)
-    if values.shape != at.shape or not np.isfinite(values).all() or (values < 0).any():
-        raise ValueError(
-            "compute(steps) must return one finite value >= 0 per step (cumulative compute, "
-            f"e.g. the summed learning rate); got {values!r} for steps {at!r}"
-        )
-    if (np.diff(values) < 0).any() or values[-1] <= 0:
-        raise ValueError("compute must be cumulative: non-decreasing in the step, and > 0 "
-                         f"at total_steps; got {values!r} for steps {at!r}")
-    return values[:-1], float(values[-1])
 
 
 def risk_at(history, last: int, clock: np.ndarray, total: float, dups=None,
-            columns=None) -> RiskRanking:
+            columns=None, extra=None, total_step: int | None = None) -> RiskRanking:
     """The `RiskRanking` as known at probe index `last`, for training ending at clock `total`.
 
     `clock` (float64 [P], non-decreasing) is the time of every probe in the unit the
     horizon is measured in (steps or cumulative compute). Probes after `last` are
     ignored, so a caller can ask what the ranking said back then. `columns` is
-    ``tag_columns(history.tags)``, for callers that rank one history twice.
+    ``tag_columns(history.tags)``, for callers that rank one history twice. `extra`:
+    (names, features) with ``features(i, step)`` -> float [n, len(names)], more
+    features of every row at probe i looking ahead to `step` (the source probes look
+    ahead to probe `last`, the prediction to `total_step`), e.g.
+    `memwatch.forecast.signals.RowSignals.features`.
     """
     n = history.num_rows
     names, tag_cols = tag_columns(history.tags) if columns is None else columns
+    extra_names, extra_at = extra if extra is not None else ((), None)
     feature_names = ("prefix", "memorized", "trend", "nll", "nll_slope",
-                     *(("log_dups",) if dups is not None else ()), *(f"tag:{t}" for t in names))
+                     *(("log_dups",) if dups is not None else ()), *(f"tag:{t}" for t in names),
+                     *extra_names)
+
+    def features(i: int, step: int) -> np.ndarray:
+        x = _features(mp, nll, n_tok, clock, i, dups, tag_cols)
+        return x if extra_at is None else np.column_stack([x, extra_at(i, step)])
+
     if last < 0 or n == 0:
         z = np.zeros(n)
         return RiskRanking(z, np.zeros(n, bool), False, feature_names, np.zeros(0))
     mp, nll, n_tok = history.match_prefix, history.nll_signal(), float(history.cont_len)
-    now = _features(mp, nll, n_tok, clock, last, dups, tag_cols)
+    last_step = int(history.steps[last])
+    now = features(last, last_step if total_step is None else int(total_step))
     mem_last = mp[last] == history.cont_len
     if last >= 1 and clock[last] > 0:
         horizon = min(1.0, clock[last] / max(total, clock[last]))
@@ -198,8 +187,7 @@ def risk_at(history, last: int, clock: np.ndarray, total: float, dups=None,
         if len(src) == 0:
             src = np.array([int(np.argmin(np.abs(ratio - horizon)))])
         src = src[np.unique(np.round(np.linspace(0, len(src) - 1, MAX_SOURCES)).astype(int))]
-        x = np.concatenate([_features(mp, nll, n_tok, clock, int(i), dups, tag_cols)
-                            for i in src])
+        x = np.concatenate([features(int(i), last_step) for i in src])
         y = np.tile(mem_last.astype(np.float64), len(src))
         if 0 < y.sum() < len(y):
             mu, sd = x.mean(0), x.std(0)

@@ -8,6 +8,8 @@ and intermediate checkpoints of the target model, fitted with
 `memwatch.forecast.fits.fit_recall_curve`, plus their equi-compute comparison. Runs
 of the same (model, checkpoint) from different sources (a memwatch re-run and
 EleutherAI's published set) are compared with each other in an agreement table.
+Runs that carry log p_z (memwatch's, with NLL) also give (n,p)-extraction curves
+across checkpoints and a p_z histogram (Hayes et al. 2024; `memwatch.measures`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from memwatch.measures import CURVE_DRAWS, CURVE_PROBS, extraction_rates
 from memwatch.posthoc.results import (
     PYTHIA_TOKENS_PER_STEP,
     SOURCES,
@@ -72,6 +75,7 @@ class PairStats:
     correlation: float  # Pearson r of the scores on the shared rows
     source: str = "memwatch"  # one of memwatch.posthoc.results.SOURCES
     label: str = ""  # the run's label: key, plus the source when not memwatch
+    mean_pz: float = float("nan")  # mean probability of extraction (NaN without log p_z)
 
     @property
     def key(self) -> str:
@@ -161,6 +165,9 @@ class Analysis:
     equi_compute: tuple[EquiCompute, ...] = ()
     agreement: tuple[Agreement, ...] = ()
     tag_counts: tuple[TagCount, ...] = ()
+    # model -> [(revision, rates [len(CURVE_DRAWS), len(CURVE_PROBS)])], in training order
+    extraction: dict = field(default_factory=dict)
+    pz_histograms: dict = field(default_factory=dict)  # model -> (revision, edges, counts)
 
     def matrix(self, attr: str) -> tuple[list[str], list[str], np.ndarray]:
         """(rows, revisions, float [rows, revisions]) of a PairStats field, NaN if absent.
@@ -229,7 +236,29 @@ def compare(pred: Run, target: Run, tokens_per_step: int = PYTHIA_TOKENS_PER_STE
                      compute_of(pred, tokens_per_step), rows, memorized,
                      memorized / rows if pred.complete and rows else float("nan"),
                      precision, recall, _correlation(pred, target, universe), pred.source,
-                     pred.label)
+                     pred.label, _mean_pz(pred))
+
+
+def _measured(run: Run) -> np.ndarray | None:
+    """The run's log p_z of the rows that have one, or None."""
+    if run.log_pz is None:
+        return None
+    lp = run.log_pz[~np.isnan(run.log_pz)].astype(np.float64)
+    return lp if len(lp) else None
+
+
+def _mean_pz(run: Run) -> float:
+    lp = _measured(run)
+    return float("nan") if lp is None else float(np.exp(lp).mean())
+
+
+def pz_histogram(log_pz: np.ndarray, bins: int = 40,
+                 floor: float = -40.0) -> tuple[np.ndarray, np.ndarray]:
+    """(edges [bins + 1], counts [bins]) of log10 p_z from `floor` (lower values counted in
+    the first bin) to 0."""
+    log10 = np.clip(np.asarray(log_pz, np.float64) / np.log(10), floor, 0.0)
+    counts, edges = np.histogram(log10, bins=np.linspace(floor, 0.0, bins + 1))
+    return edges, counts
 
 
 def agree(other: Run, reference: Run) -> Agreement:
@@ -337,8 +366,17 @@ def analyze(runs: Sequence[Run], target: str, tokens_per_step: int = PYTHIA_TOKE
     if small_pred is not None and ckpt_pred is not None:
         equi = tuple(_equi(small_pred, ckpt_pred, i, target_compute)
                      for i in range(len(small_pred.keys)))
+    extraction: dict[str, list] = {}
+    pz_histograms: dict = {}
+    for run in sorted(chosen, key=lambda r: (r.step is None, r.step or 0, r.revision)):
+        lp = _measured(run)
+        if lp is not None:
+            extraction.setdefault(run.model, []).append(
+                (run.revision, extraction_rates(lp, CURVE_DRAWS, CURVE_PROBS)))
+            pz_histograms[run.model] = (run.revision, *pz_histogram(lp))  # the latest
     return Analysis(tgt.label, target_compute, tokens_per_step, pairs, histograms,
-                    small_pred, ckpt_pred, equi, agreements(runs), tag_counts(runs))
+                    small_pred, ckpt_pred, equi, agreements(runs), tag_counts(runs), extraction,
+                    pz_histograms)
 
 
 def _equi(small: Predictor, ckpts: Predictor, i: int, target_compute: float) -> EquiCompute:
@@ -375,5 +413,8 @@ def to_json(analysis: Analysis) -> str:
                          for e in analysis.equi_compute],
         "agreement": [{k: clean(v) for k, v in vars(a).items()} for a in analysis.agreement],
         "tag_counts": [vars(t) for t in analysis.tag_counts],
+        "extraction": {"n": list(CURVE_DRAWS), "p": list(CURVE_PROBS), "rates": {
+            model: {revision: rates.tolist() for revision, rates in curves}
+            for model, curves in analysis.extraction.items()}},
     }
     return json.dumps(data, indent=2, allow_nan=False, default=clean)

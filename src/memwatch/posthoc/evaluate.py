@@ -2,7 +2,8 @@
 
 One parquet per (model, revision) at ``<out>/<model name>/<revision>.parquet`` with
 columns ``index`` (the row's sequence index in the training data, or its watchlist
-position), ``id``, ``score``, ``match_prefix``, ``nll`` and ``tags``; the run's
+position), ``id``, ``score``, ``match_prefix``, ``nll``, ``tags`` and the extraction
+measures ``log_pz``, ``min_k_logprob``, ``zlib_ratio`` (with NLL, the default); the run's
 settings ride in the file's schema metadata under ``memwatch``
 (`memwatch.posthoc.results` owns the format). Rows come from a row source
 (`memwatch.posthoc.rows`): a watchlist in memory, or Pythia's data streamed batch by
@@ -38,7 +39,13 @@ import numpy as np
 import torch
 
 from memwatch.distributed import barrier, rank_world
-from memwatch.posthoc.results import FORMAT_VERSION, read_meta, results_table, step_of
+from memwatch.posthoc.results import (
+    FORMAT_VERSION,
+    MEASURE_COLUMNS,
+    read_meta,
+    results_table,
+    step_of,
+)
 from memwatch.posthoc.rows import PythiaRows, WatchlistRows
 from memwatch.probe import BatchSize, ProbeSpec, _probe
 from memwatch.prompt_groups import probe_rows
@@ -57,20 +64,23 @@ class Checkpoint:
 
     model: the model as given (hub id or local directory); name: its last path
     component, which names the results folder; path: the local directory to load,
-    or None for a hub checkpoint (loaded with ``revision=revision``).
+    or None for a hub checkpoint (loaded with ``revision=revision``); gguf_file: the
+    GGUF file inside that folder or hub repository (transformers' ``gguf_file=``, the
+    weights dequantized on load), or None.
     """
 
     model: str
     revision: str
     name: str
     path: str | None = None
+    gguf_file: str | None = None
 
     @property
     def key(self) -> str:
         return f"{self.name}@{self.revision}"
 
 
-_SPEC_FIELDS = ("prompt_len", "cont_len", "mode", "batch_size", "with_nll")
+_SPEC_FIELDS = ("prompt_len", "cont_len", "mode", "batch_size", "with_nll", "min_k")
 
 
 @dataclass(frozen=True, init=False)
@@ -113,7 +123,7 @@ class EvalConfig:
         s = self.spec
         return {"prompt_len": s.prompt_len, "cont_len": s.cont_len, "mode": s.mode,
                 "dtype": self.dtype, "batch_size": s.batch_size, "with_nll": s.with_nll,
-                "cache_dir": self.cache_dir, "device": self.device}
+                "cache_dir": self.cache_dir, "device": self.device, "min_k": s.min_k}
 
 
 def _revision_order(revision: str):
@@ -121,16 +131,28 @@ def _revision_order(revision: str):
     return (0, step, "") if step is not None else (1, 0, revision)
 
 
-def resolve_checkpoints(model: str, revisions: Sequence[str] | None = None) -> list[Checkpoint]:
+def resolve_checkpoints(model: str, revisions: Sequence[str] | None = None,
+                        gguf_file: str | None = None) -> list[Checkpoint]:
     """The checkpoints to evaluate for `model` (hub id or local dir), in training order.
 
     Local suite: ``revisions`` name subdirectories of `model` (all of them that hold
     a ``config.json`` when none are given). Hub id: ``revisions`` pass through
-    (default ``main``). Raises ValueError naming a missing local revision.
+    (default ``main``). With `gguf_file` a local `model` is one checkpoint, the
+    folder holding that file (named after the file). Raises ValueError naming a
+    missing local revision or GGUF file.
     """
     revisions = list(revisions or [])
     local = Path(model)
     name = local.name or str(model)
+    if gguf_file is not None:
+        name = Path(gguf_file).stem
+        if local.is_dir():
+            if not (local / gguf_file).is_file():
+                raise ValueError(f"no GGUF file {gguf_file!r} in {model}")
+            if revisions and revisions != ["main"]:
+                raise ValueError(f"{model}/{gguf_file} is a single checkpoint, so it has no "
+                                 f"revisions {revisions}")
+            return [Checkpoint(model, "main", name, str(local), gguf_file)]
     if local.is_dir():
         if (local / "config.json").is_file():
             if revisions and revisions != ["main"]:
@@ -153,7 +175,7 @@ def resolve_checkpoints(model: str, revisions: Sequence[str] | None = None) -> l
     if local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1 \
             or (local.parent != Path(".") and local.parent.is_dir()):
         raise ValueError(_no_local_model(model, local))
-    return [Checkpoint(model, r, name) for r in (revisions or ["main"])]
+    return [Checkpoint(model, r, name, None, gguf_file) for r in (revisions or ["main"])]
 
 
 def _no_local_model(model: str, local: Path) -> str:
@@ -177,9 +199,10 @@ def result_path(out: str | os.PathLike, ckpt: Checkpoint) -> Path:
 
 
 def _load_args(ckpt: Checkpoint, config: EvalConfig) -> tuple[str, dict]:
+    gguf = {"gguf_file": ckpt.gguf_file} if ckpt.gguf_file else {}
     if ckpt.path is not None:
-        return ckpt.path, {}
-    return ckpt.model, {"revision": ckpt.revision, "cache_dir": config.cache_dir}
+        return ckpt.path, gguf
+    return ckpt.model, {"revision": ckpt.revision, "cache_dir": config.cache_dir, **gguf}
 
 
 def check_inputs(checkpoints: Sequence[Checkpoint], rows: RowSource,
@@ -239,7 +262,7 @@ def fingerprint(rows: RowSource, config: EvalConfig) -> str:
     h = hashlib.sha256()
     spec = config.spec
     h.update(json.dumps([spec.prompt_len, spec.cont_len, spec.mode, config.dtype,
-                         spec.with_nll]).encode())
+                         spec.with_nll, spec.min_k, MEASURE_COLUMNS]).encode())
     rows.update_fingerprint(h, spec.total_len)
     return h.hexdigest()
 
@@ -346,8 +369,10 @@ def _score_slice(model, rows: RowSource, start, end, rank_dir, meta, config, bar
         lens = rows.prompt_lens(done, hi) if hasattr(rows, "prompt_lens") else None
         res = probe_rows(model, tokens, lens, spec, _probe, sizer)
         nll = res.nll if res.nll is not None else torch.full((hi - done,), float("nan"))
+        measures = {name: getattr(res, name).numpy() for name in MEASURE_COLUMNS
+                    if getattr(res, name) is not None}
         table = results_table(index, ids, tags, res.scores.numpy(), res.match_prefix.numpy(),
-                              nll.float().numpy(), meta)
+                              nll.float().numpy(), meta, measures)
         _write_atomic(table, rank_dir / f"{done:012d}-{hi:012d}.parquet")
         bar.update(hi - done)
         done = hi

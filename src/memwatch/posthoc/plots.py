@@ -1,4 +1,5 @@
-"""PNG plots of an `Analysis`: heatmaps, score histograms, memorized fraction, recall vs compute.
+"""PNG plots of an `Analysis`: heatmaps, score histograms, memorized fraction, recall vs
+compute, (n,p)-extraction curves and p_z histograms.
 
 Drawn the one way memwatch draws (`memwatch.figures`): a Figure on its own Agg canvas,
 never pyplot, so no display is needed and the user's backend is left alone.
@@ -12,7 +13,10 @@ import numpy as np
 
 from memwatch.figures import new_figure as _figure
 from memwatch.figures import save_png as _save
+from memwatch.measures import CURVE_DRAWS, CURVE_PROBS
 from memwatch.posthoc.analysis import Analysis, Predictor
+
+CURVE_PROB = 0.9  # the p of the plotted (n,p) curves: n samples reproduce z with p >= 0.9
 
 
 def heatmap(analysis: Analysis, attr: str, path: Path, title: str) -> Path:
@@ -121,6 +125,55 @@ def recall_vs_compute(analysis: Analysis, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _no_data(fig, text: str):
+    ax = fig.add_subplot()
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.set_axis_off()
+
+
+def extraction_curves(analysis: Analysis, path: Path, p: float = CURVE_PROB) -> Path:
+    """Write the (n,p)-extraction rate vs n at one p, one panel per model, one line per
+    checkpoint (Hayes et al. 2024)."""
+    curves = analysis.extraction
+    fig = _figure(6.4, max(2.5, 2.2 * max(1, len(curves))))
+    if not curves:
+        _no_data(fig, "no run with log p_z (memwatch eval with NLL)")
+        return _save(fig, path)
+    j = CURVE_PROBS.index(p)
+    axes = fig.subplots(len(curves), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (model, runs) in zip(axes, curves.items(), strict=True):
+        colors = [None] * len(runs) if len(runs) < 2 else \
+            [(0.1 + 0.8 * i / (len(runs) - 1), 0.3, 0.9 - 0.8 * i / (len(runs) - 1))
+             for i in range(len(runs))]
+        for (revision, rates), color in zip(runs, colors, strict=True):
+            ax.plot(CURVE_DRAWS, rates[:, j], marker=".", label=revision, color=color)
+        ax.set_xscale("log", base=2)
+        ax.set_ylabel("rate")
+        ax.set_title(model, fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+    axes[-1].set_xlabel(f"n, samples drawn (a row counts when they reproduce it with "
+                        f"probability >= {p:g})")
+    return _save(fig, path)
+
+
+def pz_histograms(analysis: Analysis, path: Path) -> Path:
+    """Write one histogram of log10 p_z per model (its last checkpoint with log p_z)."""
+    hists = analysis.pz_histograms
+    fig = _figure(6.4, max(2.5, 1.6 * max(1, len(hists))))
+    if not hists:
+        _no_data(fig, "no run with log p_z (memwatch eval with NLL)")
+        return _save(fig, path)
+    axes = fig.subplots(len(hists), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (model, (revision, edges, counts)) in zip(axes, hists.items(), strict=True):
+        ax.bar((edges[:-1] + edges[1:]) / 2, counts, width=np.diff(edges), color="tab:green")
+        ax.set_yscale("log")
+        ax.set_ylabel("sequences")
+        ax.set_title(f"{model}@{revision}", fontsize=9)
+    axes[-1].set_xlabel(f"log10 p_z (probability of extraction; the first bin holds everything "
+                        f"<= {edges[0]:g})")
+    return _save(fig, path)
+
+
 def render_all(analysis: Analysis, out: str | Path) -> dict[str, Path]:
     """Write every plot under `out`; returns {name: path}."""
     out = Path(out)
@@ -134,4 +187,6 @@ def render_all(analysis: Analysis, out: str | Path) -> dict[str, Path]:
         "fraction": memorized_fraction(analysis, out / "memorized_fraction.png"),
         "histograms": score_histograms(analysis, out / "score_histograms.png"),
         "recall_vs_compute": recall_vs_compute(analysis, out / "recall_vs_compute.png"),
+        "extraction": extraction_curves(analysis, out / "extraction_curves.png"),
+        "pz_histograms": pz_histograms(analysis, out / "pz_histograms.png"),
     }

@@ -24,10 +24,11 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _pairs_table(analysis: Analysis) -> str:
     rows = [[p.model, p.revision, p.source, _num(p.params, ",d") if p.params else "n/a",
              _num(p.compute, ".3g"), str(p.rows), str(p.memorized), _num(p.fraction, ".4f"),
-             _num(p.precision), _num(p.recall), _num(p.correlation)] for p in analysis.pairs]
+             _num(p.precision), _num(p.recall), _num(p.correlation), _num(p.mean_pz, ".3g")]
+            for p in analysis.pairs]
     return _table(["model", "checkpoint", "source", "params", "compute (FLOPs)", "rows",
                    "memorized",
-                   "fraction", "precision", "recall", "correlation"], rows)
+                   "fraction", "precision", "recall", "correlation", "mean p_z"], rows)
 
 
 def _agreement_table(analysis: Analysis) -> str:
@@ -79,6 +80,15 @@ def render_markdown(analysis: Analysis, plots: dict[str, Path], base: Path) -> s
         "One histogram per model at its last checkpoint (log counts); on Pythia the mass sits "
         "at 0 and 1 (Biderman et al. 2023).",
         img("histograms", "score histograms"),
+        "## Probability of extraction",
+        "p_z is the probability that the model, sampling, writes a row's true continuation "
+        "after its prompt; a row is (n,p)-extractable when n samples reproduce it with "
+        "probability at least p, 1 − (1 − p_z)^n ≥ p (Hayes et al. 2024; definitions in "
+        "docs/concepts.md). Rate vs n per checkpoint, then the p_z of the last checkpoint. "
+        "Needs runs with log p_z (memwatch eval with NLL, the default); mean p_z is in the "
+        "table above.",
+        img("extraction", "(n,p)-extraction curves"),
+        img("pz_histograms", "p_z histograms"),
         "## Recall vs compute",
         f"- smaller models: {_predictor_text(analysis.smaller_models)}",
         f"- intermediate checkpoints: {_predictor_text(analysis.checkpoints)}",

@@ -4,7 +4,9 @@ The one place that knows how results are laid out on disk. Every reader returns 
 `Run` (one model at one checkpoint) that carries its source:
 
 - ``memwatch``: the parquet files `memwatch eval` writes, one per (model, revision),
-  columns ``index``, ``id``, ``score``, ``match_prefix``, ``nll``, ``tags``; the run's
+  columns ``index``, ``id``, ``score``, ``match_prefix``, ``nll``, ``tags`` and the
+  extraction measures `MEASURE_COLUMNS` (``log_pz``, ``min_k_logprob``, ``zlib_ratio``,
+  each defined in `memwatch.measures` and docs/concepts.md; NaN without NLL); the run's
   settings in the schema metadata under ``memwatch`` (`results_table`, `read_meta`).
 - ``pythia-csv``: what EleutherAI's ``predictable-memorization/eval_memorization.py``
   writes, ``memorization_<MODEL>_<STEP>/rank-<R>.csv`` (or ``memorization_<MODEL>_<STEP>.csv``),
@@ -51,6 +53,8 @@ from memwatch.watchlist.pythia import (  # noqa: F401  (re-exported for readers)
 )
 
 FORMAT_VERSION = 1
+# Per-row extraction measures in memwatch's results (`ProbeResult` fields of the same names).
+MEASURE_COLUMNS = ("log_pz", "min_k_logprob", "zlib_ratio")
 SOURCES = ("memwatch", "pythia-csv", "memorized-evals")
 _STEP = re.compile(r"^step(\d+)$")
 _PYTHIA_NAME = re.compile(r"pythia-(\d+(?:\.\d+)?[mb])(-deduped)?(?:-v0)?$", re.I)
@@ -86,6 +90,8 @@ class Run:
     listed row is memorized and `complete` is False). source: one of `SOURCES`;
     variant: ``"new"`` for the ``.new`` memorized-evals splits, else ``""``.
     tags: each row's watchlist tags (memwatch results of a watchlist), else None.
+    log_pz: float32 [n] log p_z (`memwatch.measures`), or None where the source has none
+    (NaN for rows probed without NLL).
     """
 
     model: str
@@ -99,6 +105,7 @@ class Run:
     files: tuple[str, ...]
     variant: str = ""
     tags: tuple[tuple[str, ...], ...] | None = field(default=None, repr=False)
+    log_pz: np.ndarray | None = None
 
     @property
     def key(self) -> str:
@@ -118,7 +125,7 @@ class Run:
 
 
 def _make_run(model, revision, params, index, memorized, scores, source, files,
-              variant="", tags=None) -> Run:
+              variant="", tags=None, log_pz=None) -> Run:
     index = np.asarray(index, np.int64)
     order = np.argsort(index, kind="stable")
     index = index[order]
@@ -130,7 +137,8 @@ def _make_run(model, revision, params, index, memorized, scores, source, files,
                index, np.asarray(memorized, bool)[order],
                None if scores is None else np.asarray(scores, np.float32)[order], source,
                tuple(str(f) for f in files), variant,
-               None if tags is None else tuple(tuple(tags[i] or ()) for i in order))
+               None if tags is None else tuple(tuple(tags[i] or ()) for i in order),
+               None if log_pz is None else np.asarray(log_pz, np.float32)[order])
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,10 +146,16 @@ def _make_run(model, revision, params, index, memorized, scores, source, files,
 # --------------------------------------------------------------------------------------------
 
 
-def results_table(index, ids, tags, scores, match_prefix, nll, meta: dict):
-    """A pyarrow Table of scored rows in memwatch's results format, `meta` in its schema."""
+def results_table(index, ids, tags, scores, match_prefix, nll, meta: dict,
+                  measures: dict | None = None):
+    """A pyarrow Table of scored rows in memwatch's results format, `meta` in its schema.
+
+    `measures` maps each of `MEASURE_COLUMNS` to float [n] (a missing one is NaN).
+    """
     import pyarrow as pa
 
+    n = len(np.asarray(scores))
+    measures = measures or {}
     table = pa.table({
         "index": pa.array(np.asarray(index, np.int64)),
         "id": pa.array(list(ids), pa.string()),
@@ -149,6 +163,8 @@ def results_table(index, ids, tags, scores, match_prefix, nll, meta: dict):
         "match_prefix": pa.array(np.asarray(match_prefix, np.int16)),
         "nll": pa.array(np.asarray(nll, np.float32)),
         "tags": pa.array([list(t) for t in tags], pa.list_(pa.string())),
+        **{name: pa.array(np.asarray(measures[name], np.float32) if name in measures
+                          else np.full(n, np.nan, np.float32)) for name in MEASURE_COLUMNS},
     })
     return table.replace_schema_metadata({"memwatch": json.dumps(meta)})
 
@@ -182,14 +198,18 @@ def read_memwatch(paths: Sequence[Path], meta: dict) -> Run:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with_tags = all("tags" in pq.read_schema(p).names for p in paths)
-    columns = ["index", "score", "match_prefix"] + (["tags"] if with_tags else [])
+    names = [set(pq.read_schema(p).names) for p in paths]
+    with_tags = all("tags" in n for n in names)
+    has_log_pz = all("log_pz" in n for n in names)  # absent in files written before it
+    columns = ["index", "score", "match_prefix"] + (["tags"] if with_tags else []) \
+        + (["log_pz"] if has_log_pz else [])
     table = pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
     prefix = table["match_prefix"].to_numpy()
     return _make_run(meta.get("name") or Path(meta["model"]).name, meta["revision"],
                      meta.get("params"), table["index"].to_numpy(),
                      prefix >= int(meta["cont_len"]), table["score"].to_numpy(), "memwatch",
-                     paths, tags=table["tags"].to_pylist() if with_tags else None)
+                     paths, tags=table["tags"].to_pylist() if with_tags else None,
+                     log_pz=table["log_pz"].to_numpy() if has_log_pz else None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ class WandbSink(Sink):
         self._owns_run = False
         self._started = False
         self._warned = False
+        self._failed: dict[str, int] = {}  # what W&B could not do -> times
         self._local: LocalSink | None = None
         self._partial_step: int | None = None
         self._new_rows = None
@@ -143,6 +144,17 @@ class WandbSink(Sink):
                 self._guard("flush the last row", lambda: run.log({}, commit=True))
         if self._local is not None:
             self._local.close()
+
+    def lost(self) -> str:
+        """What W&B did not get (each thing it could not do, counted) and what the local copy
+        could not write; "" when nothing was lost."""
+        parts = [f"W&B could not {what} ({n}x)" for what, n in self._failed.items()]
+        local = self._local.lost() if self._local is not None else ""
+        if local:
+            parts.append(local)
+        elif parts and self._local is not None:
+            parts.append(f"every record is in the local copy {self._local.records_path}")
+        return "; ".join(parts)
 
     # ---- the run ------------------------------------------------------------------------------
     @property
@@ -272,6 +284,7 @@ class WandbSink(Sink):
             self._fail(what, err)
 
     def _fail(self, what: str, err: Exception) -> None:
+        self._failed[what] = self._failed.get(what, 0) + 1
         self.local.write("sink_error", sink="wandb", action=what,
                          error=f"{type(err).__name__}: {err}")
         if not self._warned:

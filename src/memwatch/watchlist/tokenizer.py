@@ -16,18 +16,23 @@ def describe(tokenizer) -> dict | None:
     """``{"name", "fingerprint", "size"}`` of a tokenizer, or None when it has no vocabulary.
 
     fingerprint: 16 hex digits of SHA-256 over the sorted (token, id) pairs of
-    ``get_vocab()`` (added tokens included), so two tokenizers agree exactly when they
-    map the same strings to the same ids. name: ``name_or_path`` ("" when unnamed).
+    ``get_vocab()`` below the base vocabulary's size (``tokenizer.vocab_size``: tokens
+    added later, such as a pad token, get ids above it and leave the fingerprint as it
+    was), so two tokenizers agree when they map the same strings to the same ids.
+    size: that base size. name: ``name_or_path`` ("" when unnamed).
     """
     get_vocab = getattr(tokenizer, "get_vocab", None)
     if not callable(get_vocab):
         return None
     vocab = get_vocab()
+    base = getattr(tokenizer, "vocab_size", None)
+    base = base if isinstance(base, int) and base > 0 else len(vocab)
     digest = hashlib.sha256()
     for token, i in sorted(vocab.items()):
-        digest.update(f"{token}\x00{int(i)}\x01".encode("utf-8", "surrogatepass"))
+        if int(i) < base:
+            digest.update(f"{token}\x00{int(i)}\x01".encode("utf-8", "surrogatepass"))
     return {"name": str(getattr(tokenizer, "name_or_path", "") or ""),
-            "fingerprint": digest.hexdigest()[:16], "size": len(vocab)}
+            "fingerprint": digest.hexdigest()[:16], "size": base}
 
 
 def checked(info, where: str) -> dict | None:
