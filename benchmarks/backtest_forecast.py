@@ -7,36 +7,35 @@ seen only in the first 30 % ("early-only"). Two learning-rate schedules: a cosin
 to 10 %, as Pythia's, and warmup-stable-decay (5 % warmup, constant, a linear decay to 0
 over the last 15 %: rows seen in the decay become more extractable than earlier ones).
 Every ``steps / probes`` steps the planted rows are probed (``mode="extractable"``, with
-NLL). Trained runs are saved with ``--cache DIR`` (npz, no pickle) so the forecasts can
-be re-run without training. Defaults: 600 steps, 312 rows, 30 probes, hidden size 96,
-seeds 200 201 202 (seeds 0-14 and 100-104 ran on an earlier version of this stream, 0-6
-chose the combination's constants; 200 was looked at while building this version).
-Training takes about 2.5 min per seed and schedule on 2 CPU cores with little else
-running, 10 min when they are shared with other work.
+NLL; log p_z and min-k % are recorded beside it). Trained runs are saved with ``--cache
+DIR`` (npz, no pickle) so the forecasts can be re-run without training. Defaults: 600
+steps, 312 rows, 30 probes, hidden size 96, seeds 200 201 202. Seed 200 tuned the
+combination (seeds 0-14, 100-104 and 200-203 ran on earlier versions); 411-413 were
+evaluated once, after tuning. One training run takes 15-20 min of wall time on 2 CPU
+cores shared by 8 developers (under 2 CPU minutes), the forecasts of one run 4-5 min.
 
 Per seed and schedule, at a stop of 16 / 25 / 30 / 50 / 75 % of training, from the
 history up to that step:
 
-- the count (at 25 / 50 / 75 %): expected_final_memorized [interval] vs. the true final
-  count, its relative error, whether the interval covers the truth, whether a decay lies
-  ahead that the probes have not seen begin (``decay ahead``: the forecast is given the
-  schedule's ``learning_rate``), the estimates with their weights; and the error with
-  the cumulative learning rate as the clock, with probes without the continuation's
-  NLL (``first-token NLL``, what a monitor with the default probes has), and with each
-  row's first-seen step given (``first_seen``: the ratio method's recall is then the
-  paper's, over rows seen);
-- the rows, judged the paper's way, over the rows seen by the stop: precision / recall
-  against the final memorized set of "memorized now" (the paper's predictor), of the
-  ranking by `Forecast.end_probability` cut at the same precision (read off its
+- the count (at 25 / 50 / 75 %), for each of VARIANTS (what the forecast is told; the
+  first in full, the others as their error): expected final count [interval] vs. the true
+  final count, its relative error, whether the interval covers the truth, its upper /
+  lower ratio and interval score (Gneiting & Raftery 2007, over the truth), whether a
+  decay lies ahead that the probes have not seen begin (``decay ahead``), the estimates
+  with their weights, and the signals the forecast used;
+- the rows (told HEADLINE), judged the paper's way, over the rows seen by the stop:
+  precision / recall against the final memorized set of "memorized now" (the paper's
+  predictor), of the ranking by `Forecast.end_probability` cut at the same precision (read off its
   precision-recall curve; ``nan`` when fewer than 5 rows are memorized now), cut at
   precision 0.9, and cut at p >= 0.5 (a decision the user can take without the truth);
   the expected calibration error of the probabilities over all rows (10 bins).
 
-The summary counts, per schedule, clock and stop, the seeds whose final-count forecast
-fell within ±25 % and whose interval held the truth, and averages the per-row figures.
+The summary counts, per schedule, variant and stop, the seeds whose final-count forecast
+fell within ±25 % and whose interval held the truth, with the interval's median upper /
+lower ratio and mean interval score, and averages the per-row figures.
 
 Run: ``python benchmarks/backtest_forecast.py [--seeds S ...] [--schedules cosine wsd]
-[--cache DIR]``.
+[--variants ...] [--cache DIR] [--train-only]``.
 """
 
 from __future__ import annotations

