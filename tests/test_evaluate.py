@@ -86,7 +86,8 @@ def test_eval_writes_reference_scores_for_every_checkpoint(suite, evaluated):
                 logits = model(rows).logits[:, 31:63].float()
             lp = torch.log_softmax(logits, -1).gather(-1, rows[:, 32:64, None])[..., 0].double()
             close = dict(rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(cols["log_pz"], lp.sum(1).numpy(), **close)
+            # a sum of 32 log-probs, each within ~1e-6 of the plain forward's (other batches)
+            np.testing.assert_allclose(cols["log_pz"], lp.sum(1).numpy(), rtol=1e-5, atol=1e-4)
             np.testing.assert_allclose(cols["min_k_logprob"],
                                        lp.sort(1).values[:, :6].mean(1).numpy(), **close)
             np.testing.assert_allclose(np.array(cols["nll"]) / np.array(cols["zlib_ratio"]),

@@ -60,7 +60,9 @@ def test_overlaps_keep_the_stronger_hit():
 def test_entities_filter_and_unknown_entity():
     text, _ = _planted_text("EMAIL_ADDRESS")
     assert find_pii(text, ["URL"], backend="regex") == []
-    with pytest.raises(ValueError, match="unknown PII entities.*PERSON"):
+    with pytest.raises(ValueError, match="unknown PII entities.*NAME"):
+        find_pii(text, ["NAME"])
+    with pytest.raises(ValueError, match="PERSON.*spaCy NER model: pass ner_model="):
         find_pii(text, ["PERSON"])
     with pytest.raises(ValueError, match="backend"):
         find_pii(text, backend="spacy")
@@ -132,14 +134,62 @@ def test_scan_pii_rows_continue_with_the_pii(tiny_tokenizer, entity):
     assert again.ids == wl.ids[::-1] and again.texts is None
 
 
-def test_scan_pii_skips_hits_without_room(tiny_tokenizer):
+def test_scan_pii_skips_hits_without_room_without_short_records(tiny_tokenizer):
     early = "mail " + PLANTED["EMAIL_ADDRESS"] + " " + _filler(random.Random(1), 80)
     late, _ = _planted_text("URL")
     with pytest.warns(UserWarning, match="skipped 1 PII hits"):
-        wl = Watchlist.scan_pii([early, late], tiny_tokenizer)
-    assert wl.tags == [("pii:URL",)]
+        wl = Watchlist.scan_pii([early, late], tiny_tokenizer, short_records=False)
+    assert wl.tags == [("pii:URL",)] and wl.prompt_lens == [32]
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="found no usable PII"):
-        Watchlist.scan_pii([early], tiny_tokenizer)
+        Watchlist.scan_pii([early], tiny_tokenizer, short_records=False)
+
+
+def test_short_records_get_a_document_start_row(tiny_tokenizer, tmp_path):
+    email = PLANTED["EMAIL_ADDRESS"]
+    csv_row = f"17,Maria,{email},NY"  # short on both sides
+    early = "mail " + email + " " + _filler(random.Random(1), 80)  # short prompt only
+    late, _ = _planted_text("EMAIL_ADDRESS")  # room on both sides
+    wl = Watchlist.scan_pii([csv_row, early, late], tiny_tokenizer, backend="regex")
+    M, eos = 32, tiny_tokenizer.eos_token_id
+    assert wl.prompt_lens[2] == M and wl.prompt_lens[0] < M and wl.prompt_lens[1] < M
+    for i, text in enumerate([csv_row, early]):
+        p, row = wl.prompt_lens[i], wl.tokens[i].tolist()
+        # the padding and the document start: the separator; then the record up to the PII
+        assert row[:M - p + 1] == [eos] * (M - p + 1) and eos not in row[M - p + 1:M]
+        shown = tiny_tokenizer.decode(row[M - p + 1:M]) + tiny_tokenizer.decode(row[M:])
+        assert shown.startswith(text[:text.index(email)] + email)
+    # the CSV row's continuation: the rest of the record, then the separator to the end
+    record = tiny_tokenizer(csv_row, add_special_tokens=False)["input_ids"]
+    rest = len(record) - (wl.prompt_lens[0] - 1)
+    assert wl.tokens[0, M + rest:].tolist() == [eos] * (32 - rest)
+    for i in range(3):  # span_tokens: the PII's own tokens, no fewer
+        k = wl.span_tokens[i]
+        assert email in tiny_tokenizer.decode(wl.tokens[i, M:M + k].tolist())
+        assert email not in tiny_tokenizer.decode(wl.tokens[i, M:M + k - 1].tolist())
+    back = Watchlist.load(wl.save(tmp_path / "wl"))
+    assert back.prompt_lens == wl.prompt_lens and back.span_tokens == wl.span_tokens
+    other = Watchlist.from_tokens(wl.tokens[:1], ids=["plain"])
+    assert (wl.select([0]) + other).prompt_lens == wl.prompt_lens[:1] + [None]
+
+
+class _NoEos:
+    """A tokenizer without an end-of-document token."""
+
+    eos_token_id = None
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, *args, **kwargs):
+        return self.tokenizer(*args, **kwargs)
+
+
+def test_short_records_need_a_document_separator(tiny_tokenizer):
+    text = "write to " + PLANTED["EMAIL_ADDRESS"]
+    with pytest.raises(ValueError, match="pass eos_token_id=.*short_records=False"):
+        Watchlist.scan_pii([text], _NoEos(tiny_tokenizer), backend="regex")
+    wl = Watchlist.scan_pii([text], _NoEos(tiny_tokenizer), backend="regex", eos_token_id=7)
+    assert wl.tokens[0, 32 - wl.prompt_lens[0]] == 7
 
 
 def _varied_corpus(n=24, seed=0):

@@ -33,8 +33,8 @@ class RowReport:
 class Alert:
     """Something a person should look at; `text` never holds raw watchlist text."""
 
-    # "memorized" | "fraction" | "forecast" | "epsilon" | "mask" | "abort" | "probe_failed"
-    # | "resume_mismatch"
+    # "memorized" | "leaked" | "fraction" | "forecast" | "epsilon" | "mask" | "abort" |
+    # "probe_failed" | "resume_mismatch"
     kind: str
     level: str  # "INFO" | "WARN" | "ERROR" (wandb.AlertLevel names)
     title: str
@@ -49,6 +49,7 @@ class ProbeRecord:
 
     `metrics` keys are flat names such as ``memorized_count``,
     ``memorized_fraction``, ``memorized_fraction/pii:EMAIL_ADDRESS``,
+    ``leaked_count/pii:EMAIL_ADDRESS`` (rows whose PII came out verbatim),
     ``mean_score``, ``mean_match_prefix``, ``probe_seconds``, ``overhead``,
     ``forecast/expected_final_memorized``, ``audit/epsilon_lb``, and with ``with_nll``
     the probability of extraction ``mean_pz`` and (n, p) rates such as
@@ -89,7 +90,8 @@ def probe_metrics(history, tags: Sequence[str], forecast=None, *,
                   train_seconds: float = 0.0) -> dict[str, float]:
     """The `ProbeRecord.metrics` of the latest probe in `history`.
 
-    tags: the tags to count rows of (``memorized_count/<tag>``, ``memorized_fraction/<tag>``).
+    tags: the tags to count rows of (``memorized_count/<tag>``, ``memorized_fraction/<tag>``,
+        and for tags of PII rows ``leaked_count/<tag>``, ``leaked_fraction/<tag>``).
     forecast: a `memwatch.forecast.Forecast` (its all-rows ``forecast/*`` numbers), or None.
     probe_seconds: the probe's own time; with it come ``probe_seconds`` and ``overhead``,
         the monitor's seconds (this probe's included) over training's (NaN before any).
@@ -104,10 +106,17 @@ def probe_metrics(history, tags: Sequence[str], forecast=None, *,
     if probe_seconds is not None:
         metrics["probe_seconds"] = probe_seconds
         metrics["overhead"] = monitor_seconds / train_seconds if train_seconds else float("nan")
+    leaked = history.leaked[-1]
+    has_span = history.span_tokens > 0
+    if has_span.any():
+        metrics["leaked_count"] = float(leaked.sum())
     for tag in tags:
         rows = history.tag_mask(tag)
         metrics[f"memorized_count/{tag}"] = float(mem[rows].sum())
         metrics[f"memorized_fraction/{tag}"] = float(mem[rows].mean())
+        if has_span[rows].any():  # a tag of PII rows (one per entity): leaked beside memorized
+            metrics[f"leaked_count/{tag}"] = float(leaked[rows].sum())
+            metrics[f"leaked_fraction/{tag}"] = float(leaked[rows].mean())
     log_pz = history.log_pz[-1]
     summary = extraction_summary(log_pz)  # empty unless the probe measured log p_z
     metrics.update(summary)

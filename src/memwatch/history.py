@@ -23,10 +23,17 @@ _NO_LOG_PZ = np.float32(np.nan)
 class History:
     """Accumulates `ProbeResult`s step by step (``update``); answers are derived."""
 
-    def __init__(self, ids: Sequence[str], tags: Sequence[Sequence[str]], cont_len: int = CONT_LEN):
+    def __init__(self, ids: Sequence[str], tags: Sequence[Sequence[str]], cont_len: int = CONT_LEN,
+                 span_tokens: Sequence[int | None] | None = None):
         if cont_len > 255:
             raise ValueError(f"History stores counts as uint8; cont_len={cont_len} exceeds 255")
+        if span_tokens is not None and len(span_tokens) != len(ids):
+            raise ValueError(f"{len(span_tokens)} span_tokens for {len(ids)} rows")
         self.ids = list(ids)
+        # Tokens of each row's PII (0: the row has none, and never leaks); see `leaked`.
+        self.span_tokens = np.array([0 if s is None else int(s) for s in span_tokens]
+                                    if span_tokens is not None else np.zeros(len(self.ids)),
+                                    dtype=np.int64)
         self.tags = [tuple(t) for t in tags]
         self._tag_masks: dict[str, np.ndarray] = {}
         self.cont_len = int(cont_len)
@@ -114,6 +121,12 @@ class History:
         return self.match_prefix == self.cont_len
 
     @property
+    def leaked(self) -> np.ndarray:
+        """bool [P, n]: the row's PII reproduced verbatim (``match_prefix >= span_tokens``);
+        False for rows without a PII span."""
+        return (self.match_prefix >= self.span_tokens) & (self.span_tokens > 0)
+
+    @property
     def scores(self) -> np.ndarray:
         """float32 [P, n]: Pythia score (exact probes) or match_prefix / N (extractable)."""
         return self._count[: self._len].astype(np.float32) / self.cont_len
@@ -164,7 +177,7 @@ class History:
 
     def head(self, k: int) -> History:
         """A new History holding only the first `k` probes (what was known back then)."""
-        h = History(self.ids, self.tags, cont_len=self.cont_len)
+        h = History(self.ids, self.tags, cont_len=self.cont_len, span_tokens=self.span_tokens)
         h._steps = self._steps[:k].copy()
         h._modes = self._modes[:k]
         h._prefix = self._prefix[:k].copy()
@@ -181,6 +194,7 @@ class History:
             "ids": list(self.ids),
             "tags": [list(t) for t in self.tags],
             "cont_len": self.cont_len,
+            "span_tokens": torch.from_numpy(self.span_tokens.copy()),
             "steps": torch.from_numpy(self.steps.copy()),
             "modes": list(self._modes),
             "match_prefix": torch.from_numpy(self.match_prefix.copy()),
@@ -199,6 +213,8 @@ class History:
             )
         _check_arrays(state)
         self.cont_len = int(state["cont_len"])
+        if "span_tokens" in state:  # saved before memwatch knew PII spans: keep the current
+            self.span_tokens = state["span_tokens"].numpy().astype(np.int64).copy()
         self._steps = state["steps"].numpy().astype(np.int64).copy()
         self._modes = list(state["modes"])
         self._prefix = state["match_prefix"].numpy().astype(np.uint8).copy()

@@ -50,6 +50,7 @@ from memwatch.lm import device_of, eos_ids, vocab_size
 from memwatch.masking import FlaggedWindows, MaskSpec
 from memwatch.policy import AbortPolicy, Verdict, evaluate
 from memwatch.probe import BatchSize, ProbeSpec
+from memwatch.prompt_groups import probe_rows
 from memwatch.resume import compare_resumed, resume_sample
 from memwatch.schedule import Schedule
 from memwatch.sinks.fanout import Fanout
@@ -179,7 +180,8 @@ class MemWatch:
         self._flagged: tuple[int, ...] = ()
         self._flagged_ids: tuple[str, ...] = ()
         self._windows: FlaggedWindows | None = None
-        self.history = History(watchlist.ids, watchlist.tags, cont_len=spec.cont_len)
+        self.history = History(watchlist.ids, watchlist.tags, cont_len=spec.cont_len,
+                               span_tokens=watchlist.span_tokens)
         self.exposure_log = ExposureLog(len(watchlist))
         self._tags = tag_set(watchlist.tags)
         self._sent: frozenset[str] = frozenset()
@@ -307,8 +309,10 @@ class MemWatch:
     def _probe(self, model: torch.nn.Module, step: int, mode: str) -> Decision:
         t0 = time.perf_counter()
         try:
-            result = distributed.probe_sharded(unwrap(model), self.watchlist.tokens,
-                                               replace(self.spec, mode=mode), self._batch_size)
+            # Short-record PII rows have shorter prompts: probed in groups, never padded.
+            result = probe_rows(unwrap(model), self.watchlist.tokens, self.watchlist.prompt_lens,
+                                replace(self.spec, mode=mode), distributed.probe_sharded,
+                                self._batch_size)
         except distributed.ProbeFailed as err:  # every rank gets it: all skip this probe
             return self._skipped(step, err, time.perf_counter() - t0)
         probe_seconds = time.perf_counter() - t0

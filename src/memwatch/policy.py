@@ -1,6 +1,7 @@
 """When to alert, mask and stop: `AbortPolicy` (config) and `evaluate` (a pure function).
 
-Four triggers, checked at every probe: a row with a watched tag is memorized;
+Four triggers, checked at every probe: a row with a watched tag is memorized (or,
+for PII rows, leaked: the PII's own tokens reproduced verbatim);
 the memorized fraction of a tag pattern passes a threshold; the forecast of
 the final memorized count passes a budget; the one-run ε lower bound of the audit
 canaries passes a privacy budget (`memwatch.audit`). Each alert is sent once per run
@@ -28,6 +29,7 @@ from memwatch.watchlist.tags import ALL_ROWS, check_patterns, matching_keys, tag
 
 ACTIONS = ("stop", "alert")
 DEFAULT_TAGS = ("pii:*", "canary")  # not checked against the watchlist: a default names no row
+DEFAULT_LEAK = ("pii:*",)
 ROW_ACTIONS = ("alert", "mask", "abort")  # weakest to strongest: a row takes its strongest
 
 
@@ -58,6 +60,12 @@ class AbortPolicy:
     mask_risk: also flag a ``"mask"`` row once the forecast's risk model gives it at
         least this probability of being memorized at the end (needs ``total_steps``);
         None: flag rows when memorized only.
+    leak: tag patterns whose rows act once *leaked* as well as once memorized: the
+        model reproduced the row's PII itself (``match_prefix >= span_tokens``, see
+        `Watchlist.scan_pii`), usually long before all ``cont_len`` tokens of the row.
+        A leaked row sends a ``"leaked"`` alert (redacted) and then does what its
+        action says (alert, mask or abort), as a memorized one does. Rows without a PII
+        span never leak. ``()``: memorized only.
     max_epsilon: the privacy budget: passing it is an abort trigger when the audit's ε
         lower bound (Steinke et al. 2023, at δ = 1e-5 and significance 0.05, from the
         ``canary:in`` / ``canary:out`` rows of `Watchlist.canaries(n, audit=True)` scored by
@@ -72,10 +80,12 @@ class AbortPolicy:
     action: str = "stop"
     actions: Mapping[str, str] = field(default_factory=dict)
     mask_risk: float | None = None
+    leak: tuple[str, ...] = DEFAULT_LEAK
     max_epsilon: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "tags", _patterns(self.tags, "tags"))
+        object.__setattr__(self, "leak", _patterns(self.leak, "leak"))
         object.__setattr__(self, "max_fraction", _mapping(self.max_fraction, "max_fraction",
                                                           "{'pii:*': 0.0}"))
         for pattern, share in self.max_fraction.items():
@@ -121,8 +131,8 @@ class AbortPolicy:
     def check(self, tags, total_steps: int | None = None, *, run_length: bool = False) -> None:
         """Raise ValueError if a part of the policy can never act on this watchlist / run.
 
-        `tags`: the watchlist's rows' tags; every tag key (`tags` unless left at its
-        default, `max_fraction`, `actions`, `forecast_budget`) must name a row (see
+        `tags`: the watchlist's rows' tags; every tag key (`tags` and `leak` unless left at
+        their defaults, `max_fraction`, `actions`, `forecast_budget`) must name a row (see
         `memwatch.watchlist.tags.check_patterns`). With `run_length` (the monitor's
         check before training, once adapters have filled in the run's length), a
         forecast budget or a `mask_risk` without `total_steps` is refused: no forecast
@@ -130,6 +140,8 @@ class AbortPolicy:
         """
         if self.tags != DEFAULT_TAGS:
             check_patterns(self.tags, tags, "AbortPolicy.tags")
+        if self.leak != DEFAULT_LEAK:
+            check_patterns(self.leak, tags, "AbortPolicy.leak")
         check_patterns(self.max_fraction, tags, "AbortPolicy.max_fraction")
         check_patterns(self.actions, tags, "AbortPolicy.actions")
         check_patterns(self.forecast_budget or (), tags, "AbortPolicy.forecast_budget")
@@ -155,6 +167,13 @@ class AbortPolicy:
             rows = tag_mask(pattern)
             strength[rows] = np.maximum(strength[rows], ROW_ACTIONS.index(act))
         return strength
+
+    def leaking(self, history) -> np.ndarray:
+        """bool [n]: rows of a `leak` pattern whose PII leaked at the latest probe."""
+        rows = np.zeros(history.num_rows, dtype=bool)
+        for pattern in self.leak:
+            rows |= history.tag_mask(pattern)
+        return rows & history.leaked[-1]
 
 
 @dataclass(frozen=True)
@@ -187,6 +206,7 @@ def evaluate(
         return Verdict(sent=frozenset(sent), streak=streak)
     step = int(history.steps[-1])
     memorized = history.memorized[-1]
+    leaked = policy.leaking(history)
     alerts: list[Alert] = []
     keys = set(sent)
     triggers: list[str] = []
@@ -198,17 +218,20 @@ def evaluate(
 
     strength = policy.row_actions(history.tag_mask, history.num_rows)
     alerting = np.isin(strength, [ROW_ACTIONS.index("alert"), ROW_ACTIONS.index("abort")])
+    for i in np.flatnonzero(alerting & leaked):
+        send(f"leak:{history.ids[i]}", _leak_alert(history, int(i), step, preview))
     for i in np.flatnonzero(alerting & memorized):
         send(f"row:{history.ids[i]}", _row_alert(history, int(i), step, preview))
-    hits = np.flatnonzero((strength == ROW_ACTIONS.index("abort")) & memorized)
+    hits = np.flatnonzero((strength == ROW_ACTIONS.index("abort")) & (memorized | leaked))
     if len(hits):
         watched = [p for p in policy.tags if policy.actions.get(p, "abort") == "abort"]
         watched += [p for p, act in policy.actions.items() if act == "abort" and p not in watched]
         named = "; ".join(_row_named(history, int(i), preview) for i in hits[:5])
         more = f"; and {len(hits) - 5} more" if len(hits) > 5 else ""
+        what = "memorized" if not leaked[hits].any() else "memorized or leaked"
         triggers.append(f"rule tags={watched}: {len(hits)} watched row(s) "
-                        f"memorized: {named}{more}")
-    flagged = _newly_flagged(policy, history, strength, keys, forecast)
+                        f"{what}: {named}{more}")
+    flagged = _newly_flagged(policy, history, strength, keys, forecast, leaked)
     if flagged:
         keys.update(f"mask:{history.ids[i]}" for i in flagged)
         alerts.append(_mask_alert(history, flagged, step, forecast, preview))
@@ -263,10 +286,10 @@ def evaluate(
                    streak, flagged)
 
 
-def _newly_flagged(policy: AbortPolicy, history, strength: np.ndarray, sent, forecast
-                   ) -> tuple[int, ...]:
-    """Rows whose action is "mask", memorized now (or at risk), and not flagged before."""
-    due = history.memorized[-1].copy()
+def _newly_flagged(policy: AbortPolicy, history, strength: np.ndarray, sent, forecast,
+                   leaked: np.ndarray) -> tuple[int, ...]:
+    """Rows whose action is "mask", memorized or leaked now (or at risk), not flagged before."""
+    due = history.memorized[-1] | leaked
     risk = None if forecast is None else getattr(forecast, "risk", None)
     if policy.mask_risk is not None and risk is not None:
         due |= np.asarray(risk.score) >= policy.mask_risk
@@ -279,7 +302,8 @@ def _mask_alert(history, rows: tuple[int, ...], step: int, forecast, preview) ->
     lines = []
     for i in rows:
         tags = tag_label(history.tags[i])
-        why = ("memorized" if history.memorized[-1, i]
+        why = ("memorized" if history.memorized[-1, i] else
+               "leaked its PII" if history.leaked[-1, i]
                else f"at risk (p={float(risk.score[i]):.2f})")
         shown = preview(i) if preview is not None else f"[{tags}]"
         lines.append(f"{history.ids[i]} ({tags}) {why}: {shown}")
@@ -303,6 +327,16 @@ def _row_alert(history, i: int, step: int, preview) -> Alert:
     text = (f"{row_id} ({tags}) reproduces all {history.cont_len} continuation tokens at step "
             f"{step}: {shown}")
     return Alert("memorized", "WARN", f"memwatch: watched row {row_id} memorized", text, step,
+                 (row_id,))
+
+
+def _leak_alert(history, i: int, step: int, preview) -> Alert:
+    row_id, tags = history.ids[i], ",".join(history.tags[i]) or "untagged"
+    shown = preview(i) if preview is not None else f"[{tags}]"
+    text = (f"{row_id} ({tags}) reproduces its PII verbatim at step {step} (all "
+            f"{int(history.span_tokens[i])} of its tokens, {int(history.match_prefix[-1, i])} "
+            f"of {history.cont_len} continuation tokens in all): {shown}")
+    return Alert("leaked", "WARN", f"memwatch: watched row {row_id} leaked its PII", text, step,
                  (row_id,))
 
 

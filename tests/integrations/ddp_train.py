@@ -162,7 +162,7 @@ def mask(out: str) -> None:
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     if rank == 1:
         own = monitor_module.evaluate
-        monitor_module.evaluate = lambda *a, **k: dataclasses.replace(own(*a, **k), mask=())
+        monitor_module.evaluate = lambda *a, **k: dataclasses.replace(own(*a, **k), flagged=())
     model = tiny_model(seed=0, hidden_size=64, num_layers=2)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(ddp.parameters(), lr=3e-3, weight_decay=0.0)

@@ -56,6 +56,10 @@ def add_arguments(p) -> None:
                         "(default: Presidio when installed)")
     b.add_argument("--max-line-bytes", type=positive_int, default=None, metavar="N",
                    help="longest line a .jsonl / text file may have (default 256 MiB)")
+    b.add_argument("--ner-model", metavar="NAME_OR_PATH",
+                   help="with --pii, also find PERSON and LOCATION with this installed spaCy "
+                        "pipeline (e.g. en_core_web_lg, or a saved pipeline's directory); "
+                        "memwatch downloads nothing")
     b.add_argument("--canaries", type=nonnegative_int, default=0, metavar="N",
                    help="add N canaries")
     b.add_argument("--template", default=DEFAULT_TEMPLATE, help="canary template")
@@ -212,6 +216,8 @@ def _build(args):
         wl = Watchlist.from_texts(_progress(texts, "windows"), tokenizer,
                                   keep_text=args.keep_text, **lengths)
         parts.append(wl if args.windows is None else wl.sample(args.windows, seed=args.seed))
+    if args.ner_model and not args.pii:
+        raise ValueError("--ner-model finds names for --pii; add --pii")
     if args.pii:
         work_dir = args.work_dir or args.out.rstrip("/\\") + ".scan"
         print(f"scanning for PII; finished shards are kept in {work_dir} (a killed scan "
@@ -219,7 +225,8 @@ def _build(args):
         parts.append(Watchlist.scan_pii(_pii_corpus(args, tokenizer), tokenizer,
                                         keep_text=args.keep_text, backend=args.backend,
                                         num_proc=args.num_proc, engine=args.engine,
-                                        work_dir=work_dir, **lengths))
+                                        work_dir=work_dir, ner_model=args.ner_model,
+                                        **lengths))
     if args.canaries:
         parts.append(Watchlist.canaries(args.canaries, args.template, tokenizer, args.seed,
                                         audit=args.audit, **lengths))

@@ -82,7 +82,9 @@ def build_data(cfg: DemoConfig) -> DemoData:
     planted = np.flatnonzero(canaries.tag_mask(CANARY_IN))
     can_reps = [CANARY_REPEATS[j % len(CANARY_REPEATS)] for j in range(len(planted))]
 
-    pii = Watchlist.scan_pii(records, tokenizer)
+    # The records enter training cut to start at a prompt, with no document separator: a
+    # hit without room around it has no row here (see short_records).
+    pii = Watchlist.scan_pii(records, tokenizer, short_records=False)
     # Each record enters training as a row that starts at its first PII row's prompt, as a
     # Pythia training sequence starts at the prompt its evaluation used; the record's other
     # PII rows sit further in, where memorization comes later.

@@ -48,6 +48,7 @@ from memwatch.posthoc.results import (
 )
 from memwatch.posthoc.rows import PythiaRows, WatchlistRows
 from memwatch.probe import BatchSize, ProbeSpec, _probe
+from memwatch.prompt_groups import probe_rows
 from memwatch.watchlist import Watchlist
 
 RowSource = WatchlistRows | PythiaRows
@@ -365,7 +366,8 @@ def _score_slice(model, rows: RowSource, start, end, rank_dir, meta, config, bar
             row = int((tokens >= vocab).any(1).nonzero()[0, 0])
             raise ValueError(f"watchlist sequence {ids[row]!r} has a token id >= {vocab}, the "
                              f"vocabulary of {meta['name']}@{meta['revision']}")
-        res = _probe(model, tokens, spec, sizer)
+        lens = rows.prompt_lens(done, hi) if hasattr(rows, "prompt_lens") else None
+        res = probe_rows(model, tokens, lens, spec, _probe, sizer)
         nll = res.nll if res.nll is not None else torch.full((hi - done,), float("nan"))
         measures = {name: getattr(res, name).numpy() for name in MEASURE_COLUMNS
                     if getattr(res, name) is not None}

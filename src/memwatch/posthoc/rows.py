@@ -48,6 +48,11 @@ class WatchlistRows:
         wl = self.watchlist
         return self.index[lo:hi], wl.ids[lo:hi], wl.tags[lo:hi], wl.tokens[lo:hi, :need]
 
+    def prompt_lens(self, lo: int, hi: int) -> list[int | None] | None:
+        """The own prompt lengths of rows [lo, hi) (short-record PII rows), or None."""
+        lens = self.watchlist.prompt_lens
+        return None if lens is None else lens[lo:hi]
+
     def check(self, need: int) -> tuple[int, str]:
         """Raise ValueError for a row shorter than `need`; returns (the largest token id,
         where it is)."""
@@ -59,6 +64,8 @@ class WatchlistRows:
         h.update(np.ascontiguousarray(self.index, np.int64).tobytes())
         h.update("\0".join(self.watchlist.ids).encode())
         h.update(self.watchlist.tokens[:, :need].contiguous().numpy().astype(np.int64).tobytes())
+        if self.watchlist.prompt_lens is not None:  # rows probed with shorter prompts
+            h.update(json.dumps(self.watchlist.prompt_lens).encode())
 
 
 def _largest(tokens: torch.Tensor, ids) -> tuple[int, str]:

@@ -11,6 +11,12 @@ secret for `canaries`), or None. `tokenizer` records the tokenizer of rows built
 text (name and vocabulary fingerprint, `memwatch.watchlist.tokenizer`), else None.
 Storage is safetensors (tokens) beside JSON (everything else, the row width and the
 tokenizer included); nothing is ever pickled.
+
+Two per-row fields, set by `scan_pii` (None elsewhere, and for rows without them):
+``span_tokens[i]``, how many continuation tokens the PII itself covers (the row has
+*leaked* once ``match_prefix >= span_tokens``), and ``prompt_lens[i]``, the prompt the
+row has when its record is shorter than ``prompt_len``: such a row is left-padded, its
+prompt is its last ``prompt_lens[i]`` tokens before ``prompt_len`` (see `probe_rows`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ class Watchlist:
         spans: Sequence[Span | None] | None = None,
         texts: Sequence[str | None] | None = None,
         tokenizer: dict | None = None,
+        span_tokens: Sequence[int | None] | None = None,
+        prompt_lens: Sequence[int | None] | None = None,
     ):
         n_ids = len(ids)
         tokens = _as_tensor(tokens, ids)
@@ -75,7 +83,8 @@ class Watchlist:
         self.ids = ids
         self.tags = [tuple(str(t) for t in (row if not isinstance(row, str) else [row]))
                      for row in tags]
-        for name, extra in (("previews", previews), ("spans", spans), ("texts", texts)):
+        for name, extra in (("previews", previews), ("spans", spans), ("texts", texts),
+                            ("span_tokens", span_tokens), ("prompt_lens", prompt_lens)):
             if extra is not None and len(extra) != n:
                 raise ValueError(f"{len(extra)} {name} for {n} watchlist rows")
         self._previews = list(previews) if previews is not None else None
@@ -85,6 +94,8 @@ class Watchlist:
         self.texts = list(texts) if texts is not None else None
         # The tokenizer of the ids (`memwatch.watchlist.tokenizer.describe`), when known.
         self.tokenizer = checked_tokenizer(tokenizer, "Watchlist")
+        self.span_tokens = _counts(span_tokens, "span_tokens", ids, 1)
+        self.prompt_lens = _counts(prompt_lens, "prompt_lens", ids, 1)
 
     # ----------------------------------------------------------------------------------------
     # Sources
@@ -235,7 +246,9 @@ class Watchlist:
                  score_threshold: float = 0.35, backend: str = "auto", text_column: str = "text",
                  fraction: float | None = None, max_rows: int | None = None, seed: int = 0,
                  num_proc: int = 1, engine: str = "datasets",
-                 work_dir: str | os.PathLike | None = None) -> Watchlist:
+                 work_dir: str | os.PathLike | None = None,
+                 ner_model: str | os.PathLike | None = None, short_records: bool = True,
+                 eos_token_id: int | None = None) -> Watchlist:
         """One row per PII hit in `texts`, its continuation starting at the PII.
 
         `texts`: a list of texts, a `datasets.Dataset` or streaming `IterableDataset`
@@ -249,17 +262,25 @@ class Watchlist:
 
         The row is the tokens [t - prompt_len, t + cont_len) where token t holds the
         hit's first character, so the PII starts at the prompt boundary (just after
-        it when token t also holds preceding characters). Hits with fewer than
-        `prompt_len` tokens before them or `cont_len` after are skipped, with a
-        warning. Tag ``pii:<ENTITY>``; id ``pii:<ENTITY>#<hash of the row>``;
-        ``spans`` holds (row of the corpus, start, end) of the hit's characters;
-        previews are redacted.
+        it when token t also holds preceding characters). Each text is one document
+        of the training stream. A hit with fewer than `prompt_len` tokens before it
+        or `cont_len` after it in its text (a short record) gets the context a packed
+        stream gives it: `eos_token_id` (default: the tokenizer's), the record, then
+        `eos_token_id` again (see `memwatch.watchlist.pii_rows`); with
+        ``short_records=False`` (always for Pythia sequences, cut from a packed
+        stream) such hits are skipped, with a warning.
+        `ner_model`: an installed spaCy pipeline's name or path, to find PERSON and
+        LOCATION too (see `memwatch.watchlist.ner`; nothing is downloaded).
+        Tag ``pii:<ENTITY>``; id ``pii:<ENTITY>#<hash of the row>``; ``spans`` holds
+        (row of the corpus, start, end) of the hit's characters, ``span_tokens`` the
+        tokens the PII covers, ``prompt_lens`` each row's own prompt length; previews
+        are redacted.
         """
         from memwatch.watchlist.pii_scan import scan_pii
 
         return scan_pii(cls, texts, tokenizer, entities, prompt_len, cont_len, keep_text,
                         score_threshold, backend, text_column, fraction, max_rows, seed,
-                        num_proc, engine, work_dir)
+                        num_proc, engine, work_dir, ner_model, short_records, eos_token_id)
 
     @classmethod
     def canaries(cls, n: int, template: str = DEFAULT_TEMPLATE, tokenizer=None,
@@ -315,6 +336,13 @@ class Watchlist:
             raise ValueError(
                 f"watchlist sequence {self.ids[0]!r} has {self.tokens.shape[1]} tokens; "
                 f"prompt_len + cont_len = {need} needs at least {need}")
+        longer = next((i for i, p in enumerate(self.prompt_lens or ()) if p and p > prompt_len),
+                      None)
+        if longer is not None:  # its short-record rows would be read from the wrong positions
+            raise ValueError(
+                f"watchlist sequence {self.ids[longer]!r} has a {self.prompt_lens[longer]}-token "
+                f"prompt, longer than prompt_len={prompt_len}: the watchlist was built with "
+                f"prompt_len={max(p or 0 for p in self.prompt_lens)}; probe it with that")
         if vocab_size is None and model is not None:
             vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
         if vocab_size is not None:
@@ -348,7 +376,8 @@ class Watchlist:
         return Watchlist(
             self.tokens[torch.as_tensor(idx, dtype=torch.long)],
             [self.ids[i] for i in idx], [self.tags[i] for i in idx],
-            pick(self._previews), pick(self.spans), pick(self.texts), self.tokenizer)
+            pick(self._previews), pick(self.spans), pick(self.texts), self.tokenizer,
+            pick(self.span_tokens), pick(self.prompt_lens))
 
     def sample(self, k: int, by_tag: str | Sequence[str] | None = None, seed: int = 0) -> Watchlist:
         """Up to `k` random rows (all if fewer), kept in watchlist order; deterministic in `seed`.
@@ -421,6 +450,20 @@ def _as_tensor(tokens, ids: Sequence[str]) -> torch.Tensor:
     return torch.as_tensor(arr)
 
 
+def _counts(values, name: str, ids: Sequence[str], low: int) -> list[int | None] | None:
+    """`values` as a list of ints >= `low` or None; an error names the first bad row."""
+    if values is None:
+        return None
+    out = []
+    for i, v in enumerate(values):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                              or v < low):
+            raise ValueError(f"watchlist sequence {ids[i]!r} has {name} {v!r}; give an integer "
+                             f">= {low} or None")
+        out.append(None if v is None else int(v))
+    return out
+
+
 def _concat(parts: Sequence[Watchlist]) -> Watchlist:
     """Rows of all `parts` in order; extras kept where any has them.
 
@@ -449,4 +492,5 @@ def _concat(parts: Sequence[Watchlist]) -> Watchlist:
         torch.cat([p.tokens[:, :width] for p in parts]),
         [i for p in parts for i in p.ids], [t for p in parts for t in p.tags],
         extra("_previews", lambda p, i: p.redacted_preview(i)),
-        extra("spans", lambda p, i: None), extra("texts", lambda p, i: None), tokenizer)
+        extra("spans", lambda p, i: None), extra("texts", lambda p, i: None), tokenizer,
+        extra("span_tokens", lambda p, i: None), extra("prompt_lens", lambda p, i: None))

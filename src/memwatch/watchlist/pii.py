@@ -16,6 +16,7 @@ code and prose with planted PII and near-misses.
 from __future__ import annotations
 
 import bisect
+import os
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -52,15 +53,19 @@ class PiiHit:
 
 
 def find_pii(text: str, entities: Iterable[str] | None = None, score_threshold: float = 0.35,
-             backend: str = "auto", prefilter: bool = True) -> list[PiiHit]:
+             backend: str = "auto", prefilter: bool = True,
+             ner_model: str | os.PathLike | None = None) -> list[PiiHit]:
     """Non-overlapping PII hits in `text`, sorted by start.
 
     Overlapping hits are resolved by keeping the higher score, then the longer
     span (Presidio's URL recognizer also fires on parts of emails). With
     `prefilter` (the default) the pattern recognizers only see the lines that hold
     a trigger (see `candidate_lines`); the hits are the same as without it.
+    `ner_model`: an installed spaCy pipeline (name or path) that also finds PERSON
+    and LOCATION in the whole text (`memwatch.watchlist.ner`); without it those
+    entities cannot be asked for.
     """
-    entities = _check_entities(entities)
+    entities, names = _check_entities(entities, ner_model)
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
@@ -70,24 +75,39 @@ def find_pii(text: str, entities: Iterable[str] | None = None, score_threshold: 
                           "built-in regexes; install memwatch[pii] for Presidio's recognizers",
                           stacklevel=2)
     recognize = _presidio_hits if backend == "presidio" else _regex_hits
-    hits = _prefiltered(recognize, text, entities, backend) if prefilter else \
-        recognize(text, entities)
+    hits = []
+    if entities:
+        hits = _prefiltered(recognize, text, entities, backend) if prefilter else \
+            recognize(text, entities)
+    if names:  # a statistical model needs the whole text around a name
+        from memwatch.watchlist.ner import ner_hits
+
+        hits = [*hits, *ner_hits(text, ner_model, names)]
     return dedupe([h for h in hits if h.score >= score_threshold and plausible(h, text)])
 
 
 def find_pii_many(texts: Sequence[str], entities: Iterable[str] | None = None,
-                  score_threshold: float = 0.35, backend: str = "auto") -> list[list[PiiHit]]:
+                  score_threshold: float = 0.35, backend: str = "auto",
+                  ner_model: str | os.PathLike | None = None) -> list[list[PiiHit]]:
     """`find_pii` of each text, found in one pass over the texts joined by newlines.
 
     The same hits as one call per text (no hit crosses a newline and every check
     reads only its hit's line), without the per-call cost that dominates short rows.
+    Names (`ner_model`) are found text by text, in one batched spaCy pass.
     """
     texts = list(texts)
+    patterns, names = _check_entities(entities, ner_model)
     starts = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]]).tolist() if texts else []
     out: list[list[PiiHit]] = [[] for _ in texts]
-    for h in find_pii("\n".join(texts), entities, score_threshold, backend):
-        k = bisect.bisect_right(starts, h.start) - 1
-        out[k].append(PiiHit(h.entity, h.start - starts[k], h.end - starts[k], h.score))
+    if patterns and texts:
+        for h in find_pii("\n".join(texts), patterns, score_threshold, backend):
+            k = bisect.bisect_right(starts, h.start) - 1
+            out[k].append(PiiHit(h.entity, h.start - starts[k], h.end - starts[k], h.score))
+    if names and texts:
+        from memwatch.watchlist.ner import ner_hits_many
+
+        for k, found in enumerate(ner_hits_many(texts, ner_model, names)):
+            out[k] = dedupe(out[k] + [h for h in found if h.score >= score_threshold])
     return out
 
 
@@ -163,15 +183,23 @@ def redact(span: str, entity: str = "") -> str:
     return "***"
 
 
-def _check_entities(entities) -> tuple[str, ...]:
+def _check_entities(entities, ner_model=None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(pattern entities, NER entities) to look for; NER ones only with a `ner_model`."""
+    from memwatch.watchlist.ner import NER_ENTITIES
+
     if entities is None:
-        return DEFAULT_ENTITIES
+        return DEFAULT_ENTITIES, NER_ENTITIES if ner_model is not None else ()
     entities = (entities,) if isinstance(entities, str) else tuple(entities)
-    unknown = [e for e in entities if e not in ENTITIES]
+    unknown = [e for e in entities if e not in ENTITIES + NER_ENTITIES]
     if unknown or not entities:
         raise ValueError(f"unknown PII entities {unknown or '(none given)'}; choose from "
-                         f"{ENTITIES}")
-    return entities
+                         f"{ENTITIES + NER_ENTITIES}")
+    names = tuple(e for e in entities if e in NER_ENTITIES)
+    if names and ner_model is None:
+        raise ValueError(f"{names} are found by a spaCy NER model: pass ner_model= (an "
+                         "installed pipeline such as 'en_core_web_lg', or a saved pipeline's "
+                         "path; memwatch downloads nothing)")
+    return tuple(e for e in entities if e in ENTITIES), names
 
 
 # --------------------------------------------------------------------------------------------

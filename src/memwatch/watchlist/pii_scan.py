@@ -48,6 +48,8 @@ class ScanSettings:
     keep_text: bool
     score_threshold: float
     backend: str  # resolved: "presidio" or "regex"
+    ner_model: str | None = None  # a spaCy pipeline's name or path: PERSON, LOCATION
+    separator: int | None = None  # the end-of-document token of short records (None: skip)
 
 
 @dataclass
@@ -63,7 +65,9 @@ def scan_pii(cls, source, tokenizer, entities: Sequence[str] | None = None,
              score_threshold: float = 0.35, backend: str = "auto", text_column: str = "text",
              fraction: float | None = None, max_rows: int | None = None, seed: int = 0,
              num_proc: int = 1, engine: str = "datasets",
-             work_dir: str | os.PathLike | None = None):
+             work_dir: str | os.PathLike | None = None,
+             ner_model: str | os.PathLike | None = None, short_records: bool = True,
+             eos_token_id: int | None = None):
     """The body of `Watchlist.scan_pii` (see its docstring); `cls` is the Watchlist class."""
     from memwatch.watchlist.pii import BACKENDS, _check_entities, _presidio_available
     from memwatch.watchlist.text import load_tokenizer
@@ -77,8 +81,14 @@ def scan_pii(cls, source, tokenizer, entities: Sequence[str] | None = None,
         raise ValueError(f"num_proc={num_proc!r}: give a positive number of workers")
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}; choose one of {BACKENDS}")
+    if ner_model is not None:  # a missing model fails now, not in a worker
+        from memwatch.watchlist.ner import load_ner
+
+        ner_model = os.fspath(ner_model)
+        load_ner(ner_model)
     if entities is not None:
-        entities = _check_entities(entities)
+        patterns, names = _check_entities(entities, ner_model)
+        entities = patterns + names
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(os.fspath(tokenizer))
     if not callable(tokenizer):
@@ -93,7 +103,19 @@ def scan_pii(cls, source, tokenizer, entities: Sequence[str] | None = None,
     corpus = source if isinstance(source, Corpus) else open_corpus(
         source, text_column, fraction=fraction, max_rows=max_rows, seed=seed,
         tokenizer=tokenizer)
-    settings = ScanSettings(entities, prompt_len, cont_len, keep_text, score_threshold, backend)
+    separator = None
+    if short_records and corpus.kind != "pythia":  # a Pythia sequence is cut from a packed
+        # stream: what precedes its first token is the previous sequence, not a separator
+        separator = getattr(tokenizer, "eos_token_id", None) if eos_token_id is None \
+            else int(eos_token_id)
+        if separator is None:
+            raise ValueError(
+                "scan_pii gives PII in short records the context of a document start, the "
+                "end-of-document token, and the tokenizer has no eos_token_id: pass "
+                "eos_token_id=<the id your training stream puts between documents>, or "
+                "short_records=False to skip such PII")
+    settings = ScanSettings(entities, prompt_len, cont_len, keep_text, score_threshold, backend,
+                            ner_model, separator)
     own_dir = work_dir is None
     work = tempfile.mkdtemp(prefix="memwatch-scan-") if own_dir else os.fspath(work_dir)
     try:
@@ -198,16 +220,19 @@ def scan_shard(job: _Job, k: int) -> None:
         return
     s, corpus = job.settings, job.corpus
     cols: dict[str, list] = {c: [] for c in ("tokens", "id", "entity", "row", "rank", "start",
-                                             "end", "preview", "text")}
+                                             "end", "preview", "text", "span_tokens",
+                                             "prompt_len")}
     skipped = undecodable = rank = 0
     batch: list[tuple[int, int, str, list[int] | None, list | None]] = []
 
     def flush():
         nonlocal skipped
         texts = [b[2] for b in batch]
-        found = find_pii_many(texts, s.entities, s.score_threshold, s.backend) \
+        found = find_pii_many(texts, s.entities, s.score_threshold, s.backend,
+                              ner_model=s.ner_model) \
             if s.backend != "presidio" or len(texts) > 1 else \
-            [find_pii(texts[0], s.entities, s.score_threshold, s.backend)]
+            [find_pii(texts[0], s.entities, s.score_threshold, s.backend,
+                      ner_model=s.ner_model)]
         for (row, r, text, ids, offsets), hits in zip(batch, found, strict=True):
             if hits:
                 skipped += _rows_of_text(cols, row, r, text, hits, job.tokenizer, ids, offsets, s)
@@ -247,22 +272,25 @@ def _rows_of_text(cols: dict, row: int, rank: int, text: str, hits, tokenizer,
     """Append one row per usable hit of `text` to `cols`; returns the hits skipped.
 
     The row is the tokens [t - prompt_len, t + cont_len) where token t holds the
-    hit's first character.
+    hit's first character; a short record's row is a document start
+    (`memwatch.watchlist.pii_rows.hit_row`).
     """
     from memwatch.watchlist.pii import redact
+    from memwatch.watchlist.pii_rows import hit_row
     from memwatch.watchlist.text import encode
 
     if token_ids is None:
         token_ids, offsets = encode(tokenizer, text)
-    M, L = s.prompt_len, s.prompt_len + s.cont_len
     skipped = 0
     for h in hits:
-        first = next((t for t, (_, e) in enumerate(offsets) if e > h.start), None)
-        if first is None or first < M or first - M + L > len(token_ids):
+        made = hit_row(token_ids, offsets, h.start, h.end, s.prompt_len, s.cont_len, s.separator)
+        if made is None:
             skipped += 1
             continue
-        tokens = token_ids[first - M:first - M + L]
+        tokens = made.tokens
         cols["tokens"].append(tokens)
+        cols["span_tokens"].append(made.span_tokens)
+        cols["prompt_len"].append(made.prompt_len)
         cols["id"].append(f"pii:{h.entity}#{row_digest(h.entity, tokens)}")
         cols["entity"].append(h.entity)
         cols["row"].append(row)
@@ -270,8 +298,9 @@ def _rows_of_text(cols: dict, row: int, rank: int, text: str, hits, tokenizer,
         cols["start"].append(h.start)
         cols["end"].append(h.end)
         cols["preview"].append(f"{h.entity} {redact(text[h.start:h.end], h.entity)}")
-        cols["text"].append(text[offsets[first - M][0]:offsets[first - M + L - 1][1]]
-                            if s.keep_text else None)
+        a = max(0, made.first - made.prompt_len)
+        b = min(len(offsets), made.first + s.cont_len) - 1
+        cols["text"].append(text[offsets[a][0]:offsets[b][1]] if s.keep_text else None)
     return skipped
 
 
@@ -303,7 +332,7 @@ def _assemble(cls, job: _Job):
     import torch
 
     corpus, s = job.corpus, job.settings
-    rows, ids, tags, spans, previews, kept = [], [], [], [], [], []
+    rows, ids, tags, spans, previews, kept, span_tokens, prompt_lens = ([] for _ in range(8))
     seen: set[str] = set()
     skipped = undecodable = offset = 0
     for k in range(corpus.num_shards):
@@ -333,6 +362,8 @@ def _assemble(cls, job: _Job):
             spans.append((text_index, data["start"][i], data["end"][i]))
             previews.append(data["preview"][i])
             kept.append(data["text"][i])
+            span_tokens.append(data["span_tokens"][i])
+            prompt_lens.append(data["prompt_len"][i])
         offset += meta.get("rows_read", 0)
     M, N = s.prompt_len, s.cont_len
     if undecodable:
@@ -347,4 +378,5 @@ def _assemble(cls, job: _Job):
     from memwatch.watchlist.tokenizer import describe
 
     return cls(torch.tensor(rows, dtype=torch.long), ids, tags, previews, spans,
-               kept if s.keep_text else None, describe(job.tokenizer))
+               kept if s.keep_text else None, describe(job.tokenizer),
+               span_tokens, prompt_lens)

@@ -73,7 +73,8 @@ def _write(wl, path: str) -> None:
             "spans": None if wl.spans is None else
             [None if s is None else list(s) for s in wl.spans],
             "texts": wl.texts, "width": int(wl.tokens.shape[1]),
-            "tokenizer": wl.tokenizer}
+            "tokenizer": wl.tokenizer, "span_tokens": wl.span_tokens,
+            "prompt_lens": wl.prompt_lens}
     with open(os.path.join(path, "watchlist.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, ensure_ascii=False)
 
@@ -124,7 +125,8 @@ def load(cls, path: str | os.PathLike):
     try:
         return cls(tokens, meta["ids"], meta["tags"], meta.get("previews"),
                    meta.get("spans"), meta.get("texts"),
-                   checked_tokenizer(meta.get("tokenizer"), meta_path))
+                   checked_tokenizer(meta.get("tokenizer"), meta_path),
+                   meta.get("span_tokens"), meta.get("prompt_lens"))
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
 
@@ -152,7 +154,9 @@ def _check_meta(meta: dict, where: str) -> None:
     for field, ok in (("previews", lambda v: v is None or isinstance(v, str)),
                       ("texts", lambda v: v is None or isinstance(v, str)),
                       ("spans", lambda v: v is None or (isinstance(v, list) and len(v) == 3 and
-                                                        all(type(x) is int for x in v)))):
+                                                        all(type(x) is int for x in v))),
+                      ("span_tokens", lambda v: v is None or type(v) is int),
+                      ("prompt_lens", lambda v: v is None or type(v) is int)):
         values = meta.get(field)
         if values is None:
             continue
@@ -160,5 +164,6 @@ def _check_meta(meta: dict, where: str) -> None:
             fail(field, f"must be null or a list of {n} entries (one per id)")
         bad = next((i for i, v in enumerate(values) if not ok(v)), None)
         if bad is not None:
-            shape = "[text, start, end] integers" if field == "spans" else "a string"
+            shape = {"spans": "[text, start, end] integers", "span_tokens": "an integer",
+                     "prompt_lens": "an integer"}.get(field, "a string")
             fail(field, f"entry {bad} is {values[bad]!r}, not null or {shape}")
