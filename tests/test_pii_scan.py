@@ -93,14 +93,16 @@ def test_a_killed_save_leaves_the_old_watchlist(tiny_tokenizer, tmp_path, monkey
     path = tmp_path / "wl"
     old.save(path)
     new = old.select([0, 1])
-    real = Watchlist._write
+    from memwatch.watchlist import storage
 
-    def dies_half_way(self, where):
-        real(self, where)
+    real = storage._write
+
+    def dies_half_way(wl, where):
+        real(wl, where)
         os.remove(os.path.join(where, "watchlist.json"))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Watchlist, "_write", dies_half_way)
+    monkeypatch.setattr(storage, "_write", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         new.save(path)
     assert same(Watchlist.load(path), old)
@@ -108,7 +110,7 @@ def test_a_killed_save_leaves_the_old_watchlist(tiny_tokenizer, tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         new.save(tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()
-    monkeypatch.setattr(Watchlist, "_write", real)
+    monkeypatch.setattr(storage, "_write", real)
     new.save(path)
     assert same(Watchlist.load(path), new)
     (tmp_path / "other").mkdir()
