@@ -524,7 +524,8 @@ def test_bad_inputs_fail_before_training():
         monitor(every_n_steps=2.5)
     with pytest.raises(ValueError, match="total_steps counts optimizer steps.*got 0"):
         monitor(total_steps=0)
-    with pytest.raises(ValueError, match="prompt_len must be an integer >= 1 or a non-empty tuple.*got 0"):
+    with pytest.raises(ValueError,
+                       match="prompt_len must be an integer >= 1 or a non-empty tuple.*got 0"):
         MemWatch(wl, prompt_len=0, cont_len=N)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1 or None.*got 0"):
         monitor(batch_size=0)
