@@ -24,8 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from functools import lru_cache
-
-from memwatch.watchlist.pii import PiiHit
+from typing import NamedTuple
 
 NER_ENTITIES = ("PERSON", "LOCATION")
 LABELS = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION",
@@ -61,25 +60,36 @@ def load_ner(ner_model: str) -> object:
     return nlp
 
 
-def ner_hits(text: str, ner_model: str | os.PathLike, entities=NER_ENTITIES) -> list[PiiHit]:
-    """The `entities` (of `NER_ENTITIES`) that `ner_model`'s NER finds in `text`, by start."""
+class NerHit(NamedTuple):
+    """A name NER found; `memwatch.watchlist.pii` makes it a `PiiHit` (no import cycle)."""
+
+    entity: str
+    start: int
+    end: int
+    score: float
+
+
+def ner_hits(text: str, ner_model: str | os.PathLike, entities=NER_ENTITIES) -> list[NerHit]:
+    """(entity, start, end, score) of the `entities` `ner_model`'s NER finds in `text`.
+
+    Plain tuples: `memwatch.watchlist.pii` makes them `PiiHit`s (no import cycle)."""
     return ner_hits_many([text], ner_model, entities)[0]
 
 
 def ner_hits_many(texts: Sequence[str], ner_model: str | os.PathLike,
-                  entities=NER_ENTITIES) -> list[list[PiiHit]]:
+                  entities=NER_ENTITIES) -> list[list[NerHit]]:
     """`ner_hits` of each text, run through spaCy's ``nlp.pipe`` (batched), text by text."""
     nlp = load_ner(os.fspath(ner_model))
     wanted = set(entities)
     pieces = [(k, start, part) for k, text in enumerate(texts)
               for start, part in _parts(text, nlp.max_length)]
-    out: list[list[PiiHit]] = [[] for _ in texts]
+    out: list[list[NerHit]] = [[] for _ in texts]
     docs = nlp.pipe(part for _, _, part in pieces)
     for (k, start, _), doc in zip(pieces, docs, strict=True):
         for ent in doc.ents:
             entity = LABELS.get(ent.label_)
             if entity in wanted:
-                out[k].append(PiiHit(entity, start + ent.start_char, start + ent.end_char,
+                out[k].append(NerHit(entity, start + ent.start_char, start + ent.end_char,
                                      NER_SCORE))
     return out
 

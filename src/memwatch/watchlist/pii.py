@@ -82,7 +82,7 @@ def find_pii(text: str, entities: Iterable[str] | None = None, score_threshold: 
     if names:  # a statistical model needs the whole text around a name
         from memwatch.watchlist.ner import ner_hits
 
-        hits = [*hits, *ner_hits(text, ner_model, names)]
+        hits = [*hits, *(PiiHit(*t) for t in ner_hits(text, ner_model, names))]
     return dedupe([h for h in hits if h.score >= score_threshold and plausible(h, text)])
 
 
@@ -107,7 +107,7 @@ def find_pii_many(texts: Sequence[str], entities: Iterable[str] | None = None,
         from memwatch.watchlist.ner import ner_hits_many
 
         for k, found in enumerate(ner_hits_many(texts, ner_model, names)):
-            out[k] = dedupe(out[k] + [h for h in found if h.score >= score_threshold])
+            out[k] = dedupe(out[k] + [PiiHit(*t) for t in found if t[3] >= score_threshold])
     return out
 
 
