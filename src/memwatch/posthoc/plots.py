@@ -52,19 +52,24 @@ def heatmap(analysis: Analysis, attr: str, path: Path, title: str) -> Path:
 def score_histograms(analysis: Analysis, path: Path) -> Path:
     """Write one histogram of scores per model (its last checkpoint), log counts."""
     hists = analysis.histograms
+    return _histograms(path, hists, "no run with per-sequence scores", "tab:blue",
+                       lambda edges: "memorization score (fraction of the continuation "
+                                     "reproduced)")
+
+
+def _histograms(path, hists, empty, color, xlabel):
+    """One log-count histogram per model; `xlabel(edges)` labels the shared x axis."""
     fig = _figure(6.4, max(2.5, 1.6 * max(1, len(hists))))
     if not hists:
-        ax = fig.add_subplot()
-        ax.text(0.5, 0.5, "no run with per-sequence scores", ha="center", va="center")
-        ax.set_axis_off()
+        _no_data(fig, empty)
         return _save(fig, path)
     axes = fig.subplots(len(hists), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (model, (revision, edges, counts)) in zip(axes, hists.items(), strict=True):
-        ax.bar((edges[:-1] + edges[1:]) / 2, counts, width=np.diff(edges), color="tab:blue")
+        ax.bar((edges[:-1] + edges[1:]) / 2, counts, width=np.diff(edges), color=color)
         ax.set_yscale("log")
         ax.set_ylabel("sequences")
         ax.set_title(f"{model}@{revision}", fontsize=9)
-    axes[-1].set_xlabel("memorization score (fraction of the continuation reproduced)")
+    axes[-1].set_xlabel(xlabel(edges))
     return _save(fig, path)
 
 
@@ -159,19 +164,9 @@ def extraction_curves(analysis: Analysis, path: Path, p: float = CURVE_PROB) -> 
 def pz_histograms(analysis: Analysis, path: Path) -> Path:
     """Write one histogram of log10 p_z per model (its last checkpoint with log p_z)."""
     hists = analysis.pz_histograms
-    fig = _figure(6.4, max(2.5, 1.6 * max(1, len(hists))))
-    if not hists:
-        _no_data(fig, "no run with log p_z (memwatch eval with NLL)")
-        return _save(fig, path)
-    axes = fig.subplots(len(hists), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, (model, (revision, edges, counts)) in zip(axes, hists.items(), strict=True):
-        ax.bar((edges[:-1] + edges[1:]) / 2, counts, width=np.diff(edges), color="tab:green")
-        ax.set_yscale("log")
-        ax.set_ylabel("sequences")
-        ax.set_title(f"{model}@{revision}", fontsize=9)
-    axes[-1].set_xlabel(f"log10 p_z (probability of extraction; the first bin holds everything "
-                        f"<= {edges[0]:g})")
-    return _save(fig, path)
+    return _histograms(path, hists, "no run with log p_z (memwatch eval with NLL)", "tab:green",
+                       lambda edges: "log10 p_z (probability of extraction; the first bin "
+                                     f"holds everything <= {edges[0]:g})")
 
 
 def render_all(analysis: Analysis, out: str | Path) -> dict[str, Path]:
