@@ -254,13 +254,26 @@ def _bad_argument(capsys, tmp_path, *args) -> str:
     ("--indices", "0:x", "argument --indices: index range '0:x' is not 'i' or"),
     ("--batch-size", "0", "argument --batch-size: expected 'auto' or a positive integer, got '0'"),
     ("--prompt-len", "-3", "argument --prompt-len: expected a positive integer, got '-3'"),
+    ("--prompt-len", "32 x", "argument --prompt-len: expected a positive integer, got 'x'"),
 ])
 def test_malformed_arguments_fail_before_loading(suite, tmp_path, capsys, no_scoring, flag,
                                                   value, expected):
     args = {"--model": str(suite.root / "small"), "--pythia-data": suite.prefix,
             "--indices": "0:8", flag: value}
-    err = _bad_argument(capsys, tmp_path, *[x for kv in args.items() for x in kv])
+    err = _bad_argument(capsys, tmp_path, *[x for k, v in args.items() for x in (k, *v.split())])
     assert err.startswith("memwatch eval: error: ") and expected in err, err
+
+
+def test_several_prompt_lengths_refuse_short_record_rows_before_scoring(suite, tmp_path,
+                                                                        no_scoring):
+    from memwatch.watchlist import Watchlist
+
+    wl = Watchlist(suite.stream[:4], [f"r{i}" for i in range(4)], [("pii:X",)] * 4,
+                   prompt_lens=[32, None, 5, 32])
+    ckpt = ev.resolve_checkpoints(str(suite.root / "small"), ["step12"])
+    with pytest.raises(ValueError, match=r"'r2' has a prompt of its own of 5 tokens.*one "
+                                         r"--prompt-len, not \[16, 32\]"):
+        ev.evaluate(ckpt, wl, tmp_path, config=ev.EvalConfig(ProbeSpec((32, 16))))
 
 
 def test_model_with_another_vocab_fails_before_scoring(suite, tmp_path, capsys, no_scoring):
