@@ -272,7 +272,7 @@ def test_several_prompt_lengths_refuse_short_record_rows_before_scoring(suite, t
                    prompt_lens=[32, None, 5, 32])
     ckpt = ev.resolve_checkpoints(str(suite.root / "small"), ["step12"])
     with pytest.raises(ValueError, match=r"'r2' has a prompt of its own of 5 tokens.*one "
-                                         r"--prompt-len, not \[16, 32\]"):
+                                         r"prompt_len, not \[16, 32\]"):
         ev.evaluate(ckpt, wl, tmp_path, config=ev.EvalConfig(ProbeSpec((32, 16))))
 
 

@@ -49,7 +49,7 @@ from memwatch.posthoc.results import (
 )
 from memwatch.posthoc.rows import PythiaRows, WatchlistRows
 from memwatch.probe import BatchSize, ProbeSpec, _probe
-from memwatch.prompt_groups import probe_rows
+from memwatch.prompt_groups import check_prompt_lens, probe_rows
 from memwatch.watchlist import Watchlist
 
 RowSource = WatchlistRows | PythiaRows
@@ -220,14 +220,8 @@ def check_inputs(checkpoints: Sequence[Checkpoint], rows: RowSource,
         raise ValueError("no checkpoints to evaluate")
     spec = config.spec
     top, where = rows.check(spec.total_len)
-    own = rows.prompt_lens(0, len(rows)) if hasattr(rows, "prompt_lens") else None
-    short = next((i for i, p in enumerate(own or ()) if p is not None and p < spec.context_len),
-                 None)
-    if short is not None and len(spec.prompt_lens) > 1:
-        raise ValueError(f"watchlist sequence {rows.batch(short, short + 1, 1)[1][0]!r} has a "
-                         f"prompt of its own of {own[short]} tokens (PII in a short record), "
-                         f"probed with that length alone; evaluate this watchlist with one "
-                         f"--prompt-len, not {list(spec.prompt_lens)}")
+    if isinstance(rows, WatchlistRows):  # PII rows of short records: one prompt length
+        check_prompt_lens(rows.watchlist.ids, rows.watchlist.prompt_lens, spec)
     for ckpt in checkpoints:
         path, kwargs = _load_args(ckpt, config)
         try:
