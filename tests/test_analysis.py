@@ -121,6 +121,36 @@ def test_report_renders_every_plot(results, tmp_path):
     assert "mean p_z" in report and "## Probability of extraction" in report
 
 
+def test_report_shows_memorization_vs_prompt_length(suite, tmp_path):
+    """Runs of several prompt lengths: per run, the rows memorized (score_p<M> == 1) with each
+    length, in the analysis, the report's table, its plot and analysis.json."""
+    from memwatch.posthoc.evaluate import EvalConfig, evaluate, resolve_checkpoints
+    from memwatch.probe import ProbeSpec
+    from memwatch.watchlist import Watchlist
+
+    ckpts = resolve_checkpoints(str(suite.root / "large"), ["step24", "step48"])
+    evaluate(ckpts, Watchlist.from_pythia(suite.prefix, "0:128:2"), tmp_path / "results",
+             config=EvalConfig(ProbeSpec((8, 16, 32), mode="extractable")), progress=False)
+    runs = load_results([tmp_path / "results"])
+    curves = analyze(runs, "large@step48").prompt_lens
+    assert [c.run for c in curves] == ["large@step24", "large@step48"]
+    for c in curves:
+        t = pq.read_table(tmp_path / "results" / "large" / f"{c.revision}.parquet")
+        direct = tuple(int((t[f"score_p{m}"].to_numpy() == 1).sum()) for m in (8, 16, 32))
+        assert c.prompt_lens == (8, 16, 32) and c.rows == 64 and c.memorized == direct
+        assert c.memorized[-1] == int((t["match_prefix"].to_numpy() == 32).sum())
+    last = curves[-1]
+    assert last.memorized[0] < last.memorized[-1], "no growth with the prompt: a weak check"
+    assert main(["analyze", str(tmp_path / "results"), "--target", "large@step48", "--out",
+                 str(tmp_path / "report"), "--no-progress"]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Memorization vs prompt length" in report and "](plots/prompt_lens.png)" in report
+    assert "| run | rows | M = 8 | M = 16 | M = 32 |" in report
+    assert f"| large@step48 | 64 | {last.memorized[0] / 64:.4f} ({last.memorized[0]}) |" in report
+    numbers = json.loads((tmp_path / "report" / "analysis.json").read_text())
+    assert numbers["prompt_lens"][-1]["memorized"] == list(last.memorized)
+
+
 def _eleuther_layouts(root, universe, memorized):
     """EleutherAI's layouts: eval_memorization.py rank CSVs, a pandas CSV, memorized-evals."""
     scores = {m: np.where(np.isin(universe, sorted(s)), 1.0, 0.25) for m, s in memorized.items()}

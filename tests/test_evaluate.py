@@ -96,6 +96,37 @@ def test_eval_writes_reference_scores_for_every_checkpoint(suite, evaluated):
     assert memorized > 0, "the suite memorized nothing: the comparison above proves little"
 
 
+def test_several_prompt_lengths_give_one_score_column_each(suite, evaluated, tmp_path):
+    """--prompt-len 16 8 32: every column of the one-length run (the continuation starts after
+    the longest, 32), plus score_p<M> equal to a one-length eval of the rows' last M prompt
+    tokens; the reader gives them back as `Run.scores_by_prompt_len`."""
+    from memwatch.posthoc.results import load_results
+    from memwatch.watchlist import Watchlist
+
+    out = tmp_path / "multi"
+    assert main(["eval", "--model", str(suite.root / "large"), "--revision", "step48",
+                 "--pythia-data", suite.prefix, "--indices", INDICES, "--out", str(out),
+                 "--batch-size", "16", "--no-progress", "--prompt-len", "16", "8", "32"]) == 0
+    path = out / "large" / "step48.parquet"
+    cols, one = _columns(path), _columns(evaluated / "large" / "step48.parquet")
+    assert ev.read_meta(path)["prompt_len"] == [8, 16, 32]
+    assert {k: cols[k] for k in one} == one and cols["score_p32"] == one["score"]
+    ckpt = ev.resolve_checkpoints(str(suite.root / "large"), ["step48"])
+    for m in (8, 16):
+        [alone] = ev.evaluate(ckpt, Watchlist.from_tokens(suite.stream[ROWS, 32 - m:]),
+                              tmp_path / f"p{m}", ROWS, ev.EvalConfig(ProbeSpec(m)),
+                              progress=False)
+        assert cols[f"score_p{m}"] == _columns(alone)["score"]
+    assert cols["score_p8"] != cols["score_p32"]  # the lengths measure different things
+    [run] = load_results([out])
+    assert run.prompt_lens == (8, 16, 32)
+    np.testing.assert_array_equal(run.scores_by_prompt_len,
+                                  np.array([cols[f"score_p{m}"] for m in (8, 16, 32)]).T)
+    single = load_results([evaluated / "large" / "step48.parquet"])[0]  # prompt_len: an int
+    assert single.prompt_lens == (32,)
+    np.testing.assert_array_equal(single.scores_by_prompt_len[:, 0], single.scores)
+
+
 @pytest.mark.slow
 def test_resume_after_crash_gives_identical_results(suite, evaluated, tmp_path, monkeypatch):
     calls = []
@@ -223,13 +254,26 @@ def _bad_argument(capsys, tmp_path, *args) -> str:
     ("--indices", "0:x", "argument --indices: index range '0:x' is not 'i' or"),
     ("--batch-size", "0", "argument --batch-size: expected 'auto' or a positive integer, got '0'"),
     ("--prompt-len", "-3", "argument --prompt-len: expected a positive integer, got '-3'"),
+    ("--prompt-len", "32 x", "argument --prompt-len: expected a positive integer, got 'x'"),
 ])
 def test_malformed_arguments_fail_before_loading(suite, tmp_path, capsys, no_scoring, flag,
                                                   value, expected):
     args = {"--model": str(suite.root / "small"), "--pythia-data": suite.prefix,
             "--indices": "0:8", flag: value}
-    err = _bad_argument(capsys, tmp_path, *[x for kv in args.items() for x in kv])
+    err = _bad_argument(capsys, tmp_path, *[x for k, v in args.items() for x in (k, *v.split())])
     assert err.startswith("memwatch eval: error: ") and expected in err, err
+
+
+def test_several_prompt_lengths_refuse_short_record_rows_before_scoring(suite, tmp_path,
+                                                                        no_scoring):
+    from memwatch.watchlist import Watchlist
+
+    wl = Watchlist(suite.stream[:4], [f"r{i}" for i in range(4)], [("pii:X",)] * 4,
+                   prompt_lens=[32, None, 5, 32])
+    ckpt = ev.resolve_checkpoints(str(suite.root / "small"), ["step12"])
+    with pytest.raises(ValueError, match=r"'r2' has a prompt of its own of 5 tokens.*one "
+                                         r"prompt_len, not \[16, 32\]"):
+        ev.evaluate(ckpt, wl, tmp_path, config=ev.EvalConfig(ProbeSpec((32, 16))))
 
 
 def test_model_with_another_vocab_fails_before_scoring(suite, tmp_path, capsys, no_scoring):

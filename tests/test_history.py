@@ -100,3 +100,37 @@ def test_zero_rows_history():
     h = History([], [], cont_len=4)
     h.update(1, _result([], []), "extractable")
     assert h.memorized.shape == (1, 0) and h.first_memorized_step().shape == (0,)
+
+
+def test_scores_at_several_prompt_lengths_are_kept_saved_and_cut():
+    from dataclasses import replace
+
+    def result(by_len):  # counts at prompt lengths (2, 3, 4); the last column is the score
+        by_len = torch.tensor(by_len, dtype=torch.float32) / 4
+        return replace(_result((by_len[:, -1] * 4).int().tolist(), (by_len[:, -1] * 4).tolist()),
+                       prompt_lens=(2, 3, 4), scores_by_prompt_len=by_len)
+
+    h = History(["a", "b"], [(), ()], cont_len=4, prompt_lens=(4, 2, 3))
+    assert h.prompt_lens == (2, 3, 4)
+    for k in range(10):  # past the initial capacity of 8
+        h.update(k + 1, result([[1, 4, 4], [0, k % 3, 3]]), "exact")
+    assert h.scores_by_prompt_len.shape == (10, 2, 3)
+    np.testing.assert_array_equal(h.scores_by_prompt_len[-1], [[0.25, 1, 1], [0, 0, 0.75]])
+    np.testing.assert_array_equal(h.scores_by_prompt_len[:, :, -1], h.scores)
+    np.testing.assert_array_equal(h.scores_by_prompt_len[:, 1, 1], [k % 3 / 4 for k in range(10)])
+    assert h.memorized_by_prompt_len[-1].tolist() == [[False, True, True], [False] * 3]
+    np.testing.assert_array_equal(h.head(4).scores_by_prompt_len, h.scores_by_prompt_len[:4])
+    buf = io.BytesIO()
+    torch.save(h.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    back = History(h.ids, h.tags, cont_len=4, prompt_lens=(2, 3, 4))
+    back.load_state_dict(state)
+    np.testing.assert_array_equal(back.scores_by_prompt_len, h.scores_by_prompt_len)
+    with pytest.raises(ValueError, match=r"prompt lengths \(2, 3, 4\); this one keeps them at "
+                                         r"\(3, 4\)"):
+        History(h.ids, h.tags, cont_len=4, prompt_lens=(3, 4)).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"scores_by_prompt_len of shape None"):
+        h.update(11, _result([1, 1], [1, 1]), "exact")
+    single = _history(3)  # one prompt length: nothing more is kept
+    assert single.scores_by_prompt_len.shape == (3, 3, 1) and single._count_short.nbytes == 0

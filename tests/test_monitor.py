@@ -187,6 +187,31 @@ def test_record_metrics_and_redacted_previews(recorder):
     assert reports and all(r.preview == previews[int(r.id[4:])] for r in reports)
 
 
+def test_several_prompt_lengths_reach_the_history_and_the_records(recorder, tmp_path):
+    rec = recorder()
+    mon = monitor(prompt_len=(M // 2, M), every_n_steps=12, total_steps=24, sinks=[rec])
+    model, opt = fresh()
+    loop(model, opt, 24, mon)
+    last = [x for e, x in rec.events if e == "probe"][-1]
+    res = probe(model, CORPUS.rows, (M // 2, M), N)  # the final probe is exact
+    np.testing.assert_array_equal(mon.history.scores_by_prompt_len[-1],
+                                  res.scores_by_prompt_len.numpy())
+    by_len = res.scores_by_prompt_len.numpy() == 1
+    assert by_len[:, 1].sum() > by_len[:, 0].sum(), "no difference: the check below is weak"
+    for j, m in enumerate((M // 2, M)):
+        assert last.metrics[f"memorized_fraction_p{m}"] == by_len[:, j].mean()
+        assert last.metrics[f"memorized_fraction_p{m}/canary"] == by_len[:4, j].mean()
+    torch.save(mon.state_dict(), tmp_path / "mon.pt")
+    back = monitor(prompt_len=(M, M // 2), every_n_steps=12)
+    back.load_state_dict(torch.load(tmp_path / "mon.pt", weights_only=True))
+    np.testing.assert_array_equal(back.history.scores_by_prompt_len,
+                                  mon.history.scores_by_prompt_len)
+    short = Watchlist(CORPUS.rows, [f"row-{i}" for i in range(16)], TAGS,
+                      prompt_lens=[M] * 15 + [3])
+    with pytest.raises(ValueError, match=r"'row-15' has a prompt of its own of 3 tokens"):
+        MemWatch(short, probe=ProbeSpec((M // 2, M), N))
+
+
 def test_default_schedule_probes_within_budget():
     mon = monitor(total_steps=60)
     model, opt = fresh()

@@ -53,8 +53,9 @@ class ProbeRecord:
     ``mean_score``, ``mean_match_prefix``, ``probe_seconds``, ``overhead``,
     ``forecast/expected_final_memorized``, ``audit/epsilon_lb``, and with ``with_nll``
     the probability of extraction ``mean_pz`` and (n, p) rates such as
-    ``extractable_n100_p90`` (all rows and ``/<tag>``; `memwatch.measures`); sinks prefix
-    them (``memwatch/``).
+    ``extractable_n100_p90`` (all rows and ``/<tag>``; `memwatch.measures`), and with several
+    prompt lengths ``memorized_fraction_p<M>`` per length M (all rows and ``/<tag>``); sinks
+    prefix them (``memwatch/``).
     """
 
     step: int
@@ -91,7 +92,8 @@ def probe_metrics(history, tags: Sequence[str], forecast=None, *,
     """The `ProbeRecord.metrics` of the latest probe in `history`.
 
     tags: the tags to count rows of (``memorized_count/<tag>``, ``memorized_fraction/<tag>``,
-        and for tags of PII rows ``leaked_count/<tag>``, ``leaked_fraction/<tag>``).
+        ``memorized_fraction_p<M>/<tag>`` with several prompt lengths, and for tags of PII
+        rows ``leaked_count/<tag>``, ``leaked_fraction/<tag>``).
     forecast: a `memwatch.forecast.Forecast` (its all-rows ``forecast/*`` numbers), or None.
     probe_seconds: the probe's own time; with it come ``probe_seconds`` and ``overhead``,
         the monitor's seconds (this probe's included) over training's (NaN before any).
@@ -117,6 +119,13 @@ def probe_metrics(history, tags: Sequence[str], forecast=None, *,
         if has_span[rows].any():  # a tag of PII rows (one per entity): leaked beside memorized
             metrics[f"leaked_count/{tag}"] = float(leaked[rows].sum())
             metrics[f"leaked_fraction/{tag}"] = float(leaked[rows].mean())
+    if len(history.prompt_lens) > 1:  # memorization vs prompt length (Carlini et al., ICLR 2023)
+        by_len = history.memorized_by_prompt_len[-1]
+        for j, m in enumerate(history.prompt_lens):
+            metrics[f"memorized_fraction_p{m}"] = float(by_len[:, j].mean())
+            for tag in tags:
+                metrics[f"memorized_fraction_p{m}/{tag}"] = float(
+                    by_len[history.tag_mask(tag), j].mean())
     log_pz = history.log_pz[-1]
     summary = extraction_summary(log_pz)  # empty unless the probe measured log p_z
     metrics.update(summary)

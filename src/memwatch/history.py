@@ -2,7 +2,8 @@
 
 Compact by construction: a probe of n rows costs 10n bytes (match_prefix and
 match_count as uint8, the two NLLs as float16, log p_z as float32: float16 cannot tell
-a memorized row's log p_z of -1e-6 from 0), so 100k rows x 200 probes is 200 MB.
+a memorized row's log p_z of -1e-6 from 0), so 100k rows x 200 probes is 200 MB, plus n
+bytes per shorter prompt length when the probe has several (their match counts).
 `memorized` and `scores` are derived, never stored beside what they derive from.
 """
 
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from memwatch.probe import CONT_LEN, MODES
+from memwatch.probe import CONT_LEN, MODES, PROMPT_LEN, prompt_lengths
 from memwatch.watchlist.tags import tag_mask
 
 _NO_NLL = np.float16(np.nan)
@@ -21,10 +22,15 @@ _NO_LOG_PZ = np.float32(np.nan)
 
 
 class History:
-    """Accumulates `ProbeResult`s step by step (``update``); answers are derived."""
+    """Accumulates `ProbeResult`s step by step (``update``); answers are derived.
+
+    ``prompt_lens``: the probe's prompt lengths (`ProbeSpec.prompt_lens`); with several, each
+    probe's `ProbeResult.scores_by_prompt_len` is kept too (`scores_by_prompt_len`).
+    """
 
     def __init__(self, ids: Sequence[str], tags: Sequence[Sequence[str]], cont_len: int = CONT_LEN,
-                 span_tokens: Sequence[int | None] | None = None):
+                 span_tokens: Sequence[int | None] | None = None,
+                 prompt_lens: int | Sequence[int] = PROMPT_LEN):
         if cont_len > 255:
             raise ValueError(f"History stores counts as uint8; cont_len={cont_len} exceeds 255")
         if span_tokens is not None and len(span_tokens) != len(ids):
@@ -37,6 +43,7 @@ class History:
         self.tags = [tuple(t) for t in tags]
         self._tag_masks: dict[str, np.ndarray] = {}
         self.cont_len = int(cont_len)
+        self.prompt_lens = prompt_lengths(prompt_lens)
         self.reset()
 
     def reset(self) -> None:
@@ -49,6 +56,8 @@ class History:
         self._nll = np.zeros((0, n), dtype=np.float16)
         self._nll_first = np.zeros((0, n), dtype=np.float16)
         self._log_pz = np.zeros((0, n), dtype=np.float32)
+        # match counts with the shorter prompt lengths (the longest's is _count)
+        self._count_short = np.zeros((0, n, len(self.prompt_lens) - 1), dtype=np.uint8)
 
     def __len__(self) -> int:
         return self._len
@@ -72,6 +81,7 @@ class History:
         self._nll = grow(self._nll, _NO_NLL, n)
         self._nll_first = grow(self._nll_first, _NO_NLL, n)
         self._log_pz = grow(self._log_pz, _NO_LOG_PZ, n)
+        self._count_short = grow(self._count_short, 0, n, len(self.prompt_lens) - 1)
 
     def update(self, step: int, result, mode: str) -> None:
         """Append one probe's `ProbeResult` taken at training `step` (steps strictly increase)."""
@@ -84,6 +94,12 @@ class History:
             raise ValueError(
                 f"probe result has {len(result.match_prefix)} rows, history has {self.num_rows}"
             )
+        by_len = getattr(result, "scores_by_prompt_len", None)
+        if len(self.prompt_lens) > 1 and (by_len is None or tuple(by_len.shape) !=
+                                          (self.num_rows, len(self.prompt_lens))):
+            raise ValueError(f"the history keeps scores at prompt lengths {self.prompt_lens}; "
+                             f"the probe result has scores_by_prompt_len of shape "
+                             f"{None if by_len is None else tuple(by_len.shape)}")
         if self._len == len(self._steps):
             self._grow()
         i = self._len
@@ -97,6 +113,9 @@ class History:
         self._nll_first[i] = _NO_NLL if first is None else _np(first).astype(np.float16)
         log_pz = getattr(result, "log_pz", None)
         self._log_pz[i] = _NO_LOG_PZ if log_pz is None else _np(log_pz).astype(np.float32)
+        if len(self.prompt_lens) > 1:
+            short = np.rint(_np(by_len)[:, :-1].astype(np.float64) * self.cont_len)
+            self._count_short[i] = short.astype(np.uint8)
         self._len += 1
 
     # ---- derived views (read-only) ---------------------------------------------------------
@@ -130,6 +149,19 @@ class History:
     def scores(self) -> np.ndarray:
         """float32 [P, n]: Pythia score (exact probes) or match_prefix / N (extractable)."""
         return self._count[: self._len].astype(np.float32) / self.cont_len
+
+    @property
+    def scores_by_prompt_len(self) -> np.ndarray:
+        """float32 [P, n, len(prompt_lens)]: the score with each prompt length, ascending (the
+        last is `scores`; `ProbeResult.scores_by_prompt_len`)."""
+        counts = np.concatenate([self._count_short[: self._len],
+                                 self._count[: self._len, :, None]], axis=2)
+        return counts.astype(np.float32) / self.cont_len
+
+    @property
+    def memorized_by_prompt_len(self) -> np.ndarray:
+        """bool [P, n, len(prompt_lens)]: memorized (score == 1) with each prompt length."""
+        return self.scores_by_prompt_len == 1.0
 
     @property
     def nll(self) -> np.ndarray:
@@ -177,7 +209,8 @@ class History:
 
     def head(self, k: int) -> History:
         """A new History holding only the first `k` probes (what was known back then)."""
-        h = History(self.ids, self.tags, cont_len=self.cont_len, span_tokens=self.span_tokens)
+        h = History(self.ids, self.tags, cont_len=self.cont_len, span_tokens=self.span_tokens,
+                    prompt_lens=self.prompt_lens)
         h._steps = self._steps[:k].copy()
         h._modes = self._modes[:k]
         h._prefix = self._prefix[:k].copy()
@@ -185,6 +218,7 @@ class History:
         h._nll = self._nll[:k].copy()
         h._nll_first = self._nll_first[:k].copy()
         h._log_pz = self._log_pz[:k].copy()
+        h._count_short = self._count_short[:k].copy()
         h._len = len(h._steps)
         return h
 
@@ -202,6 +236,8 @@ class History:
             "nll": torch.from_numpy(self._nll[: self._len].copy()),
             "nll_first": torch.from_numpy(self._nll_first[: self._len].copy()),
             "log_pz": torch.from_numpy(self.log_pz.copy()),
+            "prompt_lens": list(self.prompt_lens),
+            "match_count_short": torch.from_numpy(self._count_short[: self._len].copy()),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -211,6 +247,10 @@ class History:
                 f"({len(state['ids'])} rows, first id {state['ids'][:1]}); "
                 f"this one has {self.num_rows} rows, first id {self.ids[:1]}"
             )
+        saved = tuple(state.get("prompt_lens", self.prompt_lens[-1:]))
+        if len(self.prompt_lens) > 1 and saved != self.prompt_lens:
+            raise ValueError(f"saved history kept scores at prompt lengths {saved}; this one "
+                             f"keeps them at {self.prompt_lens}: build it with the saved lengths")
         _check_arrays(state)
         self.cont_len = int(state["cont_len"])
         if "span_tokens" in state:  # saved before memwatch knew PII spans: keep the current
@@ -228,6 +268,8 @@ class History:
             self._log_pz = state["log_pz"].numpy().astype(np.float32).copy()
         else:  # saved before memwatch measured it
             self._log_pz = np.full(self._nll.shape, _NO_LOG_PZ, dtype=np.float32)
+        self._count_short = state["match_count_short"].numpy().astype(np.uint8).copy() \
+            if len(self.prompt_lens) > 1 else np.zeros((*self._nll.shape, 0), dtype=np.uint8)
         self._len = len(self._steps)
 
 
@@ -246,8 +288,14 @@ def _check_arrays(hist: dict) -> None:
         if key in hist and tuple(hist[key].shape) != (k, n):
             raise ValueError(f"saved history's {key} has shape {tuple(hist[key].shape)}; "
                              f"{k} steps x {n} rows needs ({k}, {n})")
-    for key in ("match_prefix", "match_count"):
-        values = hist[key]
-        if len(values) and (int(values.min()) < 0 or int(values.max()) > cont_len):
+    short = hist.get("match_count_short")
+    if short is not None and tuple(short.shape[:2]) != (k, n):
+        raise ValueError(f"saved history's match_count_short has shape {tuple(short.shape)}; "
+                         f"{k} steps x {n} rows needs ({k}, {n}, lengths - 1)")
+    for key in ("match_prefix", "match_count", "match_count_short"):
+        if key not in hist:
+            continue
+        values = np.asarray(hist[key])
+        if values.size and (int(values.min()) < 0 or int(values.max()) > cont_len):
             raise ValueError(f"saved history's {key} holds {int(values.max())}; with "
                              f"cont_len={cont_len} it must lie in [0, {cont_len}]")

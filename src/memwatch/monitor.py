@@ -50,7 +50,7 @@ from memwatch.lm import device_of, eos_ids, vocab_size
 from memwatch.masking import FlaggedWindows, MaskSpec
 from memwatch.policy import AbortPolicy, Verdict, evaluate
 from memwatch.probe import BatchSize, ProbeSpec
-from memwatch.prompt_groups import probe_rows
+from memwatch.prompt_groups import check_prompt_lens, probe_rows
 from memwatch.resume import compare_resumed, resume_sample
 from memwatch.schedule import Schedule
 from memwatch.sinks.fanout import Fanout
@@ -159,6 +159,7 @@ class MemWatch:
             raise ValueError(f"on_probe_failure must be one of {PROBE_FAILURE}; got "
                              f"{on_probe_failure!r}")
         watchlist.validate(spec.context_len, spec.cont_len)
+        check_prompt_lens(watchlist.ids, watchlist.prompt_lens, spec)
         abort.check(watchlist.tags)  # a key naming no row would never act
         _check_audit(watchlist, abort, spec)
         self.watchlist = watchlist
@@ -181,7 +182,7 @@ class MemWatch:
         self._flagged_ids: tuple[str, ...] = ()
         self._windows: FlaggedWindows | None = None
         self.history = History(watchlist.ids, watchlist.tags, cont_len=spec.cont_len,
-                               span_tokens=watchlist.span_tokens)
+                               span_tokens=watchlist.span_tokens, prompt_lens=spec.prompt_lens)
         self.exposure_log = ExposureLog(len(watchlist))
         self._tags = tag_set(watchlist.tags)
         self._sent: frozenset[str] = frozenset()

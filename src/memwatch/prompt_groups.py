@@ -40,6 +40,22 @@ def prompt_groups(prompt_lens: Sequence[int | None] | None, n: int,
     return [(int(p), np.flatnonzero(lens == p)) for p in sorted(set(lens.tolist()), reverse=True)]
 
 
+def check_prompt_lens(ids: Sequence[str], prompt_lens: Sequence[int | None] | None,
+                      spec: ProbeSpec) -> None:
+    """Raise ValueError, naming the row, when `spec` has several prompt lengths and a row has a
+    prompt of its own shorter than the longest: such a row is probed with its own length
+    alone (`probe_rows` refuses it at every probe; the monitor and eval refuse it up front)."""
+    if len(spec.prompt_lens) < 2 or prompt_lens is None:
+        return
+    short = next((i for i, p in enumerate(prompt_lens) if p is not None and p < spec.context_len),
+                 None)
+    if short is not None:
+        raise ValueError(f"watchlist sequence {ids[short]!r} has a prompt of its own of "
+                         f"{prompt_lens[short]} tokens (PII in a short record), probed with that "
+                         f"length alone; probe this watchlist with one prompt_len, not "
+                         f"{list(spec.prompt_lens)}")
+
+
 def probe_rows(model, tokens: torch.Tensor, prompt_lens: Sequence[int | None] | None,
                spec: ProbeSpec = ProbeSpec(),  # noqa: B008 (frozen, so a shared default is safe)
                probe_fn: Callable[..., ProbeResult] | None = None, *args) -> ProbeResult:

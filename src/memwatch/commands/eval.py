@@ -58,7 +58,11 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--batch-size", default=None, type=_batch_size, metavar="N|auto",
                    help="rows per probe batch, also the unit a crash can lose (default auto)")
-    p.add_argument("--prompt-len", type=positive_int, default=PROMPT_LEN)
+    p.add_argument("--prompt-len", type=positive_int, nargs="+", default=[PROMPT_LEN],
+                   metavar="M",
+                   help=f"prompt length(s) (default {PROMPT_LEN}); several (32 64 96) score the "
+                        "same continuation, after the longest, once per length: one score_p<M> "
+                        "column each, `score` being the longest's (Carlini et al., ICLR 2023)")
     p.add_argument("--cont-len", type=positive_int, default=CONT_LEN)
     p.add_argument("--no-nll", action="store_true",
                    help="skip the NLL and the extraction measures (columns written as NaN)")
@@ -115,7 +119,7 @@ def run(args) -> int:
 
     started = False
     try:
-        spec = ProbeSpec(args.prompt_len, args.cont_len, args.mode, not args.no_nll,
+        spec = ProbeSpec(tuple(args.prompt_len), args.cont_len, args.mode, not args.no_nll,
                          args.batch_size, min_k=args.min_k)
         config = EvalConfig(spec, args.dtype, args.cache_dir, args.device)
         models, gguf_file = _models(args)

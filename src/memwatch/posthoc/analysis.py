@@ -9,7 +9,9 @@ and intermediate checkpoints of the target model, fitted with
 of the same (model, checkpoint) from different sources (a memwatch re-run and
 EleutherAI's published set) are compared with each other in an agreement table.
 Runs that carry log p_z (memwatch's, with NLL) also give (n,p)-extraction curves
-across checkpoints and a p_z histogram (Hayes et al. 2024; `memwatch.measures`).
+across checkpoints and a p_z histogram (Hayes et al. 2024; `memwatch.measures`); runs
+probed with several prompt lengths give the memorized fraction per length (Carlini et
+al., ICLR 2023: it grows log-linearly with the prompt's length).
 """
 
 from __future__ import annotations
@@ -56,6 +58,31 @@ def tag_counts(runs: Sequence[Run]) -> tuple[TagCount, ...]:
             out.append(TagCount(run.label, tag, int(rows.sum()),
                                 int(run.memorized[rows].sum())))
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class PromptLenCurve:
+    """One run probed with several prompt lengths (`memwatch eval --prompt-len 32 64 96`): its
+    rows memorized (score = 1) with each length, the continuation being the same."""
+
+    run: str  # the run's label
+    model: str
+    revision: str
+    rows: int
+    prompt_lens: tuple[int, ...]  # ascending
+    memorized: tuple[int, ...]  # per length
+
+    @property
+    def fractions(self) -> tuple[float, ...]:
+        return tuple(m / self.rows if self.rows else float("nan") for m in self.memorized)
+
+
+def prompt_len_curves(runs: Sequence[Run]) -> tuple[PromptLenCurve, ...]:
+    """A `PromptLenCurve` per run with scores at several prompt lengths, in `runs` order."""
+    return tuple(
+        PromptLenCurve(run.label, run.model, run.revision, len(run.index), run.prompt_lens,
+                       tuple(int(k) for k in (run.scores_by_prompt_len >= 1.0).sum(axis=0)))
+        for run in runs if run.prompt_lens is not None and len(run.prompt_lens) > 1)
 
 
 @dataclass(frozen=True)
@@ -168,6 +195,7 @@ class Analysis:
     # model -> [(revision, rates [len(CURVE_DRAWS), len(CURVE_PROBS)])], in training order
     extraction: dict = field(default_factory=dict)
     pz_histograms: dict = field(default_factory=dict)  # model -> (revision, edges, counts)
+    prompt_lens: tuple[PromptLenCurve, ...] = ()
 
     def matrix(self, attr: str) -> tuple[list[str], list[str], np.ndarray]:
         """(rows, revisions, float [rows, revisions]) of a PairStats field, NaN if absent.
@@ -376,7 +404,7 @@ def analyze(runs: Sequence[Run], target: str, tokens_per_step: int = PYTHIA_TOKE
             pz_histograms[run.model] = (run.revision, *pz_histogram(lp))  # the latest
     return Analysis(tgt.label, target_compute, tokens_per_step, pairs, histograms,
                     small_pred, ckpt_pred, equi, agreements(runs), tag_counts(runs), extraction,
-                    pz_histograms)
+                    pz_histograms, prompt_len_curves(runs))
 
 
 def _equi(small: Predictor, ckpts: Predictor, i: int, target_compute: float) -> EquiCompute:
@@ -416,5 +444,7 @@ def to_json(analysis: Analysis) -> str:
         "extraction": {"n": list(CURVE_DRAWS), "p": list(CURVE_PROBS), "rates": {
             model: {revision: rates.tolist() for revision, rates in curves}
             for model, curves in analysis.extraction.items()}},
+        "prompt_lens": [{**vars(c), "fractions": list(c.fractions)}
+                        for c in analysis.prompt_lens],
     }
     return json.dumps(data, indent=2, allow_nan=False, default=clean)

@@ -2,9 +2,10 @@
 
 One parquet per (model, revision) at ``<out>/<model name>/<revision>.parquet`` with
 columns ``index`` (the row's sequence index in the training data, or its watchlist
-position), ``id``, ``score``, ``match_prefix``, ``nll``, ``tags`` and the extraction
-measures ``log_pz``, ``min_k_logprob``, ``zlib_ratio`` (with NLL, the default); the run's
-settings ride in the file's schema metadata under ``memwatch``
+position), ``id``, ``score``, ``match_prefix``, ``nll``, ``tags``, the extraction
+measures ``log_pz``, ``min_k_logprob``, ``zlib_ratio`` (with NLL, the default) and, with
+several prompt lengths, ``score_p<M>`` per length M (``score`` is the longest's); the
+run's settings ride in the file's schema metadata under ``memwatch``
 (`memwatch.posthoc.results` owns the format). Rows come from a row source
 (`memwatch.posthoc.rows`): a watchlist in memory, or Pythia's data streamed batch by
 batch, so memory does not grow with the number of rows.
@@ -48,7 +49,7 @@ from memwatch.posthoc.results import (
 )
 from memwatch.posthoc.rows import PythiaRows, WatchlistRows
 from memwatch.probe import BatchSize, ProbeSpec, _probe
-from memwatch.prompt_groups import probe_rows
+from memwatch.prompt_groups import check_prompt_lens, probe_rows
 from memwatch.watchlist import Watchlist
 
 RowSource = WatchlistRows | PythiaRows
@@ -119,7 +120,8 @@ class EvalConfig:
             object.__setattr__(self, name, value)
 
     def as_meta(self) -> dict:
-        """The settings as the flat dict a results file's metadata holds (format unchanged)."""
+        """The settings as the flat dict a results file's metadata holds (format unchanged;
+        ``prompt_len`` a list when there are several: `results.prompt_lens_of` reads it)."""
         s = self.spec
         return {"prompt_len": s.prompt_len, "cont_len": s.cont_len, "mode": s.mode,
                 "dtype": self.dtype, "batch_size": s.batch_size, "with_nll": s.with_nll,
@@ -216,7 +218,10 @@ def check_inputs(checkpoints: Sequence[Checkpoint], rows: RowSource,
 
     if not checkpoints:
         raise ValueError("no checkpoints to evaluate")
-    top, where = rows.check(config.spec.total_len)
+    spec = config.spec
+    top, where = rows.check(spec.total_len)
+    if isinstance(rows, WatchlistRows):  # PII rows of short records: one prompt length
+        check_prompt_lens(rows.watchlist.ids, rows.watchlist.prompt_lens, spec)
     for ckpt in checkpoints:
         path, kwargs = _load_args(ckpt, config)
         try:
@@ -372,7 +377,8 @@ def _score_slice(model, rows: RowSource, start, end, rank_dir, meta, config, bar
         measures = {name: getattr(res, name).numpy() for name in MEASURE_COLUMNS
                     if getattr(res, name) is not None}
         table = results_table(index, ids, tags, res.scores.numpy(), res.match_prefix.numpy(),
-                              nll.float().numpy(), meta, measures)
+                              nll.float().numpy(), meta, measures,
+                              res.scores_by_prompt_len.numpy())
         _write_atomic(table, rank_dir / f"{done:012d}-{hi:012d}.parquet")
         bar.update(hi - done)
         done = hi

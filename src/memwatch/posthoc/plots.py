@@ -1,5 +1,5 @@
 """PNG plots of an `Analysis`: heatmaps, score histograms, memorized fraction, recall vs
-compute, (n,p)-extraction curves and p_z histograms.
+compute, (n,p)-extraction curves, p_z histograms and memorized fraction vs prompt length.
 
 Drawn the one way memwatch draws (`memwatch.figures`): a Figure on its own Agg canvas,
 never pyplot, so no display is needed and the user's backend is left alone.
@@ -169,6 +169,27 @@ def pz_histograms(analysis: Analysis, path: Path) -> Path:
                                      f"holds everything <= {edges[0]:g})")
 
 
+def prompt_len_curves(analysis: Analysis, path: Path) -> Path:
+    """Write memorized fraction vs prompt length (log scale), one line per run probed with
+    several lengths (Carlini et al., ICLR 2023: log-linear growth)."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    curves = analysis.prompt_lens
+    if not curves:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no run with several prompt lengths (memwatch eval --prompt-len "
+                "32 64 96)", ha="center", va="center")
+        return _save(fig, path)
+    for c in curves:
+        ax.plot(c.prompt_lens, c.fractions, marker="o", label=c.run)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("prompt length (tokens before the same continuation)")
+    ax.set_ylabel("memorized fraction")
+    ax.legend(fontsize=7)
+    ax.set_title("Memorization vs prompt length")
+    return _save(fig, path)
+
+
 def render_all(analysis: Analysis, out: str | Path) -> dict[str, Path]:
     """Write every plot under `out`; returns {name: path}."""
     out = Path(out)
@@ -184,4 +205,6 @@ def render_all(analysis: Analysis, out: str | Path) -> dict[str, Path]:
         "recall_vs_compute": recall_vs_compute(analysis, out / "recall_vs_compute.png"),
         "extraction": extraction_curves(analysis, out / "extraction_curves.png"),
         "pz_histograms": pz_histograms(analysis, out / "pz_histograms.png"),
+        **({"prompt_lens": prompt_len_curves(analysis, out / "prompt_lens.png")}
+           if analysis.prompt_lens else {}),
     }

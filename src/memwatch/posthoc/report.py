@@ -39,6 +39,16 @@ def _agreement_table(analysis: Analysis) -> str:
                    "both", "precision", "recall", "correlation"], rows)
 
 
+def _prompt_len_table(analysis: Analysis) -> str:
+    lens = sorted({m for c in analysis.prompt_lens for m in c.prompt_lens})
+    rows = []
+    for c in analysis.prompt_lens:
+        at = dict(zip(c.prompt_lens, zip(c.memorized, c.fractions, strict=True), strict=True))
+        rows.append([c.run, str(c.rows)] + [f"{_num(at[m][1], '.4f')} ({at[m][0]})" if m in at
+                                            else "" for m in lens])
+    return _table(["run", "rows"] + [f"M = {m}" for m in lens], rows)
+
+
 def _predictor_text(pred: Predictor | None) -> str:
     if pred is None:
         return "no points with known compute"
@@ -89,6 +99,14 @@ def render_markdown(analysis: Analysis, plots: dict[str, Path], base: Path) -> s
         "table above.",
         img("extraction", "(n,p)-extraction curves"),
         img("pz_histograms", "p_z histograms"),
+        *(["## Memorization vs prompt length",
+           "Runs probed with several prompt lengths (`memwatch eval --prompt-len 32 64 96`): "
+           "the fraction (count) of rows memorized with each length M, the continuation being "
+           "the same, after the longest prompt. Extraction grows log-linearly with the "
+           "prompt's length (Carlini et al., ICLR 2023, \"Quantifying memorization across "
+           "neural language models\").",
+           _prompt_len_table(analysis), img("prompt_lens", "memorized fraction vs prompt length")]
+          if analysis.prompt_lens else []),
         "## Recall vs compute",
         f"- smaller models: {_predictor_text(analysis.smaller_models)}",
         f"- intermediate checkpoints: {_predictor_text(analysis.checkpoints)}",

@@ -6,8 +6,9 @@ The one place that knows how results are laid out on disk. Every reader returns 
 - ``memwatch``: the parquet files `memwatch eval` writes, one per (model, revision),
   columns ``index``, ``id``, ``score``, ``match_prefix``, ``nll``, ``tags`` and the
   extraction measures `MEASURE_COLUMNS` (``log_pz``, ``min_k_logprob``, ``zlib_ratio``,
-  each defined in `memwatch.measures` and docs/concepts.md; NaN without NLL); the run's
-  settings in the schema metadata under ``memwatch`` (`results_table`, `read_meta`).
+  each defined in `memwatch.measures` and docs/concepts.md; NaN without NLL), and with
+  several prompt lengths one ``score_p<M>`` column per length M (`score_column`); the
+  run's settings in the schema metadata under ``memwatch`` (`results_table`, `read_meta`).
 - ``pythia-csv``: what EleutherAI's ``predictable-memorization/eval_memorization.py``
   writes, ``memorization_<MODEL>_<STEP>/rank-<R>.csv`` (or ``memorization_<MODEL>_<STEP>.csv``),
   headerless ``index,accuracy`` lines, ``MODEL`` as in ``EleutherAI/pythia-<MODEL>``; also any
@@ -45,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from memwatch.probe import PROMPT_LEN
 from memwatch.watchlist.pythia import (  # noqa: F401  (re-exported for readers)
     PYTHIA_FINAL_STEP,
     PYTHIA_PARAMS,
@@ -92,6 +94,9 @@ class Run:
     tags: each row's watchlist tags (memwatch results of a watchlist), else None.
     log_pz: float32 [n] log p_z (`memwatch.measures`), or None where the source has none
     (NaN for rows probed without NLL).
+    prompt_lens: the prompt lengths the rows were probed with, ascending (memwatch results),
+    else None; scores_by_prompt_len: float32 [n, len(prompt_lens)] the score with each (the
+    last column is `scores`), as `ProbeResult.scores_by_prompt_len`, else None.
     """
 
     model: str
@@ -106,6 +111,8 @@ class Run:
     variant: str = ""
     tags: tuple[tuple[str, ...], ...] | None = field(default=None, repr=False)
     log_pz: np.ndarray | None = None
+    prompt_lens: tuple[int, ...] | None = None
+    scores_by_prompt_len: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def key(self) -> str:
@@ -125,7 +132,8 @@ class Run:
 
 
 def _make_run(model, revision, params, index, memorized, scores, source, files,
-              variant="", tags=None, log_pz=None) -> Run:
+              variant="", tags=None, log_pz=None, prompt_lens=None,
+              scores_by_prompt_len=None) -> Run:
     index = np.asarray(index, np.int64)
     order = np.argsort(index, kind="stable")
     index = index[order]
@@ -138,7 +146,9 @@ def _make_run(model, revision, params, index, memorized, scores, source, files,
                None if scores is None else np.asarray(scores, np.float32)[order], source,
                tuple(str(f) for f in files), variant,
                None if tags is None else tuple(tuple(tags[i] or ()) for i in order),
-               None if log_pz is None else np.asarray(log_pz, np.float32)[order])
+               None if log_pz is None else np.asarray(log_pz, np.float32)[order], prompt_lens,
+               None if scores_by_prompt_len is None
+               else np.asarray(scores_by_prompt_len, np.float32)[order])
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,16 +156,34 @@ def _make_run(model, revision, params, index, memorized, scores, source, files,
 # --------------------------------------------------------------------------------------------
 
 
+def prompt_lens_of(meta: dict) -> tuple[int, ...]:
+    """The prompt lengths a results file's rows were probed with, ascending: its metadata's
+    ``prompt_len``, an integer (one length, and every file written before several) or a list."""
+    value = meta.get("prompt_len", PROMPT_LEN)
+    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
+
+
+def score_column(prompt_len: int) -> str:
+    """The results column of the score with prompt length `prompt_len`: ``score_p<M>``."""
+    return f"score_p{prompt_len}"
+
+
 def results_table(index, ids, tags, scores, match_prefix, nll, meta: dict,
-                  measures: dict | None = None):
+                  measures: dict | None = None, scores_by_prompt_len=None):
     """A pyarrow Table of scored rows in memwatch's results format, `meta` in its schema.
 
-    `measures` maps each of `MEASURE_COLUMNS` to float [n] (a missing one is NaN).
+    `measures` maps each of `MEASURE_COLUMNS` to float [n] (a missing one is NaN). With
+    several prompt lengths in `meta` (`prompt_lens_of`), `scores_by_prompt_len` (float
+    [n, lengths], ascending, as `ProbeResult`'s) gives one `score_column` per length (NaN
+    when None); with one length there is none (``score`` is it).
     """
     import pyarrow as pa
 
     n = len(np.asarray(scores))
     measures = measures or {}
+    lens = prompt_lens_of(meta)
+    by_len = np.full((n, len(lens)), np.nan, np.float32) if scores_by_prompt_len is None \
+        else np.asarray(scores_by_prompt_len, np.float32).reshape(n, len(lens))
     table = pa.table({
         "index": pa.array(np.asarray(index, np.int64)),
         "id": pa.array(list(ids), pa.string()),
@@ -165,6 +193,8 @@ def results_table(index, ids, tags, scores, match_prefix, nll, meta: dict,
         "tags": pa.array([list(t) for t in tags], pa.list_(pa.string())),
         **{name: pa.array(np.asarray(measures[name], np.float32) if name in measures
                           else np.full(n, np.nan, np.float32)) for name in MEASURE_COLUMNS},
+        **({score_column(m): pa.array(by_len[:, j]) for j, m in enumerate(lens)}
+           if len(lens) > 1 else {}),
     })
     return table.replace_schema_metadata({"memwatch": json.dumps(meta)})
 
@@ -201,15 +231,24 @@ def read_memwatch(paths: Sequence[Path], meta: dict) -> Run:
     names = [set(pq.read_schema(p).names) for p in paths]
     with_tags = all("tags" in n for n in names)
     has_log_pz = all("log_pz" in n for n in names)  # absent in files written before it
+    lens = prompt_lens_of(meta)
+    by_len = [score_column(m) for m in lens] if len(lens) > 1 else ["score"]
+    missing = next((f"{p}: no column {c!r}" for p, n in zip(paths, names, strict=True)
+                    for c in by_len if c not in n), None)
+    if missing:
+        raise ValueError(f"{missing}, though its metadata names prompt lengths {list(lens)}; "
+                         "the file is corrupt: run memwatch eval for that checkpoint again")
     columns = ["index", "score", "match_prefix"] + (["tags"] if with_tags else []) \
-        + (["log_pz"] if has_log_pz else [])
+        + (["log_pz"] if has_log_pz else []) + [c for c in by_len if c != "score"]
     table = pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
     prefix = table["match_prefix"].to_numpy()
+    scores_by_len = np.stack([table[c].to_numpy() for c in by_len], axis=1)
     return _make_run(meta.get("name") or Path(meta["model"]).name, meta["revision"],
                      meta.get("params"), table["index"].to_numpy(),
                      prefix >= int(meta["cont_len"]), table["score"].to_numpy(), "memwatch",
                      paths, tags=table["tags"].to_pylist() if with_tags else None,
-                     log_pz=table["log_pz"].to_numpy() if has_log_pz else None)
+                     log_pz=table["log_pz"].to_numpy() if has_log_pz else None,
+                     prompt_lens=lens, scores_by_prompt_len=scores_by_len)
 
 
 # --------------------------------------------------------------------------------------------
