@@ -231,6 +231,105 @@ def test_prefilter_reads_only_candidate_lines():
     assert lines == ["mail maria.lopez@outlook.com now", "call 212 555 0199"]
 
 
+# Phone-like text: what a phone matcher must reject (versions, dates, times, ids, decimals,
+# page ranges, numbers glued to words) beside numbers it must find, national and international,
+# with +, parentheses, dots, spaces, dashes, slashes, extensions, letters and non-ASCII digits;
+# the shortest valid numbers among them.
+PHONE_LIKE = [
+    "Python 3.11.7", "v1.2.3.4", "10.0.19041.1", "2023-01-15", "15.01.2023", "01/02/2023",
+    "2012-01-02 08:00:00", "12:30:45", "ORD-2023-000123", "6107-1415-32", "978-3-16-148410-0",
+    "123e4567-e89b-12d3-a456-426614174000", "3.14159265358979", "1,234,567.89", "1927868237",
+    "Chen Li. VLDB J. 12(3): 211-227 (2003).", "range(10, 20, 30, 40)", "0x7fffffff",
+    "(212) 555-0199", "212-555-0199", "212.555.0199", "+1 212 555 0199", "+1-212-555-0199",
+    "+1.212.555.0199", "1-800-555-0100 ext. 12", "1-800-FLOWERS", "+1 (212) 555-0199 x123",
+    "+44 20 7946 0958", "020 7946 0958", "07700 900123", "+49 30 12345678", "030 12345678",
+    "(030) 1234567", "+49 (0)30 1234 56", "0049 30 12345", "011 44 20 7946 0958", "089 1234",
+    "0221 1234", "+49 89 1234", "+49 30 901820", "030 901820", "+33 1 42 68 53 00",
+    "01 42 68 53 00", "+972-3-123-4567", "03-123-4567", "+91 98765 43210", "098765 43210",
+    "+55 11 91234-5678", "(11) 91234-5678", "+43 1 1234", "+683 4002", "+290 1234",
+    "651-234-2345/332-445-1234", "3324451234 8002341234", "０３-１２３４-５６７８",
+    "٠٣٠ ١٢٣٤٥٦٧٨", "abc8005001234", "8005001234def", "$2125550199", "2125550199%",
+    "8005001234", "2125550199",
+    "[+49] 30-1234-5678", "+49.30.1234.5678", "(+44) 20 7946 0958", "0 30 12 34 56 78",
+    # the shortest numbers phonenumbers finds: 6 digits internationally, 4 in Germany, 7 in the US
+    "+43 1117", "+98 9626", "1640", "01687", "3108566",
+]
+
+
+def _phone_like_fuzz(n=150, seed=0):
+    """Random digit groups joined by the separators phone numbers use, some after + or 0."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        groups = [str(rng.randrange(10 ** rng.randrange(1, 5))) for _ in range(rng.randrange(1, 5))]
+        seps = [rng.choice([" ", "-", ".", "/", ") ", " (", ""]) for _ in groups[1:]]
+        body = groups[0] + "".join(s + g for s, g in zip(seps, groups[1:], strict=True))
+        out.append(rng.choice(["", "+", "+49 ", "0", "00", "(0", "+1 "]) + body)
+    return out
+
+
+def test_bounded_phone_recognizer_finds_what_presidio_finds():
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    stock, bounded = PhoneRecognizer(), pii._bounded_phone_recognizer()
+    texts = [f"ring {v} now" for v in PHONE_LIKE] + _phone_like_fuzz()
+    texts.append("; ".join(texts))  # and all in one text, where neighbours and tries interact
+    found = 0
+    for text in texts:
+        want = [(r.start, r.end, r.score) for r in stock.analyze(text, ["PHONE_NUMBER"])]
+        got = [(r.start, r.end, r.score) for r in bounded.analyze(text, ["PHONE_NUMBER"])]
+        assert sorted(got) == sorted(want), text
+        found += len(want)
+    assert found > 60  # the text holds numbers of every kind, not only look-alikes
+
+
+def test_find_pii_on_phone_like_text_equals_the_plain_analyzer():
+    text = "\n".join(f"line {k}: call {v} today" for k, v in enumerate(PHONE_LIKE))
+    plain = dedupe([h for h in pii._presidio_hits(text, pii.ENTITIES, stock_phone=True)
+                    if h.score >= 0.35 and pii.plausible(h, text)])
+    assert find_pii(text, backend="presidio") == plain
+    assert sum(h.entity == "PHONE_NUMBER" for h in plain) > 20
+
+
+def test_bounded_phone_matcher_parses_no_short_candidate_and_nothing_twice(monkeypatch):
+    import phonenumbers.phonenumbermatcher as matcher
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    calls = []
+    parse = matcher.parse
+    monkeypatch.setattr(matcher, "parse", lambda *a, **k: calls.append(a[0]) or parse(*a, **k))
+    short = "versions 1.2.3 and 4.5, range(10, 20, 30)"
+    PhoneRecognizer().analyze(short, ["PHONE_NUMBER"])
+    assert calls  # Presidio's own recognizer parses each of them in every region
+    calls.clear()
+    assert pii._bounded_phone_recognizer().analyze(short, ["PHONE_NUMBER"]) == []
+    assert calls == []
+    fresh = f"id {random.randrange(10 ** 9, 10 ** 10)}-{random.randrange(10 ** 5)} end"
+    pii._bounded_phone_recognizer().analyze(fresh, ["PHONE_NUMBER"])
+    assert calls
+    calls.clear()
+    pii._bounded_phone_recognizer().analyze(fresh, ["PHONE_NUMBER"])
+    assert calls == []  # rejected once, remembered
+
+
+def test_fewest_phone_digits_bounds_every_example_number():
+    import phonenumbers
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    for region in PhoneRecognizer.DEFAULT_SUPPORTED_REGIONS:
+        fewest = pii.fewest_phone_digits(region)
+        for kind in range(12):  # every PhoneNumberType
+            number = phonenumbers.example_number_for_type(region, kind)
+            if number is None:
+                continue
+            for style in (phonenumbers.PhoneNumberFormat.NATIONAL,
+                          phonenumbers.PhoneNumberFormat.INTERNATIONAL):
+                written = phonenumbers.format_number(number, style)
+                assert sum(c.isdigit() for c in written) >= fewest, (region, written)
+    assert pii.fewest_phone_digits("DE") == 4  # national numbers of 4 digits are possible
+    assert pii.fewest_phone_digits("US") == pii.fewest_phone_digits("ZZ") == 6  # +43 1117
+
+
 @pytest.mark.parametrize("backend", ["presidio", "regex"])
 def test_a_build_server_address_is_an_address(backend):
     text = "The build server is at 203.0.113.77 behind the VPN."

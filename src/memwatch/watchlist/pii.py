@@ -216,8 +216,10 @@ def _presidio_available() -> bool:
     return True
 
 
-@lru_cache(maxsize=1)
-def _analyzer():
+@lru_cache(maxsize=2)
+def _analyzer(stock_phone: bool = False):
+    """Presidio's AnalyzerEngine with memwatch's recognizers; `stock_phone`: with Presidio's own
+    PhoneRecognizer instead of `_bounded_phone_recognizer` (the same hits, slower)."""
     import spacy
     import tldextract
     from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
@@ -247,7 +249,8 @@ def _analyzer():
     registry = RecognizerRegistry(supported_languages=["en"])
     # Presidio's UrlRecognizer also matches scheme-less "host.tld" (self.re, setup.py): on
     # code that is nearly every attribute access, so URLs use memwatch's stricter pattern.
-    for rec in (OfflineEmailRecognizer(), PhoneRecognizer(), CreditCardRecognizer(),
+    phone = PhoneRecognizer() if stock_phone else _bounded_phone_recognizer()
+    for rec in (OfflineEmailRecognizer(), phone, CreditCardRecognizer(),
                 IpRecognizer(), IbanRecognizer(), UsSsnRecognizer(),
                 PatternRecognizer(supported_entity="URL", name="SchemeUrlRecognizer",
                                   patterns=[Pattern("url", _REGEXES["URL"], 0.6)]),
@@ -258,9 +261,97 @@ def _analyzer():
     return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
 
 
-def _presidio_hits(text: str, entities: tuple[str, ...]) -> list[PiiHit]:
-    results = _analyzer().analyze(text, language="en", entities=list(entities))
+def _presidio_hits(text: str, entities: tuple[str, ...],
+                   stock_phone: bool = False) -> list[PiiHit]:
+    results = _analyzer(stock_phone).analyze(text, language="en", entities=list(entities))
     return [PiiHit(r.entity_type, r.start, r.end, float(r.score)) for r in results]
+
+
+# Presidio's PhoneRecognizer runs phonenumbers' PhoneNumberMatcher once per region (8 of them)
+# over its text, and the matcher parses every digit group it meets (versions, dates, decimals,
+# ids): on code and prose that is most of the Presidio backend's time. A number phonenumbers
+# calls valid has a national significant number of one of its region's possible lengths, and,
+# written internationally, its country code too; every one of those digits is a digit of the
+# text (a letter of a vanity number becomes one). A candidate with fewer digits and letters than
+# the shortest such number cannot be valid, so the bounded matcher rejects it without parsing,
+# where the matcher would parse it and reject it: the matches, and the number of tries the
+# matcher counts, are the same. tests/test_pii.py compares both on adversarial text.
+
+_LETTERS_AND_DIGITS = re.compile(r"[^\W_]")
+
+
+@lru_cache(maxsize=64)
+def fewest_phone_digits(region: str) -> int:
+    """The fewest digits a phone number valid to phonenumbers holds when `region` is the default.
+
+    A national number of `region`'s country code is at least its shortest possible national
+    length; one written with ``+`` or an international prefix holds its country code and a
+    national number of that code (Germany: 4 digits nationally; +43 1234: 6 internationally).
+    """
+    import phonenumbers
+    from phonenumbers.phonemetadata import PhoneMetadata
+
+    def shortest_national(code: int) -> int:
+        lengths = []
+        for region_code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[code]:
+            meta = PhoneMetadata.metadata_for_region_or_calling_code(code, region_code)
+            desc = meta.general_desc if meta is not None else None
+            # no lengths listed: phonenumbers' own floor for any national number, 2 digits
+            lengths.append(min((n for n in (desc.possible_length if desc else ()) if n > 0),
+                               default=2))
+        return min(lengths)
+
+    international = min(len(str(code)) + shortest_national(code)
+                        for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+    code = phonenumbers.country_code_for_region(region) if region else 0
+    return min(international, shortest_national(code)) if code else international
+
+
+@lru_cache(maxsize=1)
+def _bounded_phone_recognizer():
+    """Presidio's PhoneRecognizer on a matcher that skips candidates too short to be valid."""
+    import phonenumbers
+    from phonenumbers.phonenumbermatcher import PhoneNumberMatcher
+    from presidio_analyzer import EntityRecognizer
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    rejected: set[tuple] = set()
+
+    class BoundedMatcher(PhoneNumberMatcher):
+        def _parse_and_verify(self, candidate, offset):
+            if len(_LETTERS_AND_DIGITS.findall(candidate)) < fewest_phone_digits(
+                    self.preferred_region):
+                return None
+            # all the outcome depends on (the characters on either side are checked)
+            end = offset + len(candidate)
+            key = (candidate, self.preferred_region, self.leniency,
+                   self.text[offset - 1] if offset > 0 else None,
+                   self.text[end] if end < len(self.text) else None)
+            if key in rejected:
+                return None
+            match = super()._parse_and_verify(candidate, offset)
+            if match is None:
+                if len(rejected) >= 1 << 16:
+                    rejected.clear()
+                rejected.add(key)
+            return match
+
+    class BoundedPhoneRecognizer(PhoneRecognizer):
+        def analyze(self, text, entities, nlp_artifacts=None):
+            # PhoneRecognizer.analyze (presidio-analyzer 2.2), on the bounded matcher
+            results = []
+            for region in self.supported_regions:
+                for match in BoundedMatcher(text, region, leniency=self.leniency):
+                    try:
+                        found = phonenumbers.region_code_for_number(
+                            phonenumbers.parse(text[match.start:match.end]))
+                    except phonenumbers.NumberParseException:
+                        found = region
+                    results.append(self._get_recognizer_result(match, text, found,
+                                                               nlp_artifacts))
+            return EntityRecognizer.remove_duplicates(results)
+
+    return BoundedPhoneRecognizer(name="PhoneRecognizer")
 
 
 # --------------------------------------------------------------------------------------------
