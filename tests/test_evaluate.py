@@ -99,14 +99,18 @@ def test_eval_writes_reference_scores_for_every_checkpoint(suite, evaluated):
 def test_several_prompt_lengths_give_one_score_column_each(suite, evaluated, tmp_path):
     """--prompt-len 16 8 32: every column of the one-length run (the continuation starts after
     the longest, 32), plus score_p<M> equal to a one-length eval of the rows' last M prompt
-    tokens; the reader gives them back as `Run.scores_by_prompt_len`."""
+    tokens; the reader gives them back as `Run.scores_by_prompt_len`. --token-logprobs adds
+    the per-token log-probs, against a plain forward + log_softmax."""
+    from transformers import AutoModelForCausalLM
+
     from memwatch.posthoc.results import load_results
     from memwatch.watchlist import Watchlist
 
     out = tmp_path / "multi"
     assert main(["eval", "--model", str(suite.root / "large"), "--revision", "step48",
                  "--pythia-data", suite.prefix, "--indices", INDICES, "--out", str(out),
-                 "--batch-size", "16", "--no-progress", "--prompt-len", "16", "8", "32"]) == 0
+                 "--batch-size", "16", "--no-progress", "--prompt-len", "16", "8", "32",
+                 "--token-logprobs"]) == 0
     path = out / "large" / "step48.parquet"
     cols, one = _columns(path), _columns(evaluated / "large" / "step48.parquet")
     assert ev.read_meta(path)["prompt_len"] == [8, 16, 32]
@@ -118,6 +122,13 @@ def test_several_prompt_lengths_give_one_score_column_each(suite, evaluated, tmp
                               progress=False)
         assert cols[f"score_p{m}"] == _columns(alone)["score"]
     assert cols["score_p8"] != cols["score_p32"]  # the lengths measure different things
+    rows = suite.stream[ROWS]
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(suite.root / "large" / "step48")(
+            rows).logits[:, 31:63].float()
+    lp = torch.log_softmax(logits, -1).gather(-1, rows[:, 32:64, None])[..., 0]
+    np.testing.assert_allclose(cols["token_logprobs"], lp.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.sum(cols["token_logprobs"], 1), cols["log_pz"], atol=1e-4)
     [run] = load_results([out])
     assert run.prompt_lens == (8, 16, 32)
     np.testing.assert_array_equal(run.scores_by_prompt_len,
@@ -294,6 +305,8 @@ def test_mode_and_index_are_checked(suite, tmp_path, no_scoring):
     assert old.spec == ProbeSpec(mode="extractable") and ev.EvalConfig().spec.with_nll
     with pytest.raises(TypeError, match="unknown settings"):
         ev.EvalConfig(prompt_length=3)
+    with pytest.raises(ValueError, match="token_logprobs come from the NLL's .* need with_nll"):
+        ev.EvalConfig(ProbeSpec(with_nll=False), token_logprobs=True)
     with pytest.raises(ValueError, match="index has shape"):
         from memwatch.watchlist import Watchlist
 

@@ -69,6 +69,9 @@ def add_arguments(p) -> None:
     p.add_argument("--min-k", type=float, default=0.2, metavar="K",
                    help="min-k %% log-prob averages the K lowest fraction of token log-probs "
                         "(default 0.2, Shi et al. 2024)")
+    p.add_argument("--token-logprobs", action="store_true",
+                   help="also write each row's per-token log-probs of the true continuation "
+                        "(column token_logprobs, N floats a row; from the NLL's pass)")
     p.add_argument("--cache-dir", help="transformers cache for hub checkpoints")
     p.add_argument("--device", help="default: this rank's GPU if any, else cpu")
     p.add_argument("--no-progress", action="store_true")
@@ -121,7 +124,7 @@ def run(args) -> int:
     try:
         spec = ProbeSpec(tuple(args.prompt_len), args.cont_len, args.mode, not args.no_nll,
                          args.batch_size, min_k=args.min_k)
-        config = EvalConfig(spec, args.dtype, args.cache_dir, args.device)
+        config = EvalConfig(spec, args.dtype, args.cache_dir, args.device, args.token_logprobs)
         models, gguf_file = _models(args)
         checkpoints = [c for m in models for c in resolve_checkpoints(m, args.revision,
                                                                      gguf_file)]

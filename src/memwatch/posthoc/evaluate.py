@@ -4,7 +4,8 @@ One parquet per (model, revision) at ``<out>/<model name>/<revision>.parquet`` w
 columns ``index`` (the row's sequence index in the training data, or its watchlist
 position), ``id``, ``score``, ``match_prefix``, ``nll``, ``tags``, the extraction
 measures ``log_pz``, ``min_k_logprob``, ``zlib_ratio`` (with NLL, the default) and, with
-several prompt lengths, ``score_p<M>`` per length M (``score`` is the longest's); the
+several prompt lengths, ``score_p<M>`` per length M (``score`` is the longest's), and on
+request ``token_logprobs`` (each row's N per-token log-probs); the
 run's settings ride in the file's schema metadata under ``memwatch``
 (`memwatch.posthoc.results` owns the format). Rows come from a row source
 (`memwatch.posthoc.rows`): a watchlist in memory, or Pythia's data streamed batch by
@@ -89,7 +90,8 @@ class EvalConfig:
     """How to probe a checkpoint suite: the `ProbeSpec` (default: exact, with the NLL), the
     model's dtype, the transformers cache and the device (None: this rank's CUDA device if
     any, else CPU). ``spec.batch_size`` also sets the rows per resumable file (None: the
-    probe sizes its batches, files of `AUTO_WRITE_ROWS` rows).
+    probe sizes its batches, files of `AUTO_WRITE_ROWS` rows). ``token_logprobs=True`` also
+    writes each row's per-token log-probs (needs ``spec.with_nll``).
 
     The probe's settings given loose (``EvalConfig(mode="extractable")``) still work, with a
     DeprecationWarning: pass ``spec=ProbeSpec(mode="extractable")``.
@@ -99,13 +101,15 @@ class EvalConfig:
     dtype: str
     cache_dir: str | None
     device: str | None
+    token_logprobs: bool
 
     def __init__(self, spec: ProbeSpec | None = None, dtype: str = "fp32",
-                 cache_dir: str | None = None, device: str | None = None, **loose):
+                 cache_dir: str | None = None, device: str | None = None,
+                 token_logprobs: bool = False, **loose):
         unknown = sorted(set(loose) - set(_SPEC_FIELDS))
         if unknown:
             raise TypeError(f"EvalConfig got unknown settings {unknown}; it takes spec, dtype, "
-                            "cache_dir and device")
+                            "cache_dir, device and token_logprobs")
         spec = ProbeSpec(with_nll=True) if spec is None else spec
         if not isinstance(spec, ProbeSpec):
             raise TypeError(f"spec must be a ProbeSpec; got {type(spec).__name__}")
@@ -115,8 +119,11 @@ class EvalConfig:
             spec = replace(spec, **loose)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
+        if token_logprobs and not spec.with_nll:
+            raise ValueError("token_logprobs come from the NLL's teacher-forced pass: they need "
+                             "with_nll=True (drop --no-nll)")
         for name, value in (("spec", spec), ("dtype", dtype), ("cache_dir", cache_dir),
-                            ("device", device)):
+                            ("device", device), ("token_logprobs", bool(token_logprobs))):
             object.__setattr__(self, name, value)
 
     def as_meta(self) -> dict:
@@ -125,7 +132,8 @@ class EvalConfig:
         s = self.spec
         return {"prompt_len": s.prompt_len, "cont_len": s.cont_len, "mode": s.mode,
                 "dtype": self.dtype, "batch_size": s.batch_size, "with_nll": s.with_nll,
-                "cache_dir": self.cache_dir, "device": self.device, "min_k": s.min_k}
+                "cache_dir": self.cache_dir, "device": self.device, "min_k": s.min_k,
+                **({"token_logprobs": True} if self.token_logprobs else {})}
 
 
 def _revision_order(revision: str):
@@ -267,7 +275,8 @@ def fingerprint(rows: RowSource, config: EvalConfig) -> str:
     h = hashlib.sha256()
     spec = config.spec
     h.update(json.dumps([spec.prompt_len, spec.cont_len, spec.mode, config.dtype,
-                         spec.with_nll, spec.min_k, MEASURE_COLUMNS]).encode())
+                         spec.with_nll, spec.min_k, MEASURE_COLUMNS,
+                         *(["token_logprobs"] if config.token_logprobs else [])]).encode())
     rows.update_fingerprint(h, spec.total_len)
     return h.hexdigest()
 
@@ -316,7 +325,8 @@ def _merge(paths: Sequence[Path], meta: dict, dest: Path) -> None:
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    schema = results_table([], [], [], [], [], [], meta).schema
+    schema = results_table([], [], [], [], [], [], meta,
+                           {"token_logprobs": np.zeros((0, meta["cont_len"]))}).schema
     with pq.ParquetWriter(tmp, schema) as writer:
         for path in paths:
             source = pq.ParquetFile(path)
@@ -374,7 +384,8 @@ def _score_slice(model, rows: RowSource, start, end, rank_dir, meta, config, bar
         lens = rows.prompt_lens(done, hi) if hasattr(rows, "prompt_lens") else None
         res = probe_rows(model, tokens, lens, spec, _probe, sizer)
         nll = res.nll if res.nll is not None else torch.full((hi - done,), float("nan"))
-        measures = {name: getattr(res, name).numpy() for name in MEASURE_COLUMNS
+        measures = {name: getattr(res, name).numpy() for name in (*MEASURE_COLUMNS,
+                                                                    "token_logprobs")
                     if getattr(res, name) is not None}
         table = results_table(index, ids, tags, res.scores.numpy(), res.match_prefix.numpy(),
                               nll.float().numpy(), meta, measures,

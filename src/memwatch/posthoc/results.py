@@ -7,7 +7,8 @@ The one place that knows how results are laid out on disk. Every reader returns 
   columns ``index``, ``id``, ``score``, ``match_prefix``, ``nll``, ``tags`` and the
   extraction measures `MEASURE_COLUMNS` (``log_pz``, ``min_k_logprob``, ``zlib_ratio``,
   each defined in `memwatch.measures` and docs/concepts.md; NaN without NLL), and with
-  several prompt lengths one ``score_p<M>`` column per length M (`score_column`); the
+  several prompt lengths one ``score_p<M>`` column per length M (`score_column`), and
+  ``token_logprobs`` (float32 lists of N) when ``eval --token-logprobs`` asked; the
   run's settings in the schema metadata under ``memwatch`` (`results_table`, `read_meta`).
 - ``pythia-csv``: what EleutherAI's ``predictable-memorization/eval_memorization.py``
   writes, ``memorization_<MODEL>_<STEP>/rank-<R>.csv`` (or ``memorization_<MODEL>_<STEP>.csv``),
@@ -172,7 +173,8 @@ def results_table(index, ids, tags, scores, match_prefix, nll, meta: dict,
                   measures: dict | None = None, scores_by_prompt_len=None):
     """A pyarrow Table of scored rows in memwatch's results format, `meta` in its schema.
 
-    `measures` maps each of `MEASURE_COLUMNS` to float [n] (a missing one is NaN). With
+    `measures` maps each of `MEASURE_COLUMNS` to float [n] (a missing one is NaN), and
+    ``token_logprobs`` to float [n, N], written when ``meta["token_logprobs"]``. With
     several prompt lengths in `meta` (`prompt_lens_of`), `scores_by_prompt_len` (float
     [n, lengths], ascending, as `ProbeResult`'s) gives one `score_column` per length (NaN
     when None); with one length there is none (``score`` is it).
@@ -195,6 +197,9 @@ def results_table(index, ids, tags, scores, match_prefix, nll, meta: dict,
                           else np.full(n, np.nan, np.float32)) for name in MEASURE_COLUMNS},
         **({score_column(m): pa.array(by_len[:, j]) for j, m in enumerate(lens)}
            if len(lens) > 1 else {}),
+        **({"token_logprobs": pa.FixedSizeListArray.from_arrays(
+            pa.array(np.asarray(measures["token_logprobs"], np.float32).reshape(-1)),
+            int(meta["cont_len"]))} if meta.get("token_logprobs") else {}),
     })
     return table.replace_schema_metadata({"memwatch": json.dumps(meta)})
 
