@@ -52,6 +52,18 @@ def load_gguf(path: str, dtype: torch.dtype = torch.float32):
         os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path), dtype=dtype)
 
 
+def random_model(shape: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """A randomly initialised GPT-NeoX of one of `SHAPES`, in eval mode (EOS id 0)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    layers, hidden, heads, vocab = SHAPES[shape]
+    cfg = GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=4 * hidden,
+                        max_position_embeddings=2048, rotary_pct=0.25, bos_token_id=0,
+                        eos_token_id=0)
+    return GPTNeoXForCausalLM(cfg).eval().to(device, dtype)
+
+
 def run(args) -> int:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     torch.manual_seed(0)
@@ -63,15 +75,8 @@ def run(args) -> int:
         model = load_gguf(args.gguf_file, dtype).eval().to(args.device)
         name, vocab = os.path.basename(args.gguf_file), vocab_size(model)
     else:
-        from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-        layers, hidden, heads, vocab = SHAPES[args.shape]
-        cfg = GPTNeoXConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                            num_attention_heads=heads, intermediate_size=4 * hidden,
-                            max_position_embeddings=2048, rotary_pct=0.25, bos_token_id=0,
-                            eos_token_id=0)
-        model = GPTNeoXForCausalLM(cfg).eval().to(args.device, dtype)
-        name = args.shape
+        model, name, vocab = random_model(args.shape, args.device, dtype), args.shape, \
+            SHAPES[args.shape][3]
     rows = torch.randint(1, vocab, (args.rows, 64))
     print(path_line(model, rows[:32]), flush=True)
     for share in args.memorized:

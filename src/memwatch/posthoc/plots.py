@@ -182,8 +182,11 @@ def prompt_len_curves(analysis: Analysis, path: Path) -> Path:
         return _save(fig, path)
     for c in curves:
         ax.plot(c.prompt_lens, c.fractions, marker="o", label=c.run)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("prompt length (tokens before the same continuation)")
+    ax.set_xscale("log")
+    lens = sorted({m for c in curves for m in c.prompt_lens})
+    ax.set_xticks(lens, [str(m) for m in lens])
+    ax.minorticks_off()
+    ax.set_xlabel("prompt length, log scale (tokens before the same continuation)")
     ax.set_ylabel("memorized fraction")
     ax.legend(fontsize=7)
     ax.set_title("Memorization vs prompt length")
