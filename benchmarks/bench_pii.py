@@ -17,8 +17,9 @@ Speed: MB/s per core (process CPU time, so the figure does not depend on what el
 runs on the machine) of each backend, with its line prefilter, on the first
 ``--speed-mb`` MB of the standard library's sources (the text issue 24 measured),
 beside the same recognizers without the prefilter: for Presidio that is its plain
-``AnalyzerEngine.analyze`` on the whole text, measured in the same run. The hits
-of both must be the same.
+``AnalyzerEngine.analyze`` on the whole text, with Presidio's own ``PhoneRecognizer``
+(memwatch's skips phone candidates too short to be valid), measured in the same run.
+The hits of both must be the same.
 
 Workers: ``--workers 1 2`` scans a corpus of the standard library's sources and
 documentation (one row per file or topic, repeated to ``--scan-mb`` MB) with
