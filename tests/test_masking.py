@@ -94,6 +94,54 @@ def test_random_batches_match_the_rule_exactly():
         assert torch.equal(got, brute_positions(ids, conts, window, every)), (window, every)
 
 
+EOS = 0  # the end-of-document token of the short-record rows below
+
+
+def test_a_short_record_is_found_by_its_tail_and_end_of_document_token():
+    # a short record's row: 6 tokens from its PII to its end, then EOS, padded with EOS
+    tail = torch.tensor([21, 22, 23, 24, 25, 26])
+    short = torch.cat([tail, torch.full((N - len(tail),), EOS)])
+    conts = torch.stack([short, CONT[0]])
+    stream = torch.cat([torch.tensor([EOS, 30, 31]), tail, torch.tensor([EOS])])  # [EOS] record
+    ids = batch_with((0, 20, stream), (1, 5, tail), (1, 30, ROWS[0]))  # the tail without EOS
+    for every in (1, 2):
+        got = FlaggedWindows(conts, MaskSpec(window=16, every=every)).positions(ids)
+        expected = torch.zeros_like(got)
+        for j in range(0, len(tail) + 1, every):  # the tail and its EOS, not the record's start
+            expected[0, 23 + j] = True
+        for j in range(0, N, every):
+            expected[1, 30 + M + j] = True
+        assert torch.equal(got, expected), every
+
+
+def test_short_tails_only_for_rows_padded_past_the_window():
+    from memwatch.masking import short_tails
+
+    rows = torch.tensor([[5, 6, 7, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6, 7, 8],
+                         [9, 9, 9, 9, 9, 9, 9, 9], [1, 2, 3, 4, 5, 0, 0, 0],
+                         [1, 2, 3, 4, 5, 6, 7, 7]])
+    assert short_tails(rows, 6).tolist() == [4, 0, 0, 0, 0]
+    assert short_tails(rows, 8).tolist() == [4, 0, 0, 6, 7]
+
+
+def test_a_scanned_short_record_is_masked_where_the_stream_holds_it(tiny_tokenizer):
+    from memwatch.watchlist import Watchlist
+    from memwatch.watchlist.text import encode
+
+    record = '{"ssn": "536-22-8014"}'
+    wl = Watchlist.scan_pii([record], tiny_tokenizer, backend="regex")
+    cont = wl.tokens[:, M:M + N]
+    ids, offsets = encode(tiny_tokenizer, record)
+    first = next(k for k, (_, e) in enumerate(offsets) if e > record.index("536"))
+    assert len(ids) - first + 1 < 16  # the PII to the record's end, EOS included: < window
+    eos = tiny_tokenizer.eos_token_id
+    stream = torch.tensor([[7] * 5 + [eos] + ids + [eos] + [7] * 5])
+    got = FlaggedWindows(cont).positions(stream)
+    expected = torch.zeros_like(got)
+    expected[0, 6 + first:6 + len(ids) + 1] = True
+    assert torch.equal(got, expected)
+
+
 def test_a_hash_collision_masks_nothing():
     # Moduli 5 and 7: 35 possible keys, so most unrelated windows share a key with a flagged one.
     ids = batch_with((0, 10, ROWS[1]))

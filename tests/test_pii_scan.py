@@ -19,6 +19,45 @@ def scan(source, tok, **kw):
     return Watchlist.scan_pii(source, tok, backend="regex", **kw)
 
 
+def _record_loads(monkeypatch):
+    """The keyword arguments of every AutoTokenizer.from_pretrained call, recorded."""
+    from transformers import AutoTokenizer
+
+    calls = []
+    load = AutoTokenizer.from_pretrained
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained",
+                        lambda *a, **k: calls.append(k) or load(*a, **k))
+    return calls
+
+
+def test_a_hub_tokenizer_offline_fails_at_once_with_the_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    calls = _record_loads(monkeypatch)
+    with pytest.raises(ValueError, match=r"tokenizer 'memwatch-tests/none': not in the local "
+                       r"Hugging Face cache, and HF_HUB_OFFLINE is set; give the directory "
+                       r".*save_pretrained"):
+        Watchlist.scan_pii(["mail maria.lopez@outlook.com now"], "memwatch-tests/none")
+    assert calls == [{"local_files_only": True}]  # the cache only: no hub request, no retries
+
+
+def test_an_unreachable_hub_fails_at_once(monkeypatch):
+    import socket
+
+    from huggingface_hub import constants
+
+    def no_route(*args, **kwargs):
+        raise OSError("no route to host")
+
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", no_route)
+    calls = _record_loads(monkeypatch)
+    with pytest.raises(ValueError, match=r"cannot be reached \(no route to host\)"):
+        Watchlist.scan_pii(["mail maria.lopez@outlook.com now"], "memwatch-tests/none")
+    assert calls == [{"local_files_only": True}]
+
+
 def same(a: Watchlist, b: Watchlist) -> bool:
     return a.ids == b.ids and a.spans == b.spans and bool((a.tokens == b.tokens).all()) \
         and [a.redacted_preview(i) for i in range(len(a))] == \

@@ -13,6 +13,14 @@ pretraining data does) is masked in each piece that holds at least `window` of i
 tokens; a piece shorter than `window` is not found. The prompt is never masked:
 without the continuation the prompt's own tokens do not make the row extractable.
 
+A short record's row (`memwatch.watchlist.pii_rows`: PII near the end of a CSV row,
+a JSON field, a chat turn) has fewer than `window` tokens from its PII to the record's
+end; its continuation is those tokens, the end-of-document token the training stream
+puts after the record, and that same token again up to ``cont_len``. So a continuation
+ending in a run of one token too long to leave `window` tokens before it is also found
+by its tokens up to and including the first of that run: the record's tail and its
+end-of-document token, exactly what the training stream holds.
+
 Finding them: a polynomial rolling hash of every `window`-token run of the batch
 (two primes near 2**31 combined into one 62-bit key, computed with prefix sums: a
 fixed number of tensor operations whatever the window), looked up with
@@ -37,7 +45,7 @@ nothing is ignored.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -147,6 +155,11 @@ class FlaggedWindows:
         self.multiplicity = int(np.unique(keys, return_counts=True)[1].max()) if len(keys) else 0
         self._cpu = (torch.from_numpy(keys), torch.from_numpy(windows), torch.from_numpy(offsets))
         self._on: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+        # short records' rows (see the module docstring), by the length of their tail
+        tails = short_tails(cont, width)
+        self._short = [FlaggedWindows(cont[torch.from_numpy(tails == t), :t],
+                                      replace(self.spec, window=int(t)), moduli=self.moduli)
+                       for t in np.unique(tails[tails > 0])]
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         if device not in self._on:
@@ -158,6 +171,8 @@ class FlaggedWindows:
         ids = input_ids if input_ids.dim() == 2 else input_ids.reshape(1, -1)
         width, every = self.spec.window, self.spec.every
         out = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+        for short in self._short:
+            out |= short.positions(ids)
         if self.multiplicity == 0 or ids.shape[1] < width:
             return out.reshape(input_ids.shape)
         keys, windows, offsets = self._tables(ids.device)
@@ -197,9 +212,24 @@ class FlaggedWindows:
             raise ValueError(f"labels have shape {tuple(labels.shape)}, input_ids "
                              f"{tuple(input_ids.shape)}: masking needs labels aligned with "
                              "the input ids (the transformers convention; the model shifts)")
-        if self.multiplicity == 0:
+        if self.multiplicity == 0 and not self._short:
             return labels
         return labels.masked_fill(self.positions(input_ids), self.spec.ignore_index)
+
+
+def short_tails(continuations: torch.Tensor, window: int) -> np.ndarray:
+    """int [R]: for each continuation ending in a run of one token that leaves fewer than
+    `window` tokens before the run's second token, that count (the tail up to and including
+    the run's first token); 0 for the others."""
+    cont = continuations.numpy()
+    if cont.size == 0:
+        return np.zeros(len(cont), dtype=np.int64)
+    # the start of each row's trailing run of copies of its last token
+    same = cont == cont[:, -1:]
+    run_start = np.where(same.all(1), 0, cont.shape[1] - np.argmin(same[:, ::-1], axis=1))
+    tails = run_start + 1
+    padded = (run_start >= 1) & (run_start <= cont.shape[1] - 2)  # a record, then >= 2 copies
+    return np.where(padded & (tails < window), tails, 0)
 
 
 class SkipFlagged(torch.utils.data.IterableDataset):

@@ -124,14 +124,12 @@ def _progress(items, desc: str):
 
 
 def _load_tokenizer(source: str):
-    from transformers import AutoTokenizer
+    from memwatch.watchlist.text import load_tokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"--tokenizer {source!r}: no tokenizer could be loaded ({first})") \
-            from None
+        return load_tokenizer(source)
+    except ValueError as err:
+        raise ValueError(f"--{err}") from None
 
 
 def _read_texts(files: list[str], field: str) -> list[str]:

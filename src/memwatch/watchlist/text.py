@@ -28,7 +28,10 @@ def load_tokenizer(source: str):
     """The Hugging Face tokenizer in directory `source` (or hub name), as the CLI loads it.
 
     A value that looks like a path (starts with ``.``, ``/`` or ``~``, or exists) must be
-    a directory; one that cannot be loaded raises ValueError naming it.
+    a directory; one that cannot be loaded raises ValueError naming it. A hub name is
+    looked up in the local cache first; one that is not there fails at once when the hub
+    cannot be reached (``HF_HUB_OFFLINE`` set, or no connection to it), where the hub
+    client would retry for about a minute before failing.
     """
     import os
 
@@ -38,12 +41,51 @@ def load_tokenizer(source: str):
     if (source.startswith((".", "/", "~")) or os.path.exists(path)) and not os.path.isdir(path):
         raise ValueError(f"tokenizer {source!r}: no such directory (give a tokenizer "
                          "directory or a hub name like EleutherAI/pythia-70m)")
+    if os.path.isdir(path):
+        return _from_pretrained(source, path)
     try:
-        return AutoTokenizer.from_pretrained(path if os.path.isdir(path) else source)
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        offline = _hub_unreachable()
+    if offline:
+        raise ValueError(f"tokenizer {source!r}: not in the local Hugging Face cache, and "
+                         f"{offline}; give the directory of a saved tokenizer (on a machine "
+                         f"with access: AutoTokenizer.from_pretrained({source!r})"
+                         ".save_pretrained(DIR))")
+    return _from_pretrained(source, source)
+
+
+def _from_pretrained(source: str, where: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"tokenizer {source!r}: no tokenizer could be loaded ({first})") \
             from None
+
+
+def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (offline mode, no connection), or None."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in (
+            "1", "ON", "YES", "TRUE"):
+        return "HF_HUB_OFFLINE is set"
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return None  # only the proxy knows whether the hub is reachable
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+    except OSError as err:
+        return f"the hub ({constants.ENDPOINT}) cannot be reached ({err})"
+    return None
 
 
 def encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
