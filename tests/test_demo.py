@@ -63,24 +63,16 @@ def test_data_plants_every_pii_row_and_canary_as_often_as_promised():
             assert occurs >= 1, row_id
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("abort", [False, True])
-def test_demo_runs_and_writes_its_report(tmp_path, monkeypatch, abort):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    cfg = replace(TINY, out_dir=tmp_path / "demo", abort=abort)
-    report = run_demo(cfg)
+def _assert_report_and_discretion(report, tmp_path):
+    """The report and its plots exist; no raw email, phone or card is anywhere on disk."""
     text = report.read_text()
     assert "memwatch demo report" in text
-    # PII seen 32x per epoch is memorized within the run: --abort stops it there
-    assert ("stopped early by the abort policy" in text) == abort
     assert "Memorized at step" in text or "Nothing on the watchlist was memorized" in text
     for png in ("memorization_over_time.png", "forecast_vs_actual.png",
                 "memorization_heatmap.png", "extraction_curve.png"):
         data = (report.parent / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
         assert f"]({png})" in text
-    # discreet: no raw email, phone or card from the planted records anywhere on disk
     secrets = set()
     for record in fake_pii_records(6 * TINY.records_per_level, seed=TINY.seed):
         secrets.update(re.findall(r"[\w.]+@[\w.]+\.\w+|\+1 \d{3}-555-\d{4}|(?:\d{4} ){3}\d{4}",
@@ -95,11 +87,24 @@ def test_demo_runs_and_writes_its_report(tmp_path, monkeypatch, abort):
 
 
 @pytest.mark.slow
+def test_demo_abort_stops_the_run_and_writes_its_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    report = run_demo(replace(TINY, out_dir=tmp_path / "demo", abort=True))
+    # PII seen 32x per epoch is memorized within the run: --abort stops it there
+    assert "stopped early by the abort policy" in report.read_text()
+    _assert_report_and_discretion(report, tmp_path)
+
+
+@pytest.mark.slow
 def test_demo_act_mask_compares_with_the_unmitigated_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    # The demo without --abort, trained twice: unmitigated (the plain demo), then masked.
     report = run_demo(replace(TINY, out_dir=tmp_path / "demo", mask=True))
     text = report.read_text()
+    assert "stopped early by the abort policy" not in text
+    _assert_report_and_discretion(report, tmp_path)
     section = text[text.index("## Masking"):]
     rows = re.findall(r"\| (PII|canaries) \| \d+ \| (\d+) \| (\d+) \|", section)
     assert {label for label, _, _ in rows} == {"PII", "canaries"}, section
