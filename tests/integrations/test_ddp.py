@@ -44,7 +44,7 @@ def assert_same_across_ranks(ranks: list[dict]) -> None:
 def test_torchrun_plain_loop(tmp_path):
     pytest.importorskip("transformers")
     ranks = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                 "--master_port", "29533", str(SCRIPT), "plain", str(tmp_path)], tmp_path)
+                 "--standalone", str(SCRIPT), "plain", str(tmp_path)], tmp_path)
     assert len(ranks) == 2
     assert_same_across_ranks(ranks)
     # The budgeted schedule is planned from rank 0's timings, so the ranks probe together,
@@ -64,7 +64,7 @@ def test_torchrun_plain_loop(tmp_path):
 def test_probe_failures_and_a_one_rank_resume_under_torchrun(tmp_path):
     pytest.importorskip("transformers")
     ranks = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                 "--master_port", "29534", str(SCRIPT), "faults", str(tmp_path)], tmp_path)
+                 "--standalone", str(SCRIPT), "faults", str(tmp_path)], tmp_path)
     assert len(ranks) == 2
     assert_same_across_ranks(ranks)
     # Rank 1 ran out of memory at every probe (both ranks halved the batch together) and
@@ -89,7 +89,7 @@ def test_every_rank_masks_rank_0s_flagged_rows_at_every_step_and_across_a_resume
     rank 0, at every step, before and after a resume from step 8; nothing hangs."""
     pytest.importorskip("transformers")
     ranks = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                 "--master_port", "29535", str(SCRIPT), "mask", str(tmp_path)], tmp_path)
+                 "--standalone", str(SCRIPT), "mask", str(tmp_path)], tmp_path)
     assert len(ranks) == 2
     log0, log1 = ranks[0]["log"], ranks[1]["log"]
     assert [e[0] for e in log0] == list(range(1, 13)) + list(range(9, 17))
